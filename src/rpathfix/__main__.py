@@ -1,0 +1,5 @@
+"""`python -m rpathfix` is the same as the `rpathfix` console script."""
+
+from rpathfix.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""One module per `rpathfix` subcommand (see rpathfix.cli)."""

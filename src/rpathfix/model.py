@@ -1,0 +1,114 @@
+"""Plain typed data shared by readers, the loader models, the planner and the writers.
+
+Nothing here does I/O. Readers produce these records; everything downstream consumes
+them, so a planned (not yet written) layout can be checked with the same code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Union
+
+# DT_FLAGS_1 bits the loader model needs.
+DF_1_NODEFLIB = 0x800
+DF_1_ORIGIN = 0x80
+
+
+@dataclass(frozen=True)
+class ElfInfo:
+    """What ld.so reads from an ELF file's headers and dynamic segment.
+
+    rpath and runpath keep the raw DT_RPATH / DT_RUNPATH strings (None when the tag
+    is absent): the loader must know that an empty string is present-but-empty, and
+    that a file may carry both (glibc then ignores DT_RPATH).
+    """
+
+    elf_class: int  # 32 or 64
+    little_endian: bool
+    machine: int  # e_machine
+    arch: str  # "x86_64", "aarch64", "i386", "arm", "ppc64le", ... or "machine-<n>"
+    elf_type: str  # "exec", "dyn", "rel", "core" or "type-<n>"
+    interp: str | None  # PT_INTERP
+    soname: str | None
+    needed: tuple[str, ...]  # DT_NEEDED in order
+    rpath: str | None
+    runpath: str | None
+    flags_1: int  # DT_FLAGS_1, 0 when absent
+    is_extension: bool  # exports PyInit_<module name> for its own file name
+
+    @property
+    def nodeflib(self) -> bool:
+        return bool(self.flags_1 & DF_1_NODEFLIB)
+
+
+DylibKind = Literal["load", "weak", "reexport", "lazy", "upward"]
+
+
+@dataclass(frozen=True)
+class DylibRef:
+    """One dylib load command: the install name as recorded, and its kind."""
+
+    name: str
+    kind: DylibKind
+
+
+@dataclass(frozen=True)
+class MachoSlice:
+    """One architecture slice of a Mach-O file (a thin file has exactly one)."""
+
+    arch: str  # "arm64", "x86_64", "arm64e", "i386", "armv7", ... or "cpu-<n>"
+    cputype: int
+    cpusubtype: int
+    is_64: bool
+    filetype: str  # "execute", "dylib", "bundle", "object", ... or "type-<n>"
+    offset: int  # byte offset of this slice in the file (0 for thin files)
+    size: int  # slice size in bytes
+    install_name: str | None  # LC_ID_DYLIB
+    dylibs: tuple[DylibRef, ...]  # dylib load commands in order
+    rpaths: tuple[str, ...]  # LC_RPATH in order
+    has_code_signature: bool  # LC_CODE_SIGNATURE present
+    header_padding: int  # free bytes between the load commands and the first section
+    is_extension: bool  # exports _PyInit_<module name>
+
+
+@dataclass(frozen=True)
+class MachoInfo:
+    """A whole Mach-O file: fat (universal) or thin."""
+
+    fat: bool
+    slices: tuple[MachoSlice, ...]
+
+
+BinaryInfo = Union[ElfInfo, MachoInfo]
+
+
+@dataclass(frozen=True)
+class ScanRecord:
+    """One row of `rpathfix scan`: one file, or one slice of a fat Mach-O file.
+
+    The keys match the documented rpathfix.scan/1 JSON schema one to one.
+    """
+
+    path: str
+    wheel: str | None
+    format: str | None  # "elf" or "macho"; None when the file could not be read
+    arch: str | None
+    soname: str | None
+    install_name: str | None
+    needed: tuple[str, ...] = ()
+    rpath: tuple[str, ...] = ()
+    runpath: tuple[str, ...] = ()
+    is_extension: bool = False
+    dist: str | None = None
+    version: str | None = None
+    is_link: bool = False
+    link_target: str | None = None
+    error: str | None = None
+    extra: dict[str, object] = field(default_factory=dict, compare=False)
+
+
+def split_path_list(value: str | None) -> tuple[str, ...]:
+    """Split an RPATH/RUNPATH string on ':' exactly as stored (empty elements kept)."""
+    if value is None or value == "":
+        return ()
+    return tuple(value.split(":"))
