@@ -1,0 +1,68 @@
+"""Results of a loader simulation: every directory tried, and what was found.
+
+Both models (glibc ld.so in loader_glibc, Apple dyld in loader_dyld) return these, so
+ldd, why and verify print and serialize one shape for ELF and Mach-O alike.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# found_via / rule vocabulary (JSON values of rpathfix.ldd/1 "found_via"):
+#   glibc: "rpath", "ld_library_path", "runpath", "cache", "default", "loaded", "direct", "driver"
+#   dyld:  "dyld_library_path", "rpath", "loader_path", "executable_path", "absolute",
+#          "fallback", "shared_cache", "loaded", "direct", "driver"
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One candidate path the loader tried, and why it tried it."""
+
+    path: str  # the candidate file path, after token expansion
+    rule: str  # which search step produced it (vocabulary above)
+    result: str  # "found", "missing", "wrong-class", "wrong-machine", "bad-file", "skipped"
+    entry: str | None = None  # the raw list element before expansion, e.g. "$ORIGIN/../lib"
+    contributor: str | None = None  # the object whose RPATH/RUNPATH/LC_RPATH supplied the entry
+    note: str | None = None  # anything a human needs to follow the step
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """How one requested name (DT_NEEDED, LC_LOAD_DYLIB, dlopen) was resolved."""
+
+    name: str
+    requester: str  # path (as opened) of the object whose entry asked for the name
+    path: str | None  # path as opened (glibc l_name); None when not found
+    found_via: str | None
+    attempts: tuple[Attempt, ...] = ()
+    weak: bool = False  # a weak dylib may be missing without failing the load
+    error: str | None = None  # a hard error that stops the load (e.g. "invalid ELF header")
+
+    @property
+    def found(self) -> bool:
+        return self.path is not None or self.found_via == "driver"
+
+
+@dataclass
+class LoadedObject:
+    """One object in a simulated process, in load order."""
+
+    path: str  # as opened
+    realpath: str
+    name: str  # the name it was requested under
+    loader: str | None  # path of the object that first needed it (None for the root and dlopen)
+    soname: str | None = None
+    install_name: str | None = None
+
+
+@dataclass
+class LoadResult:
+    """The closure of a root object, as ldd shows it, plus every resolution trace."""
+
+    root: str
+    objects: list[LoadedObject] = field(default_factory=list)
+    resolutions: list[Resolution] = field(default_factory=list)
+
+    @property
+    def missing(self) -> list[Resolution]:
+        return [r for r in self.resolutions if not r.found and not r.weak]
