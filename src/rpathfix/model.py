@@ -112,3 +112,27 @@ def split_path_list(value: str | None) -> tuple[str, ...]:
     if value is None or value == "":
         return ()
     return tuple(value.split(":"))
+
+
+PlanKind = Literal["site-packages", "bin", "include", "data"]
+
+
+@dataclass(frozen=True)
+class PlanEntry:
+    """One entry of a per-binary venv plan (rpathfix.plan/1), mapping onto rules_python's
+    PyInfo.venv_symlinks (kind, venv_path, link_to_path).
+
+    venv_path is relative to the kind's directory in the venv (site-packages/, bin/,
+    include/, data/). target is the absolute path in the distribution root that the
+    entry links to (a file or a whole directory). Directories that must be real are
+    not entries: they are the parents of entries. method "copy" marks files that must
+    be real copies (Mach-O files whose @loader_path/.. climbs out of their wheel: dyld
+    takes @loader_path from the real path, LOADERS.md rule 31).
+    """
+
+    kind: PlanKind
+    venv_path: str
+    target: str
+    dist: str
+    method: Literal["symlink", "copy"] = "symlink"
+    reason: str | None = None
