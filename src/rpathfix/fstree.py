@@ -198,3 +198,20 @@ def is_dir(tree: FileTree, path: str) -> bool:
         return False
     node = tree.lstat(real)
     return node is not None and node.kind == "dir"
+
+
+def read_small(tree: FileTree, path: str, limit: int) -> bytes | None:
+    """The whole content of a regular file of at most `limit` bytes, else None."""
+    real = resolve(tree, path)
+    if real is None:
+        return None
+    node = tree.lstat(real)
+    if node is None or node.kind != "file":
+        return None
+    src = tree.open(real)
+    try:
+        if src.size > limit:
+            return None
+        return src.read_at(0, src.size)
+    finally:
+        src.close()

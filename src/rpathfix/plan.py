@@ -28,7 +28,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from rpathfix.errors import FormatError, PlanError
-from rpathfix.fstree import FileTree, resolve
+from rpathfix.fstree import FileTree, read_small, resolve
 from rpathfix.model import ElfInfo, MachoInfo, PlanEntry
 from rpathfix.roots import KIND_DIRS, Root
 from rpathfix.sniff import looks_like_library, read_binary
@@ -176,17 +176,15 @@ def climb(lib_dir: str, relative: str) -> tuple[str, int] | None:
 def _relative_refs(tree: FileTree, path: str) -> tuple[str, list[str]] | None:
     """("elf"|"macho", the loader-relative parts) of the search entries of a native file."""
     try:
-        with_src = tree.open(path)
+        src = tree.open(path)
     except FormatError:
         return None
     try:
-        info = read_binary(with_src)
+        info = read_binary(src)
     except FormatError:
         return None
     finally:
-        close = getattr(with_src, "close", None)
-        if close:
-            close()
+        src.close()
     if isinstance(info, ElfInfo):
         effective = info.runpath if info.runpath is not None else info.rpath  # LOADERS.md rule 6
         elems = list(effective.split(":")) if effective else []
@@ -347,9 +345,7 @@ def _digest(tree: FileTree, path: str) -> str:
             off += n
         return h.hexdigest()
     finally:
-        close = getattr(src, "close", None)
-        if close:
-            close()
+        src.close()
 
 
 _PKGUTIL = re.compile(r"pkgutil\b.*\bextend_path\b|\bextend_path\b.*pkgutil", re.S)
@@ -358,19 +354,10 @@ _PKG_RESOURCES = re.compile(r"pkg_resources\b.*\bdeclare_namespace\b", re.S)
 
 def _namespace_marker(tree: FileTree, path: str) -> str | None:
     """"empty", "pkgutil" or "pkg_resources" when the __init__.py only marks a namespace."""
-    real = resolve(tree, path) or path
-    st = tree.lstat(real)
-    if st is None or st.kind != "file":
+    data = read_small(tree, path, MARKER_MAX)
+    if data is None:
         return None
-    src = tree.open(real)
-    try:
-        if src.size > MARKER_MAX:
-            return None
-        text = src.read_at(0, src.size).decode("utf-8", "replace")
-    finally:
-        close = getattr(src, "close", None)
-        if close:
-            close()
+    text = data.decode("utf-8", "replace")
     code = "\n".join(line for line in text.splitlines() if line.strip() and not line.strip().startswith("#"))
     if not code.strip() or re.fullmatch(r"\s*(['\"]{3}.*?['\"]{3}|['\"].*?['\"])\s*", code, re.S):
         return "empty"

@@ -29,6 +29,8 @@ class ByteSource(Protocol):
 
     def read_at(self, offset: int, size: int) -> bytes: ...
 
+    def close(self) -> None: ...
+
 
 def _check(name: str, total: int, offset: int, size: int) -> None:
     if offset < 0 or size < 0:
@@ -96,6 +98,9 @@ class BytesSource:
     def read_at(self, offset: int, size: int) -> bytes:
         _check(self._name, len(self._data), offset, size)
         return self._data[offset : offset + size]
+
+    def close(self) -> None:
+        pass
 
 
 class ZipMemberSource:
