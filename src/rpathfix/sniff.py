@@ -18,14 +18,21 @@ def looks_like_library(name: str) -> bool:
     return LIBRARY_NAME.search(name) is not None
 
 
+# Thin Mach-O magics in either byte order, and the fat (universal) magics.
+_MACHO_MAGICS = {b"\xfe\xed\xfa\xce", b"\xce\xfa\xed\xfe", b"\xfe\xed\xfa\xcf", b"\xcf\xfa\xed\xfe"}
+_FAT_MAGICS = {b"\xca\xfe\xba\xbe", b"\xca\xfe\xba\xbf"}
+
+
 def binary_format(head: bytes) -> str | None:
     """"elf", "macho" or None, from the first bytes of a file."""
-    from rpathfix import elf, macho
-
-    if elf.is_elf(head):
+    if head[:4] == b"\x7fELF":
         return "elf"
-    if macho.is_macho(head):
+    if head[:4] in _MACHO_MAGICS:
         return "macho"
+    if head[:4] in _FAT_MAGICS:
+        from rpathfix.macho import is_macho  # tells a fat file from a Java class file
+
+        return "macho" if is_macho(head) else None
     return None
 
 

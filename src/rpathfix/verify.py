@@ -1,0 +1,212 @@
+"""Check that every native library of a Python environment loads (`rpathfix verify`).
+
+The same code checks a venv on disk (RealTree) and a planned venv that is not written
+yet (OverlayTree), because the loader models are pure over a FileTree.
+
+Findings:
+- error "missing-library": an extension module whose closure does not resolve when
+  the interpreter imports it (dlopen by path), or a non-module library with a
+  dependency that nothing in view provides;
+- warning "load-order": a non-module library whose dependency resolves only if some
+  other library with that SONAME happens to be loaded first (what onnxruntime's
+  provider libraries need LD_LIBRARY_PATH or preloading for);
+- warning "shadowed": a name resolved outside the environment although a file inside
+  provides it (the system libcudart.so.13 winning over the wheel's copy);
+- warning "duplicate-soname": one SONAME provided by two different files.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from rpathfix.environment import Environment, NativeFile, collect
+from rpathfix.fstree import FileTree
+from rpathfix.model import ElfInfo
+from rpathfix.resolution import Attempt, LoadResult, Resolution
+
+
+@dataclass(frozen=True)
+class Finding:
+    level: str  # "error" or "warning"
+    code: str
+    file: str
+    name: str | None
+    message: str
+    trace: tuple[Attempt, ...] = ()
+
+
+@dataclass(frozen=True)
+class LoaderOptions:
+    """What the simulated process looks like: interpreter, LD_LIBRARY_PATH, cache root."""
+
+    interpreter: str | None = None
+    ld_library_path: str | None = None
+    cache_root: str | None = None  # None: the host's /etc/ld.so.cache; "" : no cache
+    use_cache: bool = True
+
+
+@dataclass
+class Report:
+    environment: Environment
+    findings: list[Finding]
+
+    @property
+    def errors(self) -> list[Finding]:
+        return [f for f in self.findings if f.level == "error"]
+
+    @property
+    def warnings(self) -> list[Finding]:
+        return [f for f in self.findings if f.level == "warning"]
+
+
+def verify(tree: FileTree, paths: Sequence[str], options: LoaderOptions) -> Report:
+    env = collect(tree, list(paths))
+    interpreter = options.interpreter or env.interpreter
+    sim = _Simulator(tree, options, interpreter)
+    inside = _Inside(env)
+    findings: list[Finding] = []
+    for f in env.files:
+        result = sim.load(f)
+        if result is None:
+            continue
+        for r in result.resolutions:
+            if r.found:
+                findings.extend(_shadowing(f, r, inside))
+                continue
+            if r.weak:
+                continue
+            providers = inside.providers(r.name)
+            if f.is_extension:
+                findings.append(_missing(f, r, providers, extension=True))
+            elif r.requester != f.path:
+                continue  # that dependency is checked as a library of its own
+            elif providers:
+                findings.append(Finding(
+                    "warning", "load-order", f.path, r.name,
+                    f"{r.name} is not found through {posixpath.basename(f.path)}'s own search path; "
+                    f"it loads only if {providers[0]} is loaded first (LD_LIBRARY_PATH or preloading)",
+                    r.attempts,
+                ))
+            elif not providers:
+                findings.append(_missing(f, r, providers, extension=False))
+    findings.extend(_duplicates(env))
+    findings = list(dict.fromkeys(findings))
+    findings.sort(key=lambda x: (x.level != "error", x.file, x.name or "", x.code))
+    return Report(env, findings)
+
+
+def _missing(f: NativeFile, r: Resolution, providers: list[str], *, extension: bool) -> Finding:
+    what = "extension module" if extension else "library"
+    via = "" if r.requester == f.path else f" (needed by {r.requester})"
+    hint = f"; {providers[0]} provides it but is not on the search path" if providers else \
+        "; nothing in this environment provides it"
+    msg = r.error or f"{r.name} not found{via}"
+    return Finding("error", "missing-library", f.path, r.name,
+                   f"{what} {posixpath.basename(f.path)} will not load: {msg}{hint}", r.attempts)
+
+
+class _Inside:
+    """Which files inside the environment provide a name (file name or SONAME)."""
+
+    def __init__(self, env: Environment) -> None:
+        self.by_name: dict[str, list[str]] = {}
+        self.reals: set[str] = set()
+        for f in env.files:
+            self.reals.add(f.realpath)
+            for n in f.names:
+                self.by_name.setdefault(n, []).append(f.path)
+        self.site_dirs = env.site_dirs
+
+    def providers(self, name: str) -> list[str]:
+        return self.by_name.get(posixpath.basename(name), [])
+
+    def contains(self, path: str) -> bool:
+        return any(path == d or path.startswith(d.rstrip("/") + "/") for d in self.site_dirs)
+
+
+def _shadowing(f: NativeFile, r: Resolution, inside: _Inside) -> list[Finding]:
+    if r.path is None or r.found_via not in ("cache", "default", "ld_library_path", "fallback", "shared_cache"):
+        return []
+    if inside.contains(r.path):
+        return []
+    providers = inside.providers(r.name)
+    if not providers:
+        return []
+    return [Finding(
+        "warning", "shadowed", f.path, r.name,
+        f"{r.name} resolves to {r.path} (via {r.found_via}) although {providers[0]} in this environment provides it",
+        r.attempts,
+    )]
+
+
+def _duplicates(env: Environment) -> list[Finding]:
+    by_soname: dict[str, list[NativeFile]] = {}
+    for f in env.files:
+        if isinstance(f.info, ElfInfo) and f.info.soname:
+            by_soname.setdefault(f.info.soname, []).append(f)
+    out = []
+    for soname, files in sorted(by_soname.items()):
+        reals = sorted({f.realpath for f in files})
+        if len(reals) > 1:
+            paths = ", ".join(f.path for f in files)
+            out.append(Finding("warning", "duplicate-soname", files[0].path, soname,
+                               f"{soname} is provided by {len(reals)} different files: {paths}; "
+                               "whichever loads first serves every later request"))
+    return out
+
+
+class _Simulator:
+    """Runs the right loader model for each file, sharing parsed headers between runs."""
+
+    def __init__(self, tree: FileTree, options: LoaderOptions, interpreter: str | None) -> None:
+        self.tree = tree
+        self.options = options
+        self.interpreter = interpreter
+        self._glibc: object | None = None
+        self._dyld: object | None = None
+
+    def load(self, f: NativeFile) -> LoadResult | None:
+        if isinstance(f.info, ElfInfo):
+            if f.info.elf_type != "dyn":
+                return None
+            return self._load_elf(f)
+        return self._load_macho(f)
+
+    def _load_elf(self, f: NativeFile) -> LoadResult:
+        raise NotImplementedError
+
+    def _load_macho(self, f: NativeFile) -> LoadResult:
+        raise NotImplementedError
+
+
+def report_to_json(report: Report) -> dict[str, object]:
+    def one(x: Finding) -> dict[str, object]:
+        return {
+            "file": x.file, "name": x.name, "code": x.code, "message": x.message,
+            "trace": [{"path": a.path, "rule": a.rule, "result": a.result, "entry": a.entry,
+                       "contributor": a.contributor} for a in x.trace],
+        }
+
+    return {
+        "schema": "rpathfix.verify/1",
+        "site_dirs": list(report.environment.site_dirs),
+        "checked": len(report.environment.files),
+        "errors": [one(x) for x in report.errors],
+        "warnings": [one(x) for x in report.warnings],
+    }
+
+
+def format_report(report: Report, *, trace_errors: bool = True) -> str:
+    lines = []
+    for x in report.findings:
+        lines.append(f"{x.level.upper()} [{x.code}] {x.file}: {x.message}")
+        if trace_errors and x.level == "error":
+            for a in x.trace:
+                src = f" from {a.contributor}" if a.contributor else ""
+                entry = f" ({a.entry})" if a.entry else ""
+                lines.append(f"    tried {a.path}  [{a.rule}{src}{entry}] {a.result}")
+    n = len(report.environment.files)
+    lines.append(f"{n} native file(s) checked: {len(report.errors)} error(s), {len(report.warnings)} warning(s)")
+    return "\n".join(lines)
