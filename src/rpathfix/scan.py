@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from rpathfix.errors import FormatError, UsageError
 from rpathfix.model import BinaryInfo, ElfInfo, MachoInfo, ScanRecord, split_path_list
 from rpathfix.names import parse_dist_info_dirname, parse_wheel_filename
-from rpathfix.sniff import looks_like_library, read_binary
+from rpathfix.sniff import HEAD_SIZE, binary_format, looks_like_library, read_binary
 from rpathfix.source import ByteSource, FileSource, ZipMemberSource
 
 # RECORD files larger than this are not read for attribution (a corrupt or hostile file).
@@ -74,6 +74,11 @@ def _scan_source(src: ByteSource, path: str, wheel: str | None, dist: tuple[str,
     try:
         info = read_binary(src)
     except FormatError as e:
+        if fmt_hint is None:
+            try:
+                fmt_hint = binary_format(src.read_at(0, min(HEAD_SIZE, src.size)))
+            except FormatError:
+                pass
         return [ScanRecord(path=path, wheel=wheel, format=fmt_hint, arch=None, soname=None, install_name=None,
                            dist=name, version=version, error=e.reason)]
     if info is None:

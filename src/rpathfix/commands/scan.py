@@ -15,7 +15,7 @@ or has an exec bit, and is confirmed by its magic bytes; --all-files sniffs ever
 file. Symlinked files are listed as links, not scanned twice.
 
 JSON (--json): {"schema": "rpathfix.scan/1", "files": [...], "links": [...]};
-see docs/scan-schema.md. Exit codes: 0 ok, 2 bad arguments or unreadable input."""
+see docs/schemas.md. Exit codes: 0 ok, 2 bad arguments or unreadable input."""
 
 
 def register(p: argparse.ArgumentParser) -> None:

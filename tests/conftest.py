@@ -1,0 +1,51 @@
+"""Shared fixtures: the stub wheels (built once per run with gcc and zig) and helpers."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+STUBS_OUT = ROOT / "testdata" / "cuda_stubs" / "out"
+
+
+def _builder():  # type: ignore[no-untyped-def]
+    spec = importlib.util.spec_from_file_location("cuda_stubs_build", ROOT / "testdata" / "cuda_stubs" / "build.py")
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["cuda_stubs_build"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="session")
+def stub_wheels() -> dict[str, Path]:
+    """Every stub wheel, keyed by distribution name (nvidia_xcublas, torchstub, macstub, ...)."""
+    paths = _builder().build(STUBS_OUT)
+    return {p.name.split("-")[0]: p for p in paths}
+
+
+@pytest.fixture(scope="session")
+def stub_tree(stub_wheels: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """All stub wheels extracted into one directory each (modes kept), like rules_python's layout."""
+    top = tmp_path_factory.mktemp("stubs-unzipped")
+    for dist, whl in stub_wheels.items():
+        dest = top / dist
+        with zipfile.ZipFile(whl) as zf:
+            for info in zf.infolist():
+                zf.extract(info, dest)
+                mode = (info.external_attr >> 16) & 0o777
+                if mode:
+                    (dest / info.filename).chmod(mode)
+    return top
+
+
+def rpathfix(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the real CLI in a subprocess (what users run)."""
+    return subprocess.run([sys.executable, "-m", "rpathfix", *args], capture_output=True, text=True, cwd=cwd,
+                          env=env, timeout=300)
