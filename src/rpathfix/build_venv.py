@@ -15,7 +15,6 @@ from pathlib import Path
 from rpathfix.entrypoints import root_entry_points
 from rpathfix.errors import RpathfixError
 from rpathfix.fstree import OverlayTree, Planned, RealTree
-from rpathfix.model import PlanEntry
 from rpathfix.names import canonicalize_name
 from rpathfix.plan import Plan, make_plan
 from rpathfix.roots import Root, load_root
@@ -76,7 +75,7 @@ def build_venv(out: str, root_paths: Sequence[str], *, python: str, link_mode: s
             result.refused = format_report(report)
             return result
         result.warnings += _warning_lines(report)
-    result.changed = write_venv(Path(out), _entries(plan.entries), python=python, link_mode=link_mode,  # type: ignore[arg-type]
+    result.changed = write_venv(Path(out), list(plan.entries), python=python, link_mode=link_mode,
                                 entry_points=scripts)
     if verify_layout:
         after = verify(tree, [out], options)
@@ -84,10 +83,6 @@ def build_venv(out: str, root_paths: Sequence[str], *, python: str, link_mode: s
             raise RpathfixError(f"{out}: the written venv fails verification although its plan passed "
                                 f"(please report this):\n{format_report(after)}")
     return result
-
-
-def _entries(entries: list[PlanEntry]) -> list[PlanEntry]:
-    return list(entries)
 
 
 def _warning_lines(report: Report) -> list[str]:

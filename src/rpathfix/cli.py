@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import sys
 from collections.abc import Sequence
+from types import ModuleType
 
 from rpathfix import __version__
 from rpathfix.errors import RpathfixError
@@ -20,7 +20,19 @@ from rpathfix.errors import RpathfixError
 COMMANDS = ("scan", "ldd", "why", "verify", "unpack", "plan", "venv")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _command_module(name: str) -> ModuleType | None:
+    """rpathfix.commands.<name>, or None when that command does not exist (yet)."""
+    modname = f"rpathfix.commands.{name}"
+    try:
+        return importlib.import_module(modname)
+    except ModuleNotFoundError as e:
+        if e.name == modname:
+            return None
+        raise
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The full parser, or with only= one subcommand (the others are not even imported)."""
     parser = argparse.ArgumentParser(
         prog="rpathfix",
         description="Find, explain and fix native libraries that will not load from Python wheels.",
@@ -28,10 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"rpathfix {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
-        modname = f"rpathfix.commands.{name}"
-        if importlib.util.find_spec(modname) is None:
+        if only is not None and name != only:
             continue
-        mod = importlib.import_module(modname)
+        mod = _command_module(name)
+        if mod is None:
+            continue
         p = sub.add_parser(name, help=mod.HELP, description=getattr(mod, "DESCRIPTION", mod.HELP),
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         mod.register(p)
@@ -40,8 +53,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args_list = sys.argv[1:] if argv is None else list(argv)
+    # `rpathfix scan ...` parses the same with a parser holding only `scan`, and start-up
+    # skips importing every other command. Anything else (help, --version, a typo) gets
+    # the full parser and its messages.
+    only = args_list[0] if args_list and args_list[0] in COMMANDS else None
+    if only is not None and _command_module(only) is None:
+        only = None
+    parser = build_parser(only)
+    args = parser.parse_args(args_list)
     run = getattr(args, "_run", None)
     if run is None:
         parser.print_help(sys.stderr)

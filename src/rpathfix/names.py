@@ -23,12 +23,22 @@ def canonicalize_name(name: str) -> str:
 
 def normalize_version(version: str) -> str:
     """PEP 440 normal form ("2.14.1+CU130" -> "2.14.1+cu130"); unparsable versions stay as they are."""
+    if _is_plain_release(version):
+        return version  # already normal; spares scan the import of packaging.version
     from packaging.version import InvalidVersion, Version
 
     try:
         return str(Version(version))
     except InvalidVersion:
         return version
+
+
+def _is_plain_release(version: str) -> bool:
+    """True for "1", "2.14.1", "2026.9.0": dot-separated ASCII numbers without leading zeros."""
+    for part in version.split("."):
+        if not (part.isascii() and part.isdigit()) or (part[0] == "0" and len(part) > 1):
+            return False
+    return True
 
 
 def parse_wheel_filename(path: str) -> tuple[str, str]:

@@ -26,6 +26,7 @@ import posixpath
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 from rpathfix.errors import FormatError, PlanError
 from rpathfix.fstree import FileTree, read_small, resolve
@@ -274,7 +275,7 @@ def _emit(tree: FileTree, kind: str, node: _Node, rel: str, force: dict[str, lis
         if child.files:
             dist = _pick_file(tree, kind, crel, child.files, precedence, notes)
             winners[name] = dist
-            method = "copy" if crel in copies else "symlink"
+            method: Literal["symlink", "copy"] = "copy" if crel in copies else "symlink"
             entries.append(PlanEntry(kind=kind, venv_path=crel, target=child.files[dist], dist=dist,  # type: ignore[arg-type]
                                      method=method, reason=copies.get(crel)))
             continue

@@ -8,6 +8,7 @@ file inside a tree becomes a record with "error", never a crash.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import os
@@ -75,10 +76,8 @@ def _scan_source(src: ByteSource, path: str, wheel: str | None, dist: tuple[str,
         info = read_binary(src)
     except FormatError as e:
         if fmt_hint is None:
-            try:
+            with contextlib.suppress(FormatError):
                 fmt_hint = binary_format(src.read_at(0, min(HEAD_SIZE, src.size)))
-            except FormatError:
-                pass
         return [ScanRecord(path=path, wheel=wheel, format=fmt_hint, arch=None, soname=None, install_name=None,
                            dist=name, version=version, error=e.reason)]
     if info is None:

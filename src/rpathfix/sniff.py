@@ -2,20 +2,38 @@
 
 from __future__ import annotations
 
-import re
+from typing import TYPE_CHECKING
 
-from rpathfix.model import BinaryInfo
-from rpathfix.source import ByteSource
+if TYPE_CHECKING:
+    from rpathfix.model import BinaryInfo
+    from rpathfix.source import ByteSource
 
 # Names that look like shared libraries or loadable modules: .so, .so.12, .so.12.1.3,
 # .dylib, .bundle. Executables have no suffix and are candidates through their exec bit.
-LIBRARY_NAME = re.compile(r"\.so(\.[0-9][0-9A-Za-z_]*)*$|\.dylib$|\.bundle$")
+# The definition is this regular expression (re.search); looks_like_library computes the
+# same answer with string methods, because scan asks it once for every file in a tree.
+LIBRARY_NAME_PATTERN = r"\.so(\.[0-9][0-9A-Za-z_]*)*$|\.dylib$|\.bundle$"
 
 HEAD_SIZE = 8
 
+_DIGITS = frozenset("0123456789")
+
 
 def looks_like_library(name: str) -> bool:
-    return LIBRARY_NAME.search(name) is not None
+    if ".so" not in name:
+        return name.endswith((".dylib", ".bundle", ".dylib\n", ".bundle\n"))
+    if name[-1:] == "\n":  # "$" also matches before one final newline
+        name = name[:-1]
+    if name.endswith((".so", ".dylib", ".bundle")):
+        return True
+    # Only the last ".so" can match: a later ".so" would have to start a ".<digit>..." group.
+    rest = name[name.rfind(".so") + 3 :]
+    if rest[:1] != ".":
+        return False
+    for part in rest[1:].split("."):
+        if not part or part[0] not in _DIGITS or not part.isascii() or not part.replace("_", "0").isalnum():
+            return False
+    return True
 
 
 # Thin Mach-O magics in either byte order, and the fat (universal) magics.

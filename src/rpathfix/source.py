@@ -8,10 +8,12 @@ once, and a short read becomes a FormatError: readers never see partial data.
 from __future__ import annotations
 
 import os
-import zipfile
-from typing import IO, Protocol
+from typing import IO, TYPE_CHECKING, Protocol
 
 from rpathfix.errors import FormatError
+
+if TYPE_CHECKING:
+    import zipfile  # imported where used: scanning a directory never needs it
 
 # The largest single read any reader may request. Anything bigger comes from a
 # corrupt count or size field; refusing it keeps memory independent of file size.
@@ -126,10 +128,12 @@ class ZipMemberSource:
 
     def read_at(self, offset: int, size: int) -> bytes:
         _check(self._name, self._size, offset, size)
+        from zipfile import BadZipFile
+
         try:
             self._fh.seek(offset)
             data = self._fh.read(size)
-        except (OSError, zipfile.BadZipFile, EOFError) as e:
+        except (OSError, BadZipFile, EOFError) as e:
             raise FormatError(self._name, f"cannot read zip member: {e}") from None
         if len(data) != size:
             raise FormatError(self._name, f"short read at offset {offset}")

@@ -18,13 +18,18 @@ Findings:
 from __future__ import annotations
 
 import posixpath
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from rpathfix.environment import Environment, NativeFile, collect
 from rpathfix.fstree import FileTree
 from rpathfix.model import ElfInfo
 from rpathfix.resolution import Attempt, LoadResult, Resolution
+
+if TYPE_CHECKING:
+    from rpathfix.loader_glibc import GlibcOptions
 
 
 @dataclass(frozen=True)
@@ -158,14 +163,15 @@ def _duplicates(env: Environment) -> list[Finding]:
 
 
 class _Simulator:
-    """Runs the right loader model for each file, sharing parsed headers between runs."""
+    """Runs the right loader model for each file, sharing one cached view of the tree."""
 
     def __init__(self, tree: FileTree, options: LoaderOptions, interpreter: str | None) -> None:
-        self.tree = tree
+        from rpathfix.loader_glibc import CachedTree
+
+        self.tree = CachedTree(tree)
         self.options = options
-        self.interpreter = interpreter
-        self._glibc: object | None = None
-        self._dyld: object | None = None
+        self.interpreter = interpreter or sys.executable
+        self._glibc: GlibcOptions | None = None
 
     def load(self, f: NativeFile) -> LoadResult | None:
         if isinstance(f.info, ElfInfo):
@@ -175,10 +181,25 @@ class _Simulator:
         return self._load_macho(f)
 
     def _load_elf(self, f: NativeFile) -> LoadResult:
-        raise NotImplementedError
+        """The interpreter dlopen()s the file by path, as an import (or a preload) does."""
+        from rpathfix.loader_glibc import load_elf
+
+        if self._glibc is None:
+            from rpathfix.ldcache import load_cache
+            from rpathfix.loader_glibc import GlibcOptions, host_hwcap_subdirs
+
+            cache = None
+            if self.options.use_cache and self.options.cache_root != "":
+                cache = load_cache(posixpath.join(self.options.cache_root or "/", "etc/ld.so.cache"))
+            self._glibc = GlibcOptions(ld_library_path=self.options.ld_library_path, cache=cache,
+                                       hwcap_subdirs=host_hwcap_subdirs(), executable=self.interpreter)
+        return load_elf(self.tree, f.path, self._glibc)
 
     def _load_macho(self, f: NativeFile) -> LoadResult:
-        raise NotImplementedError
+        """No macOS interpreter to load into here: the file is the main image (LOADERS.md rule 30)."""
+        from rpathfix.loader_dyld import DyldOptions, load_macho
+
+        return load_macho(self.tree, f.path, DyldOptions(), dlopen=False)
 
 
 def report_to_json(report: Report) -> dict[str, object]:

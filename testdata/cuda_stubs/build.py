@@ -377,7 +377,7 @@ def write_wheel(w: Wheel, out_dir: Path) -> Path:
     path = out_dir / w.filename
     tmp = path.with_suffix(".tmp")
     with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        for n in names + [f"{dist_info}/RECORD"]:
+        for n in [*names, f"{dist_info}/RECORD"]:
             data, mode = files[n] if n in files else (record.encode(), 0o644)
             info = zipfile.ZipInfo(n, date_time=ZIP_DATE)
             info.external_attr = (0o100000 | mode) << 16

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
+from collections.abc import Callable
 
 HELP = "inventory native libraries (ELF, Mach-O) in wheels, directories and files"
 DESCRIPTION = """\
@@ -52,8 +52,7 @@ def run(args: argparse.Namespace) -> int:
             "files": [record_to_json(r) for r in result.files],
             "links": [{"path": lk.path, "target": lk.target, "dangling": lk.dangling} for lk in result.links],
         }
-        json.dump(doc, sys.stdout, indent=1)
-        sys.stdout.write("\n")
+        sys.stdout.write(dumps_indent1(doc) + "\n")
         return 0
     _print_table(result.files)
     if result.links:
@@ -83,3 +82,72 @@ def _print_table(files: list) -> None:  # type: ignore[type-arg]
             print(f"    RUNPATH: {':'.join(r.runpath)}")
         if r.needed:
             print(f"    needs: {', '.join(r.needed)}")
+
+
+def dumps_indent1(doc: object) -> str:
+    """Exactly json.dumps(doc, indent=1), without importing json.
+
+    With indent set, json encodes in pure Python through generators; this does the same
+    layout in one recursive pass, and escapes strings with the same C function json uses.
+    Anything but dict/list/tuple/str/int/bool/None is left to json itself.
+    """
+    try:
+        from _json import encode_basestring_ascii as esc
+    except ImportError:  # pragma: no cover - CPython always has _json
+        from json.encoder import encode_basestring_ascii as esc
+    out: list[str] = []
+    try:
+        _encode(doc, "\n", out, esc)
+    except TypeError:
+        import json
+
+        return json.dumps(doc, indent=1)
+    return "".join(out)
+
+
+def _encode(o: object, nl: str, out: list[str], esc: Callable[[str], str]) -> None:
+    """Append o's JSON to out; nl is the newline plus indentation of o's own line."""
+    if isinstance(o, str):
+        out.append(esc(o))
+    elif o is None:
+        out.append("null")
+    elif o is True:
+        out.append("true")
+    elif o is False:
+        out.append("false")
+    elif type(o) is int:
+        out.append(int.__repr__(o))
+    elif isinstance(o, (list, tuple)):
+        if not o:
+            out.append("[]")
+            return
+        inner = nl + " "
+        sep = "[" + inner
+        for v in o:
+            out.append(sep)
+            if isinstance(v, str):
+                out.append(esc(v))
+            else:
+                _encode(v, inner, out, esc)
+            sep = "," + inner
+        out.append(nl + "]")
+    elif isinstance(o, dict):
+        if not o:
+            out.append("{}")
+            return
+        inner = nl + " "
+        sep = "{" + inner
+        for k, v in o.items():
+            if not isinstance(k, str):
+                raise TypeError("non-string key")
+            out.append(sep)
+            out.append(esc(k))
+            out.append(": ")
+            if isinstance(v, str):
+                out.append(esc(v))
+            else:
+                _encode(v, inner, out, esc)
+            sep = "," + inner
+        out.append(nl + "}")
+    else:
+        raise TypeError(type(o).__name__)

@@ -1,0 +1,67 @@
+"""`rpathfix ldd`: the whole closure of a binary, as ldd(1) shows it, without running anything."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+HELP = "show every library a binary loads and how each was found (ELF and Mach-O, nothing executed)"
+DESCRIPTION = """\
+Simulate the dynamic loader (glibc ld.so for ELF, Apple dyld for Mach-O) on FILE and
+list its whole closure, as ldd(1) does with FILE as the main object, with the rule that
+found each library (rpath, runpath, ld_library_path, cache, default, loaded, ...).
+Nothing is executed, so untrusted and foreign-architecture files are safe.
+
+--exe PY simulates PY dlopen()ing FILE instead (how Python imports an extension module).
+JSON (--json): {"schema": "rpathfix.ldd/1", "root": ..., "libraries": [{"name", "path",
+"found_via", "needed_by"}]}. Exit codes: 0 all found, 1 something missing, 2 bad input."""
+
+
+def register(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file", metavar="FILE", help="shared library, extension module or executable")
+    p.add_argument("--json", action="store_true", help="print rpathfix.ldd/1 JSON")
+    p.add_argument("--exe", metavar="PATH", help="main program that dlopen()s FILE (e.g. a Python interpreter)")
+    p.add_argument("--ld-library-path", metavar="P", help="simulate this LD_LIBRARY_PATH (DYLD_LIBRARY_PATH for Mach-O)")
+    p.add_argument("--cache", metavar="FILE", default="/etc/ld.so.cache", help="ld.so.cache to read (default: %(default)s)")
+    p.add_argument("--no-cache", action="store_true", help="simulate without ld.so.cache")
+    p.add_argument("--arch", help="Mach-O slice to simulate (default: arm64 when present)")
+
+
+def libraries(result) -> list[dict[str, object]]:  # type: ignore[no-untyped-def]
+    """One row per library in load order, plus one per name that was not found."""
+    rows: list[dict[str, object]] = []
+    seen: set[tuple[str, str | None]] = set()
+    for r in result.resolutions:
+        if r.found_via == "loaded":
+            continue
+        key = (r.name, r.path)
+        if key in seen:
+            continue
+        seen.add(key)
+        rows.append({"name": r.name, "path": r.path, "found_via": r.found_via, "needed_by": r.requester})
+    return rows
+
+
+def run(args: argparse.Namespace) -> int:
+    from rpathfix.fstree import RealTree
+    from rpathfix.loaders import ProcessSpec, load
+
+    spec = ProcessSpec(executable=args.exe, library_path=args.ld_library_path,
+                       cache_path=None if args.no_cache else args.cache, cwd=os.getcwd(), arch=args.arch)
+    result = load(RealTree(), args.file, spec)
+    rows = libraries(result)
+    missing = [r for r in result.missing]
+    if args.json:
+        json.dump({"schema": "rpathfix.ldd/1", "root": result.root, "libraries": rows}, sys.stdout, indent=1)
+        sys.stdout.write("\n")
+    else:
+        for row in rows:
+            if row["found_via"] == "driver":
+                print(f"\t{row['name']} => provided by the GPU driver")
+            elif row["path"] is None:
+                print(f"\t{row['name']} => not found   (needed by {row['needed_by']})")
+            else:
+                print(f"\t{row['name']} => {row['path']}   [{row['found_via']}]")
+    return 1 if missing else 0

@@ -1,0 +1,40 @@
+"""`rpathfix unpack`: install wheels into one distribution root each."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "install wheels into distribution roots (DIR/<name>/site-packages, bin, include, data)"
+DESCRIPTION = """\
+Install each wheel into its own distribution root DIR/<normalized name>/ with
+site-packages/ (purelib and platlib), bin/ (console and gui script launchers and
+.data/scripts), include/ (.data/headers) and data/ (.data/data), using pypa's installer.
+
+Wheels are checked first (member paths, file types, RECORD hashes and sizes) and each
+root is built beside its destination and renamed into place, so a failed run leaves
+nothing behind. Launchers and "#!python" scripts name --python (default: this
+interpreter). Bytecode is hash-based (checked-hash) and compiled for --python;
+--no-compile skips it. A root already made from the same wheel with the same options
+is left alone ("up to date"); one made from another wheel is replaced.
+
+Exit codes: 0 ok, 2 bad arguments or a bad wheel."""
+
+
+def register(p: argparse.ArgumentParser) -> None:
+    p.add_argument("wheels", nargs="+", metavar="WHEEL", help="wheel file to install")
+    p.add_argument("--into", required=True, metavar="DIR", help="directory to create the roots in")
+    p.add_argument("--python", metavar="PY", default=None,
+                   help="interpreter for launchers and bytecode (default: the one running rpathfix)")
+    p.add_argument("--no-compile", action="store_true", help="do not write .pyc files")
+
+
+def run(args: argparse.Namespace) -> int:
+    from rpathfix.unpack import unpack_wheel
+
+    for wheel in args.wheels:
+        root, changed = unpack_wheel(wheel, args.into, python=args.python, compile_bytecode=not args.no_compile)
+        if changed:
+            print(f"unpacked {wheel} -> {root}", flush=True)
+        else:
+            print(f"up to date: {root}", flush=True)
+    return 0

@@ -1,0 +1,529 @@
+"""glibc's ld.so, simulated over a FileTree: which file each DT_NEEDED name opens, and why.
+
+The rules are those of ../shared/LOADERS.md Part A (glibc 2.36, verified on this kind of
+machine by experiment); each step below names its rule number. The simulation is pure:
+it reads headers through a FileTree, so the same code answers for a directory on disk
+and for a planned venv that does not exist yet, and it never executes anything (safe on
+untrusted and foreign-architecture files).
+
+A process is modelled as ld.so builds it: the main object (with its PT_INTERP already
+loaded), then its dependencies breadth-first in DT_NEEDED order, each name first checked
+against what is already loaded (rule 3), then searched (rule 5), and a found file
+deduplicated by its physical identity (rule 4). A Python import is the interpreter as
+main object, then dlopen(path) of the extension module (rule 9: its dependencies also
+see the interpreter's DT_RPATH; rule 1: a dlopen()ed object has no l_loader).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import posixpath
+import re
+import subprocess
+from dataclasses import dataclass, field
+
+from rpathfix.errors import FormatError
+from rpathfix.fstree import FileTree, Node
+from rpathfix.fstree import resolve as fs_resolve
+from rpathfix.ldcache import LdCache, load_cache
+from rpathfix.model import ElfInfo
+from rpathfix.resolution import Attempt, LoadedObject, LoadResult, Resolution
+from rpathfix.sniff import HEAD_SIZE
+from rpathfix.source import ByteSource
+
+# GPU driver libraries come with the kernel driver, never with a wheel: a simulation on a
+# build machine without a GPU must call them "provided by the driver", not missing.
+DRIVER_LIBS = re.compile(
+    r"^lib(cuda|cudadebugger|nvidia-[A-Za-z0-9_.-]+|nvcuvid|nvoptix|nvidia)\.so(\.[0-9]+)*$"
+)
+
+# $LIB and the default directories per machine (Debian multiarch; rule 5e, 16).
+MULTIARCH = {"x86_64": "x86_64-linux-gnu", "aarch64": "aarch64-linux-gnu", "i386": "i386-linux-gnu",
+             "ppc64le": "powerpc64le-linux-gnu", "s390x": "s390x-linux-gnu", "arm": "arm-linux-gnueabihf",
+             "riscv64": "riscv64-linux-gnu"}
+DEFAULT_INTERP = {"x86_64": "/lib64/ld-linux-x86-64.so.2", "aarch64": "/lib/ld-linux-aarch64.so.1"}
+MAX_OBJECTS = 10_000
+DST = re.compile(r"\$(?:\{([A-Za-z0-9_]+)\}|([A-Za-z0-9_]+))")
+
+
+def default_dirs(arch: str) -> tuple[str, ...]:
+    triplet = MULTIARCH.get(arch)
+    if triplet is None:
+        return ("/lib", "/usr/lib")
+    return (f"/lib/{triplet}", f"/usr/lib/{triplet}", "/lib", "/usr/lib")
+
+
+@dataclass(frozen=True)
+class GlibcOptions:
+    """The simulated process: environment, cache, hwcaps and the main program."""
+
+    ld_library_path: str | None = None  # rule 12: as the process saw it at start-up
+    cache: LdCache | None = None  # rule 5d; None = no cache
+    hwcap_subdirs: tuple[str, ...] = ()  # rule 20, in priority order, without the final ""
+    platform: str | None = None  # $PLATFORM; None = the main object's arch
+    cwd: str = "/"
+    secure: bool = False  # AT_SECURE (rules 22-24)
+    executable: str | None = None  # main program that dlopen()s the root (a Python interpreter)
+    driver_libs: bool = True
+
+
+@functools.lru_cache(maxsize=1)
+def host_hwcap_subdirs() -> tuple[str, ...]:
+    """This machine's search subdirectories, from `ld.so --help` (rule 20: never hard-coded)."""
+    for interp in DEFAULT_INTERP.values():
+        if os.path.exists(interp):
+            try:
+                text = subprocess.run([interp, "--help"], capture_output=True, text=True, timeout=10).stdout
+            except (OSError, subprocess.TimeoutExpired):
+                return ()
+            return parse_hwcaps_help(text)
+    return ()
+
+
+def parse_hwcaps_help(text: str) -> tuple[str, ...]:
+    """The subdirectory sequence ld.so tries in each search directory (before the directory itself).
+
+    glibc-hwcaps levels first, in priority order, then the legacy subdirectories that glibc
+    <= 2.36 still searches (rule 20): legacy names combine as ld.so's _dl_important_hwcaps
+    does, from the most specific (tls/platform/x86_64) down to single names.
+    """
+    out: list[str] = []
+    legacy: list[str] = []
+    section = ""
+    for line in text.splitlines():
+        if line.startswith("Subdirectories of glibc-hwcaps"):
+            section = "hwcaps"
+            continue
+        if line.startswith("Legacy HWCAP subdirectories"):
+            section = "legacy"
+            continue
+        if not line.startswith("  "):
+            section = "" if line.strip() == "" else section
+            continue
+        name, _, rest = line.strip().partition(" ")
+        if "searched" not in rest:
+            continue
+        if section == "hwcaps":
+            out.append(f"glibc-hwcaps/{name}")
+        elif section == "legacy":
+            legacy.append(name)
+    if legacy:
+        # ld.so: tls first, then the platform, then hwcap names; every subset, most specific first.
+        tls = "tls" in legacy
+        names = [n for n in legacy if n != "tls"]
+        combos: list[list[str]] = []
+        n = len(names)
+        for mask in range((1 << n) - 1, 0, -1):
+            combos.append([names[i] for i in range(n) if mask & (1 << (n - 1 - i))])
+        for c in combos:
+            if tls:
+                out.append("/".join(["tls", *c]))
+        if tls:
+            out.append("tls")
+        for c in combos:
+            out.append("/".join(c))
+    return tuple(out)
+
+
+def host_options(**kw: object) -> GlibcOptions:
+    """Options describing this machine: its ld.so.cache and hwcaps subdirectories."""
+    kw.setdefault("cache", load_cache())
+    kw.setdefault("hwcap_subdirs", host_hwcap_subdirs())
+    return GlibcOptions(**kw)  # type: ignore[arg-type]
+
+
+class CachedTree:
+    """A FileTree wrapper that remembers lstat, listdir and header reads: a simulation asks the
+    same questions thousands of times, and the tree does not change while it runs."""
+
+    def __init__(self, base: FileTree) -> None:
+        self.base = base
+        self._lstat: dict[str, Node | None] = {}
+        self._resolve: dict[str, str | None] = {}
+        self._headers: dict[str, ElfInfo | str] = {}
+
+    def lstat(self, path: str) -> Node | None:
+        try:
+            return self._lstat[path]
+        except KeyError:
+            node = self._lstat[path] = self.base.lstat(path)
+            return node
+
+    def listdir(self, path: str) -> list[str]:
+        return self.base.listdir(path)
+
+    def open(self, path: str) -> ByteSource:
+        return self.base.open(path)
+
+    def resolve(self, path: str) -> str | None:
+        try:
+            return self._resolve[path]
+        except KeyError:
+            real = self._resolve[path] = fs_resolve(self, path)
+            return real
+
+    def header(self, real: str) -> ElfInfo | str:
+        """The ELF headers of a physical file, or why it is not a loadable ELF file."""
+        try:
+            return self._headers[real]
+        except KeyError:
+            pass
+        value: ElfInfo | str
+        try:
+            src = self.base.open(real)
+        except FormatError:
+            value = "unreadable"
+        else:
+            try:
+                head = src.read_at(0, min(HEAD_SIZE, src.size))
+                if head[:4] != b"\x7fELF":
+                    value = "not-elf"
+                else:
+                    from rpathfix.elf import read_elf
+
+                    value = read_elf(src)
+            except FormatError:
+                value = "bad-elf"
+            finally:
+                src.close()
+        self._headers[real] = value
+        return value
+
+
+def as_cached(tree: FileTree) -> CachedTree:
+    return tree if isinstance(tree, CachedTree) else CachedTree(tree)
+
+
+@dataclass(eq=False)
+class _Obj:
+    path: str  # l_name: the string that was opened
+    real: str
+    origin: str  # $ORIGIN
+    info: ElfInfo
+    loader: _Obj | None
+    names: set[str] = field(default_factory=set)
+    is_main: bool = False
+    first_name: str | None = None  # the name it was first requested under (what ldd prints)
+
+    @property
+    def rpath(self) -> str | None:
+        """DT_RPATH as ld.so uses it: discarded entirely when DT_RUNPATH is present (rule 6)."""
+        return None if self.info.runpath is not None else self.info.rpath
+
+
+class GlibcProcess:
+    """One simulated process: loaded objects and every resolution made so far."""
+
+    def __init__(self, tree: FileTree, options: GlibcOptions) -> None:
+        self.tree = as_cached(tree)
+        self.options = options
+        self.objects: list[_Obj] = []
+        self.by_real: dict[str, _Obj] = {}
+        self.main: _Obj | None = None
+        self.resolutions: list[Resolution] = []
+        self.machine: tuple[int, int] | None = None  # (elf_class, e_machine) of the process
+        self.arch = "x86_64"
+        self._deps_done: set[_Obj] = set()
+
+    # ------------------------------------------------------------------ setup
+
+    def _abs(self, path: str) -> str:
+        return path if path.startswith("/") else posixpath.join(self.options.cwd, path)
+
+    def _read_root(self, path: str) -> tuple[str, ElfInfo]:
+        real = self.tree.resolve(self._abs(path))
+        if real is None:
+            raise FormatError(path, "no such file")
+        info = self.tree.header(real)
+        if isinstance(info, str):
+            raise FormatError(path, "not an ELF file" if info == "not-elf" else f"cannot read ELF headers ({info})")
+        return real, info
+
+    def start(self, main_path: str) -> _Obj:
+        """Map the main program, its PT_INTERP, then its dependencies (what execve + ld.so do)."""
+        real, info = self._read_root(main_path)
+        self.machine = (info.elf_class, info.machine)
+        self.arch = info.arch
+        # rule 18: the main program's $ORIGIN is its fully resolved directory (/proc/self/exe).
+        # ldd (explicit ld.so) on glibc < 2.42 uses the path as given: start_as_ldd does that.
+        main = _Obj(self._abs(main_path), real, posixpath.dirname(real), info, None, {main_path}, True)
+        self._add(main)
+        self.main = main
+        self._preload_interp(info)
+        self._load_deps(main)
+        return main
+
+    def start_as_ldd(self, path: str) -> _Obj:
+        """`ldd FILE`: FILE is the main object and its $ORIGIN is the path as given (rule 18)."""
+        real, info = self._read_root(path)
+        self.machine = (info.elf_class, info.machine)
+        self.arch = info.arch
+        p = self._abs(path)
+        main = _Obj(p, real, posixpath.dirname(p), info, None, {path}, True)
+        self._add(main)
+        self.main = main
+        self._preload_interp(info)
+        self._load_deps(main)
+        return main
+
+    def _preload_interp(self, info: ElfInfo) -> None:
+        interp = info.interp or DEFAULT_INTERP.get(info.arch)
+        if not interp:
+            return
+        real = self.tree.resolve(interp)
+        if real is None or real in self.by_real:
+            return
+        hdr = self.tree.header(real)
+        names = {interp, posixpath.basename(interp)}
+        if isinstance(hdr, ElfInfo):
+            obj = _Obj(interp, real, posixpath.dirname(interp), hdr, None, names)
+            if hdr.soname:
+                names.add(hdr.soname)
+            self._add(obj)
+
+    def dlopen(self, path: str, caller: _Obj | None = None) -> tuple[Resolution, _Obj | None]:
+        """dlopen(path) from `caller` (default: the main program): the Python import of a module."""
+        requester = caller or self.main
+        if self.machine is None:
+            _real, info = self._read_root(path)
+            self.machine = (info.elf_class, info.machine)
+            self.arch = info.arch
+        res, obj = self._lookup(path, requester, is_dlopen=True)
+        self.resolutions.append(res)
+        if obj is not None and obj.loader is None and obj not in self._deps_done:
+            self._load_deps(obj)
+        return res, obj
+
+    # ------------------------------------------------------------------ loading
+
+    def _add(self, obj: _Obj) -> None:
+        if len(self.objects) >= MAX_OBJECTS:
+            raise FormatError(obj.path, f"more than {MAX_OBJECTS} objects in one closure")
+        self.objects.append(obj)
+        self.by_real[obj.real] = obj
+
+    def _load_deps(self, first: _Obj) -> None:
+        """Breadth-first over DT_NEEDED, as _dl_map_object_deps does."""
+        queue = [first]
+        done = self._deps_done
+        while queue:
+            obj = queue.pop(0)
+            if obj in done:
+                continue
+            done.add(obj)
+            for name in obj.info.needed:
+                res, dep = self._lookup(name, obj)
+                self.resolutions.append(res)
+                if dep is not None and dep not in done:
+                    queue.append(dep)
+
+    def _loaded(self, name: str) -> _Obj | None:
+        """Rule 3: a name equal to a loaded object's l_name, a name it was requested under, or its SONAME."""
+        for o in self.objects:
+            if name == o.path or name in o.names or (o.info.soname is not None and name == o.info.soname
+                                                     and "/" not in name):
+                return o
+        return None
+
+    def _lookup(self, name: str, requester: _Obj | None, is_dlopen: bool = False) -> tuple[Resolution, _Obj | None]:
+        req_path = requester.path if requester else "<none>"
+        hit = self._loaded(name)
+        if hit is not None:
+            hit.names.add(name)
+            return Resolution(name, req_path, hit.path, "loaded",
+                              (Attempt(hit.path, "loaded", "found", note="already loaded"),)), hit
+        attempts: list[Attempt] = []
+        if "/" in name:
+            # Rule 2: a name with a slash is opened as given, after DST expansion (rule 19).
+            origin = requester.origin if requester else self.options.cwd
+            expanded = self._expand(name, origin, requester is not None and requester.is_main)
+            if expanded is None:
+                return Resolution(name, req_path, None, None, (Attempt(name, "direct", "skipped",
+                                                                       note="unexpandable token"),)), None
+            obj, err = self._try(self._abs(expanded), "direct", None, None, attempts, name, requester, is_dlopen)
+            return Resolution(name, req_path, obj.path if obj else None, "direct" if obj else None,
+                              tuple(attempts), error=err), obj
+        for rule, value, contributor in self._search_lists(requester):
+            origin = contributor.origin if contributor else self.options.cwd
+            is_main = contributor is not None and contributor.is_main
+            for raw in _split(value, rule == "ld_library_path"):
+                d = self._expand(raw, origin, is_main) if raw else self.options.cwd
+                if d is None:
+                    attempts.append(Attempt(raw, rule, "skipped", raw, contributor.path if contributor else None,
+                                            "token cannot be expanded here"))
+                    continue
+                d = self._abs(d).rstrip("/") or "/"
+                obj, err = self._search_dir(d, rule, raw, contributor, attempts, name, requester, is_dlopen)
+                if obj is not None or err is not None:
+                    return Resolution(name, req_path, obj.path if obj else None, rule if obj else None,
+                                      tuple(attempts), error=err), obj
+        nodeflib = requester is not None and requester.info.nodeflib
+        defaults = default_dirs(self.arch)
+        if self.options.cache is not None and self.machine is not None:
+            hit_path = self.options.cache.lookup(name, self.arch, self.machine[0])
+            if hit_path is None:
+                attempts.append(Attempt(name, "cache", "missing", note=f"no entry in {self.options.cache.path}"))
+            else:
+                if nodeflib and posixpath.dirname(hit_path) in defaults:
+                    attempts.append(Attempt(hit_path, "cache", "skipped", note="DF_1_NODEFLIB"))
+                else:
+                    obj, err = self._try(hit_path, "cache", None, None, attempts, name, requester, is_dlopen)
+                    if obj is not None or err is not None:
+                        return Resolution(name, req_path, obj.path if obj else None, "cache" if obj else None,
+                                          tuple(attempts), error=err), obj
+        if not nodeflib:
+            for d in defaults:
+                obj, err = self._search_dir(d, "default", None, None, attempts, name, requester, is_dlopen)
+                if obj is not None or err is not None:
+                    return Resolution(name, req_path, obj.path if obj else None, "default" if obj else None,
+                                      tuple(attempts), error=err), obj
+        if self.options.driver_libs and DRIVER_LIBS.match(name):
+            attempts.append(Attempt(name, "driver", "found", note="provided by the GPU driver at run time"))
+            return Resolution(name, req_path, None, "driver", tuple(attempts)), None
+        return Resolution(name, req_path, None, None, tuple(attempts)), None
+
+    def _search_lists(self, r: _Obj | None) -> list[tuple[str, str, _Obj | None]]:
+        """Rule 5: the ordered path lists searched for a name without a slash."""
+        lists: list[tuple[str, str, _Obj | None]] = []
+        if r is not None and r.info.runpath is None:
+            # 5a, rules 7-8: the RPATH chain through every loader, then the executable's.
+            seen: set[int] = set()
+            x: _Obj | None = r
+            while x is not None and id(x) not in seen:
+                seen.add(id(x))
+                if x.rpath:
+                    lists.append(("rpath", x.rpath, x))
+                x = x.loader
+            m = self.main
+            if m is not None and id(m) not in seen and m.rpath:
+                lists.append(("rpath", m.rpath, m))
+        elif r is None and self.main is not None and self.main.rpath:
+            lists.append(("rpath", self.main.rpath, self.main))
+        llp = self.options.ld_library_path
+        if llp and not self.options.secure:
+            lists.append(("ld_library_path", llp, self.main))  # rule 19: $ORIGIN = the executable's
+        if r is not None and r.info.runpath:
+            lists.append(("runpath", r.info.runpath, r))  # 5c: the requester's own, never inherited
+        return lists
+
+    def _search_dir(self, d: str, rule: str, raw: str | None, contributor: _Obj | None, attempts: list[Attempt],
+                    name: str, requester: _Obj | None, is_dlopen: bool) -> tuple[_Obj | None, str | None]:
+        """Rule 11/21: the hwcaps subdirectories of d, then d itself; the first valid file wins."""
+        for sub in self.options.hwcap_subdirs:
+            sd = f"{d}/{sub}"
+            if self.tree.resolve(sd) is None:
+                continue  # ld.so caches missing (dir, sub) pairs; nothing to show for them
+            obj, err = self._try(f"{sd}/{name}", rule, raw, contributor, attempts, name, requester, is_dlopen)
+            if obj is not None or err is not None:
+                return obj, err
+        return self._try(f"{d}/{name}" if d != "/" else f"/{name}", rule, raw, contributor, attempts, name,
+                         requester, is_dlopen)
+
+    def _try(self, path: str, rule: str, raw: str | None, contributor: _Obj | None, attempts: list[Attempt],
+             name: str, requester: _Obj | None, is_dlopen: bool) -> tuple[_Obj | None, str | None]:
+        """Open one candidate: (object, None) when found, (None, error) for a hard error, else (None, None)."""
+        cpath = contributor.path if contributor and rule != "ld_library_path" else None
+        real = self.tree.resolve(path)
+        node = self.tree.lstat(real) if real is not None else None
+        if real is None or node is None or node.kind != "file":
+            attempts.append(Attempt(path, rule, "missing", raw, cpath))
+            return None, None
+        hdr = self.tree.header(real)
+        if isinstance(hdr, str):
+            # Rule 11: any bad header other than class/machine stops the whole load.
+            attempts.append(Attempt(path, rule, "bad-file", raw, cpath, "invalid ELF header: ld.so stops here"))
+            return None, f"{path}: invalid ELF header"
+        if self.machine is not None and hdr.elf_class != self.machine[0]:
+            attempts.append(Attempt(path, rule, "wrong-class", raw, cpath, f"ELFCLASS{hdr.elf_class}"))
+            return None, None
+        if self.machine is not None and hdr.machine != self.machine[1]:
+            attempts.append(Attempt(path, rule, "wrong-machine", raw, cpath, hdr.arch))
+            return None, None
+        attempts.append(Attempt(path, rule, "found", raw, cpath))
+        existing = self.by_real.get(real)
+        if existing is not None:
+            existing.names.add(name)  # rule 4: same file by another path; its origin stays
+            return existing, None
+        loader = None if is_dlopen else requester  # rule 1
+        obj = _Obj(path, real, posixpath.dirname(path), hdr, loader, {name}, first_name=name)
+        self._add(obj)
+        return obj, None
+
+    def _expand(self, raw: str, origin: str, for_main: bool) -> str | None:
+        """Rule 16, 23, 24: expand $ORIGIN, $LIB, $PLATFORM; None drops the element."""
+        if "$" not in raw:
+            return raw
+        if self.options.secure:
+            m = DST.search(raw)
+            if m and (m.group(1) or m.group(2)) == "ORIGIN" and m.start() != 0:
+                return None
+        lib = f"lib/{MULTIARCH[self.arch]}" if self.arch in MULTIARCH else "lib"
+        platform = self.options.platform or self.arch
+
+        def sub(m: re.Match[str]) -> str:
+            token = m.group(1) or m.group(2)
+            if token == "ORIGIN":
+                return origin
+            if token == "LIB":
+                return lib
+            if token == "PLATFORM":
+                return platform
+            return m.group(0)  # unknown tokens stay literal
+
+        out = DST.sub(sub, raw)
+        trusted = any(out == d or out.startswith(d + "/") for d in default_dirs(self.arch))
+        if self.options.secure and for_main and "ORIGIN" in raw and not trusted:
+            return None  # rule 24: the executable's $ORIGIN must be a trusted directory
+        return out
+
+    # ------------------------------------------------------------------ results
+
+    def result(self, root: str, skip: int = 0) -> LoadResult:
+        objs = [LoadedObject(o.path, o.real, o.first_name or o.path,
+                             o.loader.path if o.loader else None, o.info.soname) for o in self.objects[skip:]]
+        return LoadResult(root, objs, list(self.resolutions))
+
+
+def _split(value: str, is_llp: bool) -> list[str]:
+    """Rule 14: ':' separates (also ';' in LD_LIBRARY_PATH); an empty element is the cwd."""
+    if value == "":
+        return []
+    if is_llp:
+        value = value.replace(";", ":")
+    return value.split(":")
+
+
+def load_elf(tree: FileTree, root: str, options: GlibcOptions, *, dlopen: bool | None = None) -> LoadResult:
+    """The closure of `root`: as `ldd root` shows it, or, with options.executable, as the
+    executable's dlopen(root) loads it (a Python interpreter importing an extension module)."""
+    proc = GlibcProcess(tree, options)
+    use_dlopen = options.executable is not None if dlopen is None else dlopen
+    if use_dlopen and options.executable:
+        proc.start(options.executable)
+        proc.resolutions.clear()  # the interpreter's own closure is not the root's business
+        skip = len(proc.objects)
+        proc.dlopen(root)
+        return proc.result(root, skip)
+    proc.start_as_ldd(root)
+    return proc.result(root)
+
+
+def explain(tree: FileTree, requester: str, name: str, options: GlibcOptions) -> tuple[Resolution, LoadResult]:
+    """How `name` is resolved when `requester` asks for it (`rpathfix why`)."""
+    result = load_elf(tree, requester, options)
+    for r in result.resolutions:
+        if r.name == name and r.requester in (requester, posixpath.join(options.cwd, requester)):
+            return r, result
+    for r in result.resolutions:
+        if r.name == name:
+            return r, result
+    # Not a dependency of requester: ask as if requester had one more DT_NEEDED entry.
+    proc = GlibcProcess(tree, options)
+    if options.executable:
+        proc.start(options.executable)
+        _res, obj = proc.dlopen(requester)
+    else:
+        obj = proc.start_as_ldd(requester)
+    res, _ = proc._lookup(name, obj)
+    return res, result

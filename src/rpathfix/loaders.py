@@ -1,0 +1,100 @@
+"""One entry point to both loader models: pick glibc or dyld by the file's magic bytes.
+
+ldd, why and verify call these, so the ELF/Mach-O split lives in one place.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+from dataclasses import dataclass
+
+from rpathfix.errors import FormatError, UsageError
+from rpathfix.fstree import FileTree, resolve
+from rpathfix.resolution import LoadResult, Resolution
+from rpathfix.sniff import HEAD_SIZE, binary_format
+
+
+@dataclass(frozen=True)
+class ProcessSpec:
+    """What the simulated process looks like, for either loader."""
+
+    executable: str | None = None  # the program that dlopen()s the file (a Python interpreter)
+    library_path: str | None = None  # LD_LIBRARY_PATH, or DYLD_LIBRARY_PATH for Mach-O
+    cache_path: str | None = "/etc/ld.so.cache"  # None: no ld.so.cache
+    cwd: str = "/"
+    arch: str | None = None  # Mach-O slice to simulate
+
+
+def file_format(tree: FileTree, path: str) -> str:
+    """"elf" or "macho" for an existing binary; UsageError (exit 2) for anything else."""
+    real = resolve(tree, path)
+    if real is None:
+        raise UsageError(f"{path}: no such file")
+    node = tree.lstat(real)
+    if node is None or node.kind != "file":
+        raise UsageError(f"{path}: not a regular file; pass a shared library, extension module or executable")
+    src = tree.open(real)
+    try:
+        fmt = binary_format(src.read_at(0, min(HEAD_SIZE, src.size)))
+    finally:
+        src.close()
+    if fmt is None:
+        raise UsageError(f"{path}: neither ELF nor Mach-O; pass a shared library, extension module or executable")
+    return fmt
+
+
+def _glibc_options(spec: ProcessSpec):  # type: ignore[no-untyped-def]
+    from rpathfix.ldcache import load_cache
+    from rpathfix.loader_glibc import GlibcOptions, host_hwcap_subdirs
+
+    cache = load_cache(spec.cache_path) if spec.cache_path else None
+    return GlibcOptions(ld_library_path=spec.library_path, cache=cache, hwcap_subdirs=host_hwcap_subdirs(),
+                        cwd=spec.cwd, executable=spec.executable)
+
+
+def _dyld_options(spec: ProcessSpec):  # type: ignore[no-untyped-def]
+    from rpathfix.loader_dyld import DyldOptions
+
+    dirs = tuple(d for d in (spec.library_path or "").split(":") if d)
+    return DyldOptions(arch=spec.arch, executable=spec.executable, dyld_library_path=dirs, cwd=spec.cwd)
+
+
+def load(tree: FileTree, path: str, spec: ProcessSpec) -> LoadResult:
+    """The closure of `path`: as ldd shows it, or as spec.executable's dlopen() loads it."""
+    path = _absolute(path, spec.cwd)
+    try:
+        if file_format(tree, path) == "elf":
+            from rpathfix.loader_glibc import load_elf
+
+            return load_elf(tree, path, _glibc_options(spec))
+        from rpathfix.loader_dyld import load_macho
+
+        return load_macho(tree, path, _dyld_options(spec), dlopen=spec.executable is not None)
+    except FormatError as e:
+        raise UsageError(str(e)) from None
+
+
+def explain(tree: FileTree, path: str, name: str, spec: ProcessSpec) -> tuple[Resolution, LoadResult]:
+    """How `name` resolves when `path` asks for it, with the closure it was resolved in."""
+    path = _absolute(path, spec.cwd)
+    try:
+        if file_format(tree, path) == "elf":
+            from rpathfix.loader_glibc import explain as glibc_explain
+
+            return glibc_explain(tree, path, name, _glibc_options(spec))
+        from rpathfix.loader_dyld import explain as dyld_explain
+        from rpathfix.loader_dyld import load_macho
+
+        opts = _dyld_options(spec)
+        return dyld_explain(tree, path, name, opts), load_macho(tree, path, opts, dlopen=spec.executable is not None)
+    except FormatError as e:
+        raise UsageError(str(e)) from None
+
+
+def _absolute(path: str, cwd: str) -> str:
+    return path if path.startswith("/") else posixpath.normpath(posixpath.join(cwd, path))
+
+
+def default_cwd() -> str:
+    return os.getcwd()

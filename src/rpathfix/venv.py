@@ -1,0 +1,435 @@
+"""Write a per-binary venv from plan entries (the action behind `rpathfix venv`).
+
+Layout: pyvenv.cfg, bin/python -> the base interpreter (the only absolute link: the
+interpreter lives outside anything that is moved), bin/python3 and bin/pythonX.Y ->
+python, and the entries under their kinds' directories. Every other link is relative,
+computed from OUT's final real location, so OUT can be moved together with its roots
+kept in place relative to it (Bazel output trees, runfiles).
+
+The whole tree is described first (a dict of relative path -> node), compared with an
+existing OUT (identical: nothing is written), else built in a temp directory beside OUT
+and renamed into place, so a reader never sees a half-written venv.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import posixpath
+import shutil
+import stat
+import subprocess
+import sys
+import sysconfig
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from rpathfix.entrypoints import SCRIPT_GROUPS
+from rpathfix.errors import UsageError
+from rpathfix.launchers import entry_point_launcher, python_launcher
+from rpathfix.model import PlanEntry
+
+LINK_MODES = ("symlink", "hardlink", "copy")
+DIR_MODE = 0o755
+_HARDLINK_FALLBACK = {errno.EXDEV, errno.EPERM, errno.EACCES, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP}
+
+
+@dataclass(frozen=True)
+class PythonInfo:
+    executable: str
+    base_executable: str  # a real interpreter, not inside a venv
+    version: str  # "3.11.7"
+    version_short: str  # "3.11"
+    ext_suffix: str
+
+
+_PROBE = (
+    "import json, sys, sysconfig\n"
+    "print(json.dumps({'executable': sys.executable,"
+    " 'base': getattr(sys, '_base_executable', None) or sys.executable,"
+    " 'version': list(sys.version_info[:3]),"
+    " 'ext_suffix': sysconfig.get_config_var('EXT_SUFFIX') or ''}))\n"
+)
+
+
+def _in_venv(exe: str) -> bool:
+    """True when `exe` sits where CPython looks for a venv's pyvenv.cfg."""
+    d = os.path.dirname(exe)
+    return any(os.path.isfile(os.path.join(p, "pyvenv.cfg")) for p in (d, os.path.dirname(d)))
+
+
+def _base_interpreter(python: str, executable: str, base: str, short: str) -> str:
+    """The interpreter behind a venv: sys._base_executable, or what a venv's python resolves to.
+
+    CPython derives _base_executable as home/<name of the venv's python>, which need not
+    exist (home has python3.11 but not python); the real path of the venv's python is
+    then the interpreter itself.
+    """
+    candidates = [base, os.path.realpath(base), os.path.realpath(executable)]
+    candidates += [os.path.join(os.path.dirname(base), n) for n in (f"python{short}", "python3")]
+    for c in candidates:
+        if c and os.path.isabs(c) and os.path.isfile(c) and os.access(c, os.X_OK) and not _in_venv(c):
+            return c
+    raise UsageError(f"{python}: not a runnable Python interpreter: cannot find the base interpreter "
+                     f"behind {executable}")
+
+
+def _info_from(python: str, raw: dict[str, object]) -> PythonInfo:
+    try:
+        executable = str(raw["executable"])
+        base = str(raw["base"])
+        ver = [int(v) for v in raw["version"]]  # type: ignore[attr-defined]
+        ext = str(raw["ext_suffix"])
+        version = ".".join(str(v) for v in ver[:3])
+        short = f"{ver[0]}.{ver[1]}"
+    except (KeyError, TypeError, ValueError, IndexError) as e:
+        raise UsageError(f"{python}: not a runnable Python interpreter: unexpected answer ({e})") from None
+    return PythonInfo(executable, _base_interpreter(python, executable, base, short), version, short, ext)
+
+
+def python_info(python: str) -> PythonInfo:
+    """Version, EXT_SUFFIX and base interpreter of `python` (one subprocess unless it is us)."""
+    if python and os.path.abspath(python) == sys.executable:
+        return _info_from(python, {
+            "executable": sys.executable,
+            "base": getattr(sys, "_base_executable", None) or sys.executable,
+            "version": list(sys.version_info[:3]),
+            "ext_suffix": sysconfig.get_config_var("EXT_SUFFIX") or "",
+        })
+    try:
+        proc = subprocess.run([python, "-I", "-c", _PROBE], capture_output=True, text=True, timeout=30,
+                              stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.SubprocessError, ValueError) as e:
+        raise UsageError(f"{python}: not a runnable Python interpreter: {e}") from None
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
+        raise UsageError(f"{python}: not a runnable Python interpreter: {last}")
+    try:
+        raw = json.loads(proc.stdout)
+    except ValueError:
+        raw = None
+    if not isinstance(raw, dict):
+        raise UsageError(f"{python}: not a runnable Python interpreter: unexpected output {proc.stdout[:80]!r}")
+    return _info_from(python, raw)
+
+
+def _kind_prefixes(info: PythonInfo) -> dict[str, str]:
+    """Each kind's directory relative to OUT ("" is OUT itself)."""
+    v = info.version_short
+    return {
+        "site-packages": f"lib/python{v}/site-packages",
+        "bin": "bin",
+        "include": f"include/site/python{v}",  # where pip puts headers in a venv
+        "data": "",
+    }
+
+
+def kind_dirs(out: str, info: PythonInfo) -> dict[str, str]:
+    return {k: posixpath.join(out, p) if p else out for k, p in _kind_prefixes(info).items()}
+
+
+# ---------------------------------------------------------------- the tree as data
+
+
+@dataclass(frozen=True)
+class _Node:
+    kind: Literal["dir", "link", "file", "data"]
+    link: str | None = None  # link text
+    source: str | None = None  # file to hard-link or copy
+    how: Literal["hardlink", "copy"] = "copy"
+    data: bytes | None = None
+    mode: int = DIR_MODE
+
+
+_DIR = _Node("dir")
+
+
+class _Tree:
+    """Relative path -> node; parents are real directories, a path is given once."""
+
+    def __init__(self, final: str) -> None:
+        self.final = final  # OUT's real final location: base of every relative link
+        self.nodes: dict[str, _Node] = {"": _DIR}
+
+    def add(self, rel: str, node: _Node, why: str) -> None:
+        parts = rel.split("/")
+        for i in range(1, len(parts)):
+            p = "/".join(parts[:i])
+            cur = self.nodes.setdefault(p, _DIR)
+            if cur.kind != "dir":
+                raise UsageError(f"{why}: {rel} lies under {p}, which is a {cur.kind}, not a directory")
+        prev = self.nodes.get(rel)
+        if prev is not None and not (prev.kind == "dir" and node.kind == "dir"):
+            raise UsageError(f"{why}: {rel or '.'} is written twice")
+        self.nodes[rel] = node
+
+    def link_to(self, rel: str, target: str) -> _Node:
+        start = posixpath.join(self.final, posixpath.dirname(rel))
+        return _Node("link", link=os.path.relpath(os.path.abspath(target), start))
+
+    def children(self) -> dict[str, set[str]]:
+        out: dict[str, set[str]] = {r: set() for r, n in self.nodes.items() if n.kind == "dir"}
+        for r in self.nodes:
+            if r:
+                out[posixpath.dirname(r)].add(posixpath.basename(r))
+        return out
+
+
+def _clean_rel(path: str, why: str) -> str:
+    norm = posixpath.normpath(path) if path else ""
+    if not norm or norm == "." or posixpath.isabs(norm) or norm == ".." or norm.startswith("../"):
+        raise UsageError(f"{why}: bad venv path {path!r}")
+    return norm
+
+
+def _python_script(path: str) -> bytes | None:
+    """The bytes of `path` when it is a Python script (a `#!...python...` first line)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(512).split(b"\n", 1)[0]
+            if not (head.startswith(b"#!") and b"python" in head):
+                return None
+            f.seek(0)
+            return f.read()
+    except OSError:
+        return None
+
+
+def _expand(tree: _Tree, rel: str, target: str, how: Literal["hardlink", "copy"], why: str,
+            stack: tuple[str, ...] = ()) -> None:
+    """Real files (hard links or copies) for `target`, a file or a directory, at `rel`."""
+    try:
+        st = os.stat(target)
+    except OSError as e:
+        raise UsageError(f"{why}: {target}: {e.strerror}") from None
+    if stat.S_ISREG(st.st_mode):
+        tree.add(rel, _Node("file", source=os.path.realpath(target), how=how, mode=stat.S_IMODE(st.st_mode)), why)
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        raise UsageError(f"{why}: {target}: neither a regular file nor a directory")
+    real = os.path.realpath(target)
+    if real in stack:
+        raise UsageError(f"{why}: {target}: symlink loop")
+    tree.add(rel, _DIR, why)
+    _expand_dir(tree, rel, target, "", how, why, (*stack, real))
+
+
+def _expand_dir(tree: _Tree, rel: str, top: str, sub: str, how: Literal["hardlink", "copy"], why: str,
+                stack: tuple[str, ...]) -> None:
+    here = posixpath.join(top, sub) if sub else top
+    for name in sorted(os.listdir(here)):
+        src = posixpath.join(here, name)
+        sub_child = posixpath.join(sub, name) if sub else name
+        dst = posixpath.join(rel, sub_child)
+        if os.path.islink(src):
+            text = os.readlink(src)
+            inside = posixpath.normpath(posixpath.join(sub, text))
+            if not posixpath.isabs(text) and inside != ".." and not inside.startswith("../"):
+                tree.add(dst, _Node("link", link=text), why)  # stays inside the target: kept as is
+            elif os.path.exists(src):
+                _expand(tree, dst, src, how, why, stack)
+            else:  # dangling: keep pointing where it pointed
+                tree.add(dst, tree.link_to(dst, posixpath.join(here, text)), why)
+        elif os.path.isdir(src):
+            tree.add(dst, _DIR, why)
+            _expand_dir(tree, rel, top, sub_child, how, why, stack)
+        else:
+            _expand(tree, dst, src, how, why, stack)
+
+
+def _entry_point(value: str, why: str) -> tuple[str, str]:
+    spec = value.split("[", 1)[0].strip()  # drop extras: "mod:func [extra]"
+    module, sep, attr = spec.partition(":")
+    module, attr = module.strip(), attr.strip()
+    ok = sep and all(p.isidentifier() for p in module.split(".")) and all(p.isidentifier() for p in attr.split("."))
+    if not ok:
+        raise UsageError(f"{why}: {value!r} is not module:attr")
+    return module, attr
+
+
+def _describe(final: str, entries: Sequence[PlanEntry], info: PythonInfo, link_mode: str,
+              entry_points: Sequence[tuple[str, str, str]]) -> _Tree:
+    tree = _Tree(final)
+    prefixes = _kind_prefixes(info)
+    short = info.version_short
+    cfg = (f"home = {os.path.dirname(info.base_executable)}\n"
+           "include-system-site-packages = false\n"
+           f"version = {info.version}\n")
+    tree.add("pyvenv.cfg", _Node("data", data=cfg.encode(), mode=0o644), "pyvenv.cfg")
+    tree.add("bin/python", _Node("link", link=info.base_executable), "bin/python")
+    reserved = {"python", "python3", f"python{short}"}
+    for name in sorted(reserved - {"python"}):
+        tree.add(f"bin/{name}", _Node("link", link="python"), f"bin/{name}")
+    tree.add(prefixes["site-packages"], _DIR, "site-packages")
+
+    for e in sorted(entries, key=lambda e: (e.kind, e.venv_path)):
+        why = f"plan entry {e.kind}:{e.venv_path}"
+        if e.kind not in prefixes:
+            raise UsageError(f"{why}: unknown kind {e.kind!r}")
+        vp = _clean_rel(e.venv_path, why)
+        if e.kind == "bin" and vp in reserved:
+            continue  # the venv's own interpreter wins
+        rel = posixpath.join(prefixes[e.kind], vp) if prefixes[e.kind] else vp
+        if e.kind == "bin" and "/" not in vp:
+            script = _python_script(e.target)
+            if script is not None:
+                text = python_launcher(script.decode("utf-8", "surrogateescape"))
+                tree.add(rel, _Node("data", data=text.encode("utf-8", "surrogateescape"), mode=0o755), why)
+                continue
+        if e.method == "copy":
+            _expand(tree, rel, e.target, "copy", why)
+        elif link_mode == "symlink":
+            tree.add(rel, tree.link_to(rel, e.target), why)
+        else:
+            _expand(tree, rel, e.target, "hardlink" if link_mode == "hardlink" else "copy", why)
+
+    for group, name, value in sorted(entry_points, key=lambda t: (t[1], t[0], t[2])):
+        if group not in SCRIPT_GROUPS:
+            continue
+        why = f"entry point {group}:{name}"
+        if not name or "/" in name or name in (".", "..") or "\0" in name:
+            raise UsageError(f"{why}: bad script name")
+        rel = f"bin/{name}"
+        if name in reserved or rel in tree.nodes:
+            continue  # a launcher from a bin/ entry or an earlier group wins
+        module, attr = _entry_point(value, why)
+        tree.add(rel, _Node("data", data=entry_point_launcher(module, attr).encode(), mode=0o755), why)
+    return tree
+
+
+# ---------------------------------------------------------------- compare and write
+
+
+def _same_bytes(a: str, b: str | bytes) -> bool:
+    with open(a, "rb") as fa:
+        if isinstance(b, bytes):
+            return fa.read(len(b) + 1) == b
+        with open(b, "rb") as fb:
+            while True:
+                x, y = fa.read(1 << 20), fb.read(1 << 20)
+                if x != y:
+                    return False
+                if not x:
+                    return True
+
+
+def _matches(out: str, tree: _Tree) -> bool:
+    """True when OUT already holds exactly `tree` (paths, kinds, link texts, bytes, modes)."""
+    children = tree.children()
+    try:
+        for rel, node in tree.nodes.items():
+            p = os.path.join(out, rel) if rel else out
+            st = os.lstat(p)
+            if node.kind == "dir":
+                if not stat.S_ISDIR(st.st_mode) or stat.S_IMODE(st.st_mode) != DIR_MODE:
+                    return False
+                if set(os.listdir(p)) != children[rel]:
+                    return False
+            elif node.kind == "link":
+                if not stat.S_ISLNK(st.st_mode) or os.readlink(p) != node.link:
+                    return False
+            else:
+                if not stat.S_ISREG(st.st_mode) or stat.S_IMODE(st.st_mode) != node.mode:
+                    return False
+                if node.kind == "data":
+                    assert node.data is not None
+                    if st.st_size != len(node.data) or not _same_bytes(p, node.data):
+                        return False
+                else:
+                    assert node.source is not None
+                    src = os.stat(node.source)
+                    if (src.st_dev, src.st_ino) == (st.st_dev, st.st_ino):
+                        continue
+                    if src.st_size != st.st_size or not _same_bytes(p, node.source):
+                        return False
+    except OSError:
+        return False
+    return True
+
+
+def _build(root: str, tree: _Tree) -> None:
+    for rel in sorted(tree.nodes):
+        node = tree.nodes[rel]
+        p = os.path.join(root, rel) if rel else root
+        if node.kind == "dir":
+            if rel:
+                os.mkdir(p, DIR_MODE)
+            os.chmod(p, DIR_MODE)
+        elif node.kind == "link":
+            assert node.link is not None
+            os.symlink(node.link, p)
+        elif node.kind == "data":
+            assert node.data is not None
+            fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, node.mode)
+            try:
+                os.write(fd, node.data)
+                os.fchmod(fd, node.mode)
+            finally:
+                os.close(fd)
+        else:
+            assert node.source is not None
+            if node.how == "hardlink":
+                try:
+                    os.link(node.source, p)
+                    continue
+                except OSError as e:
+                    if e.errno not in _HARDLINK_FALLBACK:
+                        raise
+            shutil.copy2(node.source, p)
+            os.chmod(p, node.mode)
+
+
+def write_venv(out: Path, entries: list[PlanEntry], *, python: str, link_mode: str = "symlink",
+               entry_points: Sequence[tuple[str, str, str]] = ()) -> bool:
+    """Write the venv at OUT; True if anything changed (an identical OUT is left untouched)."""
+    if link_mode not in LINK_MODES:
+        raise UsageError(f"link mode {link_mode!r}: expected one of {', '.join(LINK_MODES)}")
+    info = python_info(python)
+    out_abs = os.path.abspath(os.fspath(out))
+    parent, name = os.path.split(out_abs)
+    if not name:
+        raise UsageError(f"{out}: not a usable venv directory")
+    try:
+        os.makedirs(parent, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"{parent}: cannot create: {e.strerror}") from None
+    final = os.path.join(os.path.realpath(parent), name)
+    exists = False
+    try:
+        st = os.lstat(final)
+        exists = True
+    except FileNotFoundError:
+        pass
+    if exists:
+        if not stat.S_ISDIR(st.st_mode):
+            raise UsageError(f"{out}: exists and is not a directory")
+        if os.listdir(final) and not os.path.isfile(os.path.join(final, "pyvenv.cfg")):
+            raise UsageError(f"{out}: exists, is not empty and is not a venv; refusing to replace it")
+
+    tree = _describe(final, entries, info, link_mode, entry_points)
+    if exists and _matches(final, tree):
+        return False
+
+    parent_real = os.path.dirname(final)
+    tmp = tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=parent_real)
+    try:
+        _build(tmp, tree)
+        if exists:
+            old = tempfile.mkdtemp(prefix=f".{name}.old-", dir=parent_real)
+            os.rename(final, old)  # onto an empty directory: allowed by rename(2)
+            try:
+                os.rename(tmp, final)
+            except BaseException:
+                os.rename(old, final)
+                raise
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return True

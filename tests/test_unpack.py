@@ -1,0 +1,233 @@
+"""`rpathfix unpack`: layout, scripts, bytecode, idempotence, determinism and bad wheels."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import stat
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from conftest import rpathfix
+from rpathfix.errors import FormatError, UsageError
+from rpathfix.unpack import MARKER, unpack_wheel
+
+
+def _tree(top: Path) -> dict[str, tuple[int, bytes | None]]:
+    """relative path -> (mode, contents or None for directories)."""
+    out: dict[str, tuple[int, bytes | None]] = {}
+    for p in sorted(top.rglob("*")):
+        st = p.lstat()
+        out[p.relative_to(top).as_posix()] = (st.st_mode, None if p.is_dir() else p.read_bytes())
+    return out
+
+
+def _mtimes(top: Path) -> dict[str, int]:
+    return {p.as_posix(): p.lstat().st_mtime_ns for p in [top, *top.rglob("*")]}
+
+
+def _pyc_flags(pyc: Path) -> int:
+    return int.from_bytes(pyc.read_bytes()[4:8], "little")
+
+
+def _hash(data: bytes) -> str:
+    return "sha256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+
+
+def make_wheel(path: Path, dist: str = "tiny", version: str = "1.0",
+               extra: list[tuple[zipfile.ZipInfo, bytes]] | None = None,
+               bad_hash_for: str | None = None, wheel_file: bool = True) -> Path:
+    """A small valid wheel (pure, one module) plus `extra` members, all listed in RECORD."""
+    di = f"{dist}-{version}.dist-info"
+    members: list[tuple[zipfile.ZipInfo, bytes]] = [
+        (zipfile.ZipInfo(f"{dist}/__init__.py"), b"VALUE = 1\n"),
+        (zipfile.ZipInfo(f"{di}/METADATA"), f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n".encode()),
+    ]
+    if wheel_file:
+        members.append((zipfile.ZipInfo(f"{di}/WHEEL"),
+                        b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"))
+    members += extra or []
+    lines = []
+    for info, data in members:
+        h = _hash(b"tampered" if info.filename == bad_hash_for else data)
+        lines.append(f"{info.filename},{h},{len(data)}")
+    lines.append(f"{di}/RECORD,,")
+    members.append((zipfile.ZipInfo(f"{di}/RECORD"), ("\n".join(lines) + "\n").encode()))
+    whl = path / f"{dist}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(whl, "w") as zf:
+        for info, data in members:
+            if not info.external_attr:
+                info.external_attr = (stat.S_IFREG | 0o644) << 16
+            zf.writestr(info, data)
+    return whl
+
+
+def test_scriptstub_layout_and_scripts(stub_wheels: dict[str, Path], tmp_path: Path) -> None:
+    into = tmp_path / "roots"
+    r = rpathfix("unpack", str(stub_wheels["scriptstub"]), "--into", str(into))
+    assert r.returncode == 0, r.stderr
+    root = into / "scriptstub"
+    assert r.stdout == f"unpacked {stub_wheels['scriptstub']} -> {root}\n"
+    for rel in ("bin/scriptstub", "bin/scriptstub-gui", "bin/scriptstub-tool"):
+        assert os.access(root / rel, os.X_OK), rel
+        assert (root / rel).read_bytes().startswith(f"#!{sys.executable}\n".encode())
+    assert (root / "include/scriptstub.h").read_text() == "#define SCRIPTSTUB 1\n"
+    assert (root / "data/share/scriptstub/readme.txt").read_text() == "data file\n"
+    site = root / "site-packages"
+    assert (site / "scriptstub/__init__.py").is_file()
+    dist_info = site / "scriptstub-1.0.dist-info"
+    assert {"METADATA", "WHEEL", "RECORD", "INSTALLER", "entry_points.txt"} <= {p.name for p in dist_info.iterdir()}
+    assert "../bin/scriptstub," in (dist_info / "RECORD").read_text()
+    assert (root / MARKER).read_text().startswith(f"wheel: {stub_wheels['scriptstub'].name}\nsha256: ")
+    assert sorted(p.name for p in into.iterdir()) == ["scriptstub"]
+
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    run = subprocess.run([str(root / "bin/scriptstub")], capture_output=True, text=True, env=env, timeout=60)
+    assert (run.returncode, run.stdout) == (0, "scriptstub main\n"), run.stderr
+    run = subprocess.run([str(root / "bin/scriptstub-tool")], capture_output=True, text=True, env=env, timeout=60)
+    assert (run.returncode, run.stdout) == (0, "scriptstub-tool ran\n"), run.stderr
+
+
+def test_torchstub_exec_bits_and_hash_pycs(stub_wheels: dict[str, Path], tmp_path: Path) -> None:
+    root, changed = unpack_wheel(str(stub_wheels["torchstub"]), str(tmp_path))
+    assert changed
+    pkg = Path(root) / "site-packages/torchstub"
+    libs = sorted((pkg / "lib").glob("*.so"))
+    assert libs
+    for so in [*libs, *pkg.glob("_C*.so")]:
+        assert stat.S_IMODE(so.stat().st_mode) == 0o755, so
+    assert stat.S_IMODE((pkg / "cli.py").stat().st_mode) == 0o644
+    pycs = sorted((pkg / "__pycache__").glob("*.pyc"))
+    assert {p.name.split(".")[0] for p in pycs} == {"__init__", "cli"}
+    for pyc in pycs:
+        assert _pyc_flags(pyc) == 3, pyc  # hash-based, checked against the source
+    assert os.access(Path(root) / "bin/torchstubrun", os.X_OK)
+
+
+def test_no_compile(stub_wheels: dict[str, Path], tmp_path: Path) -> None:
+    r = rpathfix("unpack", str(stub_wheels["scriptstub"]), "--into", str(tmp_path), "--no-compile")
+    assert r.returncode == 0, r.stderr
+    assert not list(tmp_path.rglob("*.pyc"))
+
+
+def test_other_python_compiles_in_subprocess(stub_wheels: dict[str, Path], tmp_path: Path) -> None:
+    py = tmp_path / "py" / "python3"
+    py.parent.mkdir()
+    py.symlink_to(sys.executable)
+    root, _ = unpack_wheel(str(stub_wheels["scriptstub"]), str(tmp_path / "roots"), python=str(py))
+    assert (Path(root) / "bin/scriptstub").read_bytes().startswith(f"#!{py}\n".encode())
+    assert (Path(root) / "bin/scriptstub-tool").read_bytes().startswith(f"#!{py}\n".encode())
+    pycs = list((Path(root) / "site-packages").rglob("*.pyc"))
+    assert pycs and all(_pyc_flags(p) == 3 for p in pycs)
+
+
+def test_idempotent(stub_wheels: dict[str, Path], tmp_path: Path) -> None:
+    whl = str(stub_wheels["torchstub"])
+    assert rpathfix("unpack", whl, "--into", str(tmp_path)).returncode == 0
+    before = _mtimes(tmp_path)
+    r = rpathfix("unpack", whl, "--into", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == f"up to date: {tmp_path / 'torchstub'}\n"
+    assert _mtimes(tmp_path) == before
+
+
+def test_deterministic(stub_wheels: dict[str, Path], tmp_path: Path) -> None:
+    for whl in (stub_wheels["torchstub"], stub_wheels["scriptstub"]):
+        a, _ = unpack_wheel(str(whl), str(tmp_path / "a"))
+        b, _ = unpack_wheel(str(whl), str(tmp_path / "b"))
+        ta, tb = _tree(Path(a)), _tree(Path(b))
+        assert ta == tb
+        assert any(k.endswith(".pyc") for k in ta)
+
+
+def test_source_date_epoch(stub_wheels: dict[str, Path], tmp_path: Path) -> None:
+    env = {**os.environ, "SOURCE_DATE_EPOCH": "315532800"}
+    r = rpathfix("unpack", str(stub_wheels["scriptstub"]), "--into", str(tmp_path), env=env)
+    assert r.returncode == 0, r.stderr
+    root = tmp_path / "scriptstub"
+    assert {p.lstat().st_mtime for p in [root, *root.rglob("*")]} == {315532800}
+
+
+def test_replaces_root_from_another_wheel(tmp_path: Path) -> None:
+    into = tmp_path / "roots"
+    w1 = make_wheel(tmp_path, version="1.0")
+    w2 = make_wheel(tmp_path, version="2.0")
+    root, changed = unpack_wheel(str(w1), str(into))
+    assert changed
+    root2, changed = unpack_wheel(str(w2), str(into))
+    assert (root2, changed) == (root, True)
+    assert sorted(p.name for p in (Path(root) / "site-packages").iterdir()) == ["tiny", "tiny-2.0.dist-info"]
+    assert sorted(p.name for p in into.iterdir()) == ["tiny"]
+    assert unpack_wheel(str(w2), str(into)) == (root, False)
+
+
+def test_refuses_foreign_directory(tmp_path: Path) -> None:
+    (tmp_path / "roots" / "tiny").mkdir(parents=True)
+    (tmp_path / "roots" / "tiny" / "mine.txt").write_text("keep\n")
+    with pytest.raises(UsageError):
+        unpack_wheel(str(make_wheel(tmp_path)), str(tmp_path / "roots"))
+    assert (tmp_path / "roots" / "tiny" / "mine.txt").read_text() == "keep\n"
+
+
+def _symlink_member() -> zipfile.ZipInfo:
+    info = zipfile.ZipInfo("tiny/link.py")
+    info.external_attr = (stat.S_IFLNK | 0o777) << 16
+    return info
+
+
+BAD_WHEELS = {
+    "zip-slip": dict(extra=[(zipfile.ZipInfo("../evil.py"), b"x = 1\n")]),
+    "zip-slip-data": dict(extra=[(zipfile.ZipInfo("tiny-1.0.data/data/../../../evil"), b"x\n")]),
+    "backslash": dict(extra=[(zipfile.ZipInfo("..\\evil.py"), b"x = 1\n")]),
+    "absolute": dict(extra=[(zipfile.ZipInfo("/etc/x"), b"x\n")]),
+    "symlink": dict(extra=[(_symlink_member(), b"/etc/passwd")]),
+    "record-mismatch": dict(bad_hash_for="tiny/__init__.py"),
+    "no-WHEEL": dict(wheel_file=False),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_WHEELS))
+def test_bad_wheels(kind: str, tmp_path: Path) -> None:
+    (tmp_path / "src").mkdir()
+    whl = make_wheel(tmp_path / "src", **BAD_WHEELS[kind])  # type: ignore[arg-type]
+    into = tmp_path / "roots"
+    r = rpathfix("unpack", str(whl), "--into", str(into))
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert r.stdout == ""
+    assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+    assert r.stderr.startswith(f"rpathfix unpack: error: {whl}: ")
+    assert not into.exists() or list(into.iterdir()) == []
+    assert not (tmp_path / "etc").exists() and not (tmp_path / "evil.py").exists()
+
+
+def test_not_a_zip_and_unreadable(tmp_path: Path) -> None:
+    junk = tmp_path / "junk-1.0-py3-none-any.whl"
+    junk.write_bytes(b"not a zip at all\n")
+    into = tmp_path / "roots"
+    r = rpathfix("unpack", str(junk), "--into", str(into))
+    assert r.returncode == 2
+    assert r.stderr == f"rpathfix unpack: error: {junk}: not a zip archive\n"
+    assert list(into.iterdir()) == []
+    missing = tmp_path / "gone-1.0-py3-none-any.whl"
+    r = rpathfix("unpack", str(missing), "--into", str(into))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and str(missing) in r.stderr
+    with pytest.raises(FormatError):
+        unpack_wheel(str(tmp_path / "notawheel.zip"), str(into))
+
+
+def test_failure_keeps_existing_root(tmp_path: Path) -> None:
+    into = tmp_path / "roots"
+    good = make_wheel(tmp_path, version="1.0")
+    root, _ = unpack_wheel(str(good), str(into))
+    before = _tree(Path(root))
+    (tmp_path / "bad").mkdir()
+    bad = make_wheel(tmp_path / "bad", version="2.0", bad_hash_for="tiny/__init__.py")
+    with pytest.raises(FormatError):
+        unpack_wheel(str(bad), str(into))
+    assert _tree(Path(root)) == before
+    assert sorted(p.name for p in into.iterdir()) == ["tiny"]
