@@ -9,6 +9,7 @@ glibc's $ORIGIN is the path as opened (LOADERS.md rule 17).
 
 from __future__ import annotations
 
+import os
 import posixpath
 from dataclasses import dataclass
 
@@ -59,7 +60,7 @@ def site_dirs_of(tree: FileTree, paths: list[str]) -> tuple[list[str], str | Non
     dirs: list[str] = []
     interpreter = None
     for p in paths:
-        p = posixpath.normpath(p)
+        p = os.path.abspath(p)
         if not is_dir(tree, p):
             raise UsageError(f"{p}: not a directory; pass a venv, a site-packages or sys.path directories")
         if is_file(tree, posixpath.join(p, "pyvenv.cfg")):
@@ -103,11 +104,14 @@ def collect(tree: FileTree, paths: list[str]) -> Environment:
                 if budget < 0:
                     raise UsageError(f"{site}: more than {MAX_ENTRIES} entries; is there a symlink loop?")
                 path = posixpath.join(d, name)
-                real = resolve(tree, path)
-                if real is None:
-                    continue
-                node = tree.lstat(real)
-                if node is None:
+                # The parent is already resolved: one lstat per entry, a full resolution only for links.
+                physical = posixpath.join(real_d, name)
+                node = tree.lstat(physical)
+                real: str | None = physical
+                if node is not None and node.kind == "link":
+                    real = resolve(tree, physical)
+                    node = tree.lstat(real) if real is not None else None
+                if node is None or real is None:
                     continue
                 if node.kind == "dir":
                     stack.append(path)

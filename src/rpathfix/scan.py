@@ -8,21 +8,25 @@ file inside a tree becomes a record with "error", never a crash.
 
 from __future__ import annotations
 
-import contextlib
-import csv
-import io
 import os
 import posixpath
 import stat
-import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from operator import attrgetter
+from typing import TYPE_CHECKING
 
 from rpathfix.errors import FormatError, UsageError
 from rpathfix.model import BinaryInfo, ElfInfo, MachoInfo, ScanRecord, split_path_list
 from rpathfix.names import parse_dist_info_dirname, parse_wheel_filename
 from rpathfix.sniff import HEAD_SIZE, binary_format, looks_like_library, read_binary
-from rpathfix.source import ByteSource, FileSource, ZipMemberSource
+from rpathfix.source import FileSource
+
+if TYPE_CHECKING:
+    from rpathfix.source import ByteSource
+
+# zipfile, csv and io are imported only where a wheel or a quoted RECORD needs them:
+# scanning a directory (the common case, and the benchmark) starts without them.
 
 # RECORD files larger than this are not read for attribution (a corrupt or hostile file).
 MAX_RECORD_BYTES = 64 * 1024 * 1024
@@ -76,8 +80,10 @@ def _scan_source(src: ByteSource, path: str, wheel: str | None, dist: tuple[str,
         info = read_binary(src)
     except FormatError as e:
         if fmt_hint is None:
-            with contextlib.suppress(FormatError):
+            try:  # noqa: SIM105 - contextlib is not otherwise imported on scan's start-up path
                 fmt_hint = binary_format(src.read_at(0, min(HEAD_SIZE, src.size)))
+            except FormatError:
+                pass
         return [ScanRecord(path=path, wheel=wheel, format=fmt_hint, arch=None, soname=None, install_name=None,
                            dist=name, version=version, error=e.reason)]
     if info is None:
@@ -90,6 +96,10 @@ def _scan_source(src: ByteSource, path: str, wheel: str | None, dist: tuple[str,
 
 def scan_wheel(wheel: str, all_files: bool = False, progress: Progress | None = None) -> ScanResult:
     """Scan the members of a wheel in place (nothing is extracted to disk)."""
+    import zipfile
+
+    from rpathfix.source import ZipMemberSource
+
     try:
         dist = parse_wheel_filename(wheel)
     except FormatError:
@@ -139,6 +149,9 @@ class DistIndex:
         self.top = os.path.abspath(top)
         self._by_file: dict[str, tuple[str, str]] = {}
         self._single: dict[str, tuple[str, str] | None] = {}
+        # RECORD files still to read, in the order they were added: read at the first
+        # lookup, so a tree with no native library never parses torch's 12,000-line RECORD.
+        self._pending: list[tuple[str, str, tuple[str, str]]] = []
 
     def add_site_dir(self, site_dir: str, dist_infos: list[str]) -> None:
         found: list[tuple[str, str]] = []
@@ -147,12 +160,29 @@ class DistIndex:
             if parsed is None:
                 continue
             found.append(parsed)
-            record = os.path.join(site_dir, d, "RECORD")
-            for rel in _record_paths(record):
-                self._by_file.setdefault(os.path.normpath(os.path.join(site_dir, rel)), parsed)
+            self._pending.append((site_dir, os.path.join(site_dir, d, "RECORD"), parsed))
         self._single[site_dir] = found[0] if len(found) == 1 else None
 
+    def _read_records(self) -> None:
+        pending, self._pending = self._pending, []
+        by_file = self._by_file
+        plain_ok = os.sep == "/" and os.altsep is None
+        for site_dir, record, parsed in pending:
+            prefix = site_dir if site_dir.endswith("/") else site_dir + "/"
+            for rel in _record_paths(record):
+                # The key is normpath(join(site_dir, rel)); for a plain relative path (no
+                # empty, "." or ".." part, nothing starting with ".") under the already
+                # normalized site_dir that is plain concatenation, and much cheaper.
+                if (plain_ok and rel and rel[0] != "/" and rel[0] != "." and rel[-1] != "/"
+                        and "/." not in rel and "//" not in rel):
+                    key = prefix + rel
+                else:
+                    key = os.path.normpath(os.path.join(site_dir, rel))
+                by_file.setdefault(key, parsed)
+
     def lookup(self, path: str) -> tuple[str, str] | None:
+        if self._pending:
+            self._read_records()
         path = os.path.abspath(path)
         hit = self._by_file.get(path)
         if hit:
@@ -175,40 +205,84 @@ def _record_paths(record: str) -> list[str]:
             text = fh.read(MAX_RECORD_BYTES)
     except OSError:
         return []
-    return [row[0] for row in csv.reader(io.StringIO(text)) if row]
+    if '"' in text or "\r" in text or "\0" in text:
+        import csv
+        import io
+
+        return [row[0] for row in csv.reader(io.StringIO(text)) if row]
+    # Without quotes, carriage returns or NULs, csv's first field is the text up to the
+    # first comma of each non-empty line.
+    return [line.partition(",")[0] for line in text.split("\n") if line]
 
 
-def _walk(top: str) -> Iterator[tuple[str, list[os.DirEntry[str]]]]:
-    """Directories in sorted order with their entries; symlinked directories are not entered."""
+# Entries are opened relative to their directory's descriptor where the platform allows
+# (fstatat instead of resolving the whole path again for every file of a deep tree).
+_SCANDIR_FD = os.scandir in os.supports_fd and hasattr(os, "O_DIRECTORY")
+_BY_NAME = attrgetter("name")
+
+
+def _walk(top: str) -> Iterator[tuple[str, str | None, list[os.DirEntry[str]]]]:
+    """Directories in sorted order with their entries; symlinked directories are not entered.
+
+    Yields (directory, prefix, entries): an entry's path is prefix + entry.name (what
+    os.scandir(directory) would give as entry.path), or entry.path when prefix is None.
+    The entries' stat() is valid only until the next directory is requested.
+    """
     stack = [top]
     while stack:
         d = stack.pop()
+        if not _SCANDIR_FD:
+            try:
+                with os.scandir(d) as it:
+                    entries = sorted(it, key=_BY_NAME)
+            except OSError:
+                continue
+            yield d, None, entries
+            stack.extend(e.path for e in reversed(entries) if e.is_dir(follow_symlinks=False))
+            continue
+        prefix = d if d.endswith("/") else d + "/"
         try:
-            with os.scandir(d) as it:
-                entries = sorted(it, key=lambda e: e.name)
+            fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
         except OSError:
             continue
-        yield d, entries
-        stack.extend(e.path for e in reversed(entries) if e.is_dir(follow_symlinks=False))
+        try:
+            try:
+                with os.scandir(fd) as it:
+                    entries = sorted(it, key=_BY_NAME)
+            except OSError:
+                continue
+            yield d, prefix, entries
+            subdirs = [prefix + e.name for e in reversed(entries) if e.is_dir(follow_symlinks=False)]
+        finally:
+            os.close(fd)
+        stack.extend(subdirs)
 
 
 def scan_dir(top: str, all_files: bool = False, progress: Progress | None = None) -> ScanResult:
     index = DistIndex(top)
     candidates: list[tuple[str, bool]] = []  # (path, is_link)
-    for d, entries in _walk(top):
+    S_ISLNK, S_ISREG = stat.S_ISLNK, stat.S_ISREG
+    for d, prefix, entries in _walk(top):
         dist_infos = [e.name for e in entries if e.name.endswith(".dist-info") and e.is_dir(follow_symlinks=False)]
         if dist_infos:
             index.add_site_dir(os.path.abspath(d), dist_infos)
         for e in entries:
+            name = e.name
             try:
-                st = e.stat(follow_symlinks=False)
+                # The directory listing's file type spares the lstat of entries that can
+                # never be candidates: directories, devices, fifos, sockets, and symlinks
+                # without a library name. Every other entry is decided by lstat, as before.
+                if not e.is_file(follow_symlinks=False) and (
+                        not e.is_symlink() or not (all_files or looks_like_library(name))):
+                    continue
+                mode = e.stat(follow_symlinks=False).st_mode
             except OSError:
                 continue
-            if stat.S_ISLNK(st.st_mode):
-                if all_files or looks_like_library(e.name):
-                    candidates.append((e.path, True))
-            elif stat.S_ISREG(st.st_mode) and (all_files or looks_like_library(e.name) or st.st_mode & 0o111):
-                candidates.append((e.path, False))
+            if S_ISLNK(mode):
+                if all_files or looks_like_library(name):
+                    candidates.append((e.path if prefix is None else prefix + name, True))
+            elif S_ISREG(mode) and (all_files or mode & 0o111 or looks_like_library(name)):
+                candidates.append((e.path if prefix is None else prefix + name, False))
     files: list[ScanRecord] = []
     links: list[LinkRecord] = []
     for n, (path, is_link) in enumerate(candidates):

@@ -318,7 +318,11 @@ def _same_bytes(a: str, b: str | bytes) -> bool:
 
 
 def _matches(out: str, tree: _Tree) -> bool:
-    """True when OUT already holds exactly `tree` (paths, kinds, link texts, bytes, modes)."""
+    """True when OUT already holds exactly `tree` (paths, kinds, link texts, bytes, modes).
+
+    A `__pycache__/` that running the venv left in a real directory is a cache, not a
+    difference (the interpreter revalidates every .pyc against its source).
+    """
     children = tree.children()
     try:
         for rel, node in tree.nodes.items():
@@ -327,7 +331,7 @@ def _matches(out: str, tree: _Tree) -> bool:
             if node.kind == "dir":
                 if not stat.S_ISDIR(st.st_mode) or stat.S_IMODE(st.st_mode) != DIR_MODE:
                     return False
-                if set(os.listdir(p)) != children[rel]:
+                if set(os.listdir(p)) - {"__pycache__"} != children[rel] - {"__pycache__"}:
                     return False
             elif node.kind == "link":
                 if not stat.S_ISLNK(st.st_mode) or os.readlink(p) != node.link:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from rpathfix.environment import Environment, NativeFile, collect
+from rpathfix.errors import FormatError
 from rpathfix.fstree import FileTree
 from rpathfix.model import ElfInfo
 from rpathfix.resolution import Attempt, LoadResult, Resolution
@@ -94,10 +95,15 @@ def verify(tree: FileTree, paths: Sequence[str], options: LoaderOptions) -> Repo
                     f"it loads only if {providers[0]} is loaded first (LD_LIBRARY_PATH or preloading)",
                     r.attempts,
                 ))
-            elif not providers:
+            else:
+                # A plugin library may need what only some systems have (libibverbs, libmpi):
+                # nothing imports it by itself, so it is a warning, not an error.
                 findings.append(_missing(f, r, providers, extension=False))
     findings.extend(_duplicates(env))
-    findings = list(dict.fromkeys(findings))
+    unique: dict[tuple[str, str, str | None, str], Finding] = {}
+    for x in findings:
+        unique.setdefault((x.level, x.code, x.name, x.file), x)  # the first trace of a name is enough
+    findings = list(unique.values())
     findings.sort(key=lambda x: (x.level != "error", x.file, x.name or "", x.code))
     return Report(env, findings)
 
@@ -108,7 +114,7 @@ def _missing(f: NativeFile, r: Resolution, providers: list[str], *, extension: b
     hint = f"; {providers[0]} provides it but is not on the search path" if providers else \
         "; nothing in this environment provides it"
     msg = r.error or f"{r.name} not found{via}"
-    return Finding("error", "missing-library", f.path, r.name,
+    return Finding("error" if extension else "warning", "missing-library", f.path, r.name,
                    f"{what} {posixpath.basename(f.path)} will not load: {msg}{hint}", r.attempts)
 
 
@@ -174,11 +180,14 @@ class _Simulator:
         self._glibc: GlibcOptions | None = None
 
     def load(self, f: NativeFile) -> LoadResult | None:
-        if isinstance(f.info, ElfInfo):
-            if f.info.elf_type != "dyn":
-                return None
-            return self._load_elf(f)
-        return self._load_macho(f)
+        try:
+            if isinstance(f.info, ElfInfo):
+                if f.info.elf_type != "dyn":
+                    return None
+                return self._load_elf(f)
+            return self._load_macho(f)
+        except FormatError:
+            return None  # not loadable here (another architecture, no slice we simulate)
 
     def _load_elf(self, f: NativeFile) -> LoadResult:
         """The interpreter dlopen()s the file by path, as an import (or a preload) does."""

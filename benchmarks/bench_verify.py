@@ -1,0 +1,84 @@
+"""`rpathfix verify` on the real PyTorch CUDA-13 stack: the split per-wheel layout (errors
+expected: torch's CUDA libraries are out of reach) and a pip-installed venv (no errors),
+each checked against the real interpreter importing torch, and timed.
+
+Usage (after `pip download torch==2.14.1 -d benchmarks/work/wh`):
+    .venv/bin/python benchmarks/bench_verify.py --wheels benchmarks/work/wh --work benchmarks/work
+
+The pip venv is made once (benchmarks/work/pipvenv, about a minute); the split layout is
+the per-wheel unzip that bench_scan.py makes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_scan import unpack_split  # noqa: E402
+
+PY = sys.executable
+
+
+def pip_venv(wheels: Path, work: Path) -> Path:
+    venv = work / "pipvenv"
+    if not (venv / ".complete").exists():
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
+        subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--no-index", "--find-links", str(wheels),
+                        "torch==2.14.1"], check=True)
+        (venv / ".complete").write_text("")
+    return venv
+
+
+def timed_verify(paths: list[str], repeat: int) -> tuple[float, dict]:  # type: ignore[type-arg]
+    best = float("inf")
+    doc: dict = {}  # type: ignore[type-arg]
+    for _ in range(repeat):
+        t = time.perf_counter()
+        out = subprocess.run([PY, "-m", "rpathfix", "verify", "--json", *paths], capture_output=True, text=True)
+        best = min(best, time.perf_counter() - t)
+        doc = json.loads(out.stdout)
+    return best, doc
+
+
+def real_import(python: str, pythonpath: str | None) -> tuple[bool, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_LIBRARY_PATH", "PYTHONPATH")}
+    if pythonpath:
+        env["PYTHONPATH"] = pythonpath
+    p = subprocess.run([python, "-c", "import torch; print(torch.__version__)"], capture_output=True, text=True,
+                       env=env)
+    last = (p.stderr.strip().splitlines() or [""])[-1]
+    return p.returncode == 0, (p.stdout.strip() if p.returncode == 0 else last)[:110]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--wheels", type=Path, required=True)
+    ap.add_argument("--work", type=Path, required=True)
+    ap.add_argument("--repeat", type=int, default=5)
+    a = ap.parse_args()
+    split = unpack_split(a.wheels, a.work)
+    roots = sorted(str(p) for p in split.iterdir() if p.is_dir())
+    venv = pip_venv(a.wheels, a.work)
+    print(f"{'layout':34} {'seconds':>8} {'checked':>8} {'errors':>7} {'warnings':>8}  real `import torch`")
+    for name, paths, python, pp in (
+        ("split per-wheel layout", roots, PY, ":".join(roots)),
+        ("pip-installed venv", [str(venv)], str(venv / "bin" / "python"), None),
+    ):
+        secs, doc = timed_verify(paths, a.repeat)
+        ok, msg = real_import(python, pp)
+        print(f"{name:34} {secs:8.3f} {doc['checked']:8} {len(doc['errors']):7} {len(doc['warnings']):8}  "
+              f"{'ok' if ok else 'FAILS'}: {msg}")
+        missing = sorted({e["name"] for e in doc["errors"]})
+        if missing:
+            print(f"{'':34} missing: {', '.join(missing)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

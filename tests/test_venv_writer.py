@@ -1,0 +1,357 @@
+"""The venv writer on hand-made plans over fake distribution roots, run with the real interpreter."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rpathfix.errors import UsageError
+from rpathfix.launchers import HEADER, entry_point_launcher, python_launcher
+from rpathfix.model import PlanEntry
+from rpathfix.venv import kind_dirs, python_info, write_venv
+
+INFO = python_info(sys.executable)
+V = INFO.version_short
+SITE = f"lib/python{V}/site-packages"
+PY_LINKS = {"bin/python", "bin/python3", f"bin/python{V}"}
+
+CLI = '''\
+import sys
+
+
+def main():
+    print("alpha-run", sys.argv[1:], sys.prefix)
+    return 0
+
+
+class App:
+    @staticmethod
+    def run():
+        print("alpha-gui", sys.argv[1:])
+        return 3
+'''
+
+TOOL = '''\
+#!/usr/bin/python3.0-nonexistent
+# -*- coding: utf-8 -*-
+import sys
+import alpha.cli
+print("alpha-tool", sys.argv[1:], alpha.cli.__name__)
+'''
+
+
+def _write(path: Path, data: str | bytes, mode: int = 0o644) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(data, str):
+        data = data.encode()
+    path.write_bytes(data)
+    path.chmod(mode)
+    return path
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Path:
+    """tmp/world/{roots/alpha, roots/beta} (OUT goes into tmp/world/out)."""
+    w = tmp_path / "world"
+    a = w / "roots" / "alpha"
+    b = w / "roots" / "beta"
+    _write(a / "site-packages" / "alpha" / "__init__.py", "")
+    _write(a / "site-packages" / "alpha" / "cli.py", CLI)
+    _write(a / "site-packages" / "alpha" / "_native.so", b"\x7fELF fake extension", 0o755)
+    _write(a / "site-packages" / "alpha" / "macho.so", b"\xcf\xfa\xed\xfe fake", 0o755)
+    data = a / "site-packages" / "alpha" / "data"
+    _write(data / "one.txt", "one\n")
+    _write(data / "sub" / "two.txt", "two\n", 0o600)
+    os.symlink("sub/two.txt", data / "inner-link")  # stays inside the dir target
+    _write(a / "shared.txt", "outside\n")
+    os.symlink("../../../shared.txt", data / "outer-link")  # leaves the dir target
+    _write(a / "bin" / "alpha-tool", TOOL, 0o755)
+    _write(a / "bin" / "native-tool", "#!/bin/sh\necho native-tool \"$@\"\n", 0o755)
+    _write(a / "include" / "alpha.h", "#define ALPHA 1\n")
+    _write(a / "data" / "share" / "alpha" / "readme.txt", "readme\n")
+    _write(b / "site-packages" / "beta" / "__init__.py", "VALUE = 'beta'\n")
+    _write(b / "site-packages" / "beta" / "util.py", "X = 1\n")
+    return w
+
+
+def entries(w: Path) -> list[PlanEntry]:
+    a = w / "roots" / "alpha"
+    b = w / "roots" / "beta"
+    sp = a / "site-packages"
+    return [
+        PlanEntry("site-packages", "alpha/__init__.py", str(sp / "alpha" / "__init__.py"), "alpha"),
+        PlanEntry("site-packages", "alpha/_native.so", str(sp / "alpha" / "_native.so"), "alpha"),
+        PlanEntry("site-packages", "alpha/cli.py", str(sp / "alpha" / "cli.py"), "alpha"),
+        PlanEntry("site-packages", "alpha/data", str(sp / "alpha" / "data"), "alpha"),
+        PlanEntry("site-packages", "alpha/macho.so", str(sp / "alpha" / "macho.so"), "alpha", method="copy"),
+        PlanEntry("site-packages", "beta", str(b / "site-packages" / "beta"), "beta"),
+        PlanEntry("bin", "alpha-tool", str(a / "bin" / "alpha-tool"), "alpha"),
+        PlanEntry("bin", "native-tool", str(a / "bin" / "native-tool"), "alpha"),
+        PlanEntry("include", "alpha.h", str(a / "include" / "alpha.h"), "alpha"),
+        PlanEntry("data", "share/alpha/readme.txt", str(a / "data" / "share" / "alpha" / "readme.txt"), "alpha"),
+    ]
+
+
+SCRIPTS = [("console_scripts", "alpha-run", "alpha.cli:main"), ("gui_scripts", "alpha-gui", "alpha.cli:App.run")]
+
+
+def build(w: Path, out: Path | None = None, mode: str = "symlink") -> Path:
+    out = out or w / "out"
+    assert write_venv(out, entries(w), python=sys.executable, link_mode=mode, entry_points=SCRIPTS) is True
+    return out
+
+
+Row = tuple[str, str, "str | None", "bytes | None", int]
+
+
+def listing(out: Path) -> list[Row]:
+    rows: list[Row] = []
+    for dirpath, dirnames, filenames in os.walk(out):
+        dirnames.sort()
+        for n in sorted(dirnames + filenames):
+            p = os.path.join(dirpath, n)
+            rel = os.path.relpath(p, out)
+            st = os.lstat(p)
+            if stat.S_ISLNK(st.st_mode):
+                rows.append((rel, "link", os.readlink(p), None, 0))
+            elif stat.S_ISDIR(st.st_mode):
+                rows.append((rel, "dir", None, None, stat.S_IMODE(st.st_mode)))
+            else:
+                rows.append((rel, "file", None, Path(p).read_bytes(), stat.S_IMODE(st.st_mode)))
+    return sorted(rows)
+
+
+def links(out: Path) -> dict[str, str]:
+    return {rel: str(text) for rel, kind, text, _, _ in listing(out) if kind == "link"}
+
+
+def run(cmd: list[str], cwd: Path | None = None, env: dict[str, str] | None = None) -> str:
+    full_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+    full_env.update(env or {})
+    p = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=full_env, timeout=60)
+    assert p.returncode in (0, 3), (cmd, p.returncode, p.stdout, p.stderr)
+    return p.stdout
+
+
+def check_target_bytes(w: Path, out: Path) -> None:
+    """Every file reached through the venv reads the bytes of its target."""
+    for e in entries(w):
+        dirs = kind_dirs(str(out), INFO)
+        here = Path(dirs[e.kind]) / e.venv_path
+        if e.kind == "bin" and e.venv_path == "alpha-tool":
+            continue
+        if Path(e.target).is_dir():
+            want = sorted(str(p.relative_to(e.target)) for p in Path(e.target).rglob("*") if p.is_file())
+            got = sorted(str(p.relative_to(here)) for p in here.rglob("*") if p.is_file())
+            assert got == want
+            for r in want:
+                assert (here / r).read_bytes() == (Path(e.target) / r).read_bytes()
+        else:
+            assert here.read_bytes() == Path(e.target).read_bytes(), e
+
+
+# ---------------------------------------------------------------- layout
+
+
+def test_symlink_layout(world: Path) -> None:
+    out = build(world)
+    assert (out / "pyvenv.cfg").read_text() == (
+        f"home = {os.path.dirname(INFO.base_executable)}\ninclude-system-site-packages = false\n"
+        f"version = {INFO.version}\n")
+    ls = links(out)
+    assert ls.pop("bin/python") == INFO.base_executable
+    assert os.path.isabs(INFO.base_executable)
+    assert ls.pop("bin/python3") == "python"
+    assert ls.pop(f"bin/python{V}") == "python"
+    assert all(not os.path.isabs(t) for t in ls.values()), ls
+    # directory targets are one relative link; files are links; method "copy" is a real copy
+    assert f"{SITE}/beta" in ls and f"{SITE}/alpha/data" in ls and "bin/native-tool" in ls
+    assert ls[f"{SITE}/alpha/cli.py"] == "../../../../../roots/alpha/site-packages/alpha/cli.py"
+    assert not (out / "include" / "site").is_symlink()
+    assert (out / "include" / "site" / f"python{V}" / "alpha.h").is_symlink()
+    assert (out / "share" / "alpha" / "readme.txt").is_symlink()
+    copied = out / SITE / "alpha" / "macho.so"
+    assert not copied.is_symlink() and stat.S_IMODE(copied.stat().st_mode) == 0o755
+    assert copied.stat().st_ino != (world / "roots/alpha/site-packages/alpha/macho.so").stat().st_ino
+    assert stat.S_IMODE((out / SITE / "alpha" / "_native.so").stat().st_mode) == 0o755
+    check_target_bytes(world, out)
+    # the Python launcher of a root's bin/ became a relocatable launcher
+    tool = out / "bin" / "alpha-tool"
+    assert not tool.is_symlink() and stat.S_IMODE(tool.stat().st_mode) == 0o755
+    text = tool.read_text()
+    assert text.startswith(HEADER) and "nonexistent" not in text and 'print("alpha-tool"' in text
+    for name in ("alpha-run", "alpha-gui"):
+        assert stat.S_IMODE((out / "bin" / name).lstat().st_mode) == 0o755
+    for rel, kind, _, _, mode in listing(out):
+        if kind == "dir":
+            assert mode == 0o755, rel
+    assert sorted(p.name for p in out.parent.iterdir()) == ["out", "roots"]  # no temp left
+
+
+def test_kind_dirs_and_python_info(world: Path) -> None:
+    d = kind_dirs("/v", INFO)
+    assert d == {"site-packages": f"/v/lib/python{V}/site-packages", "bin": "/v/bin",
+                 "include": f"/v/include/site/python{V}", "data": "/v"}
+    assert INFO.version.startswith(V + ".") and INFO.ext_suffix.endswith(".so")
+    base_dir = os.path.dirname(INFO.base_executable)
+    assert not os.path.exists(os.path.join(base_dir, "pyvenv.cfg"))
+    assert not os.path.exists(os.path.join(os.path.dirname(base_dir), "pyvenv.cfg"))
+    # a subprocess answer agrees with the in-process one; a venv's python gives the real base
+    other = python_info(INFO.base_executable)
+    assert (other.base_executable, other.version, other.ext_suffix) == (
+        INFO.base_executable, INFO.version, INFO.ext_suffix)
+    out = build(world)
+    via_venv = python_info(str(out / "bin" / "python"))
+    assert via_venv.executable == str(out / "bin" / "python")
+    assert via_venv.base_executable == INFO.base_executable
+    bad = _write(world / "notpython", "#!/bin/sh\nexit 1\n", 0o755)
+    for p in (str(bad), str(world / "missing")):
+        with pytest.raises(UsageError, match="not a runnable Python interpreter") as ei:
+            python_info(p)
+        assert "\n" not in str(ei.value)
+
+
+# ---------------------------------------------------------------- launchers for real
+
+
+def test_launchers_run(world: Path, tmp_path: Path) -> None:
+    out = build(world)
+    assert run([str(out / "bin" / "python"), "-c", "import sys; print(sys.prefix)"]).strip() == str(out)
+    got = run([str(out / "bin" / "alpha-run"), "x", "y z"])
+    assert got == f"alpha-run ['x', 'y z'] {out}\n"
+    assert run([str(out / "bin" / "alpha-gui"), "g"]) == "alpha-gui ['g']\n"
+    assert run([str(out / "bin" / "alpha-tool"), "t"]) == "alpha-tool ['t'] alpha.cli\n"
+    assert run([str(out / "bin" / "native-tool"), "n"]) == "native-tool n\n"
+    # through PATH holding nothing but OUT/bin (the sh part must use builtins only)
+    assert run(["alpha-run", "p"], env={"PATH": str(out / "bin")}) == f"alpha-run ['p'] {out}\n"
+    # a relative path from another working directory, and `sh NAME` in bin/
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    rel = os.path.relpath(out / "bin" / "alpha-run", elsewhere)
+    assert run([rel, "r"], cwd=elsewhere) == f"alpha-run ['r'] {out}\n"
+    assert run(["/bin/sh", "alpha-tool"], cwd=out / "bin") == "alpha-tool [] alpha.cli\n"
+    # OUT moved (with the roots, as a Bazel output tree moves): everything still works
+    moved = tmp_path / "moved"
+    os.rename(world, moved)
+    out2 = moved / "out"
+    assert run([str(out2 / "bin" / "alpha-run"), "m"]) == f"alpha-run ['m'] {out2}\n"
+    assert run([str(out2 / "bin" / "alpha-tool")]) == "alpha-tool [] alpha.cli\n"
+    assert run([str(out2 / "bin" / "python"), "-c", "import beta; print(beta.VALUE)"]) == "beta\n"
+
+
+def test_launcher_through_runfiles_tree(world: Path, tmp_path: Path) -> None:
+    """A Bazel runfiles tree: real directories, every file an absolute link to the output."""
+    out = build(world)
+    rf = tmp_path / "runfiles" / "_main" / "venv"
+    for dirpath, dirnames, filenames in os.walk(out):
+        rel = os.path.relpath(dirpath, out)
+        (rf / rel).mkdir(parents=True, exist_ok=True)
+        for n in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
+            os.symlink(os.path.join(dirpath, n), rf / rel / n)
+    got = run([str(rf / "bin" / "alpha-run"), "q"])
+    assert got == f"alpha-run ['q'] {rf}\n"
+
+
+def test_launcher_texts_are_valid_sh_and_python(tmp_path: Path) -> None:
+    for text in (entry_point_launcher("a.b", "c.d"), python_launcher("#!/usr/bin/python\nprint(1)\n"),
+                 python_launcher("print(2)")):
+        compile(text, "launcher", "exec")
+        sh_part = "".join(text.splitlines(keepends=True)[:2])  # sh never reads past line 2 (exec)
+        f = _write(tmp_path / "l", sh_part, 0o755)
+        assert subprocess.run(["/bin/sh", "-n", str(f)], capture_output=True).returncode == 0
+    assert python_launcher("#!/usr/bin/python\nprint(1)\n") == HEADER + "print(1)\n"
+
+
+# ---------------------------------------------------------------- hardlink and copy
+
+
+@pytest.mark.parametrize("mode", ["hardlink", "copy"])
+def test_hardlink_and_copy_modes(world: Path, mode: str) -> None:
+    out = build(world, mode=mode)
+    ls = links(out)
+    assert set(ls) == PY_LINKS | {f"{SITE}/alpha/data/inner-link"}
+    assert ls[f"{SITE}/alpha/data/inner-link"] == "sub/two.txt"  # kept: it stays inside the target
+    outer = out / SITE / "alpha" / "data" / "outer-link"
+    assert outer.is_file() and not outer.is_symlink() and outer.read_text() == "outside\n"  # resolved
+    check_target_bytes(world, out)
+    sp = world / "roots" / "alpha" / "site-packages" / "alpha"
+    for name in ("_native.so", "cli.py", "macho.so", "data/sub/two.txt"):
+        src, dst = (sp / name).stat(), (out / SITE / "alpha" / name).stat()
+        assert stat.S_IMODE(dst.st_mode) == stat.S_IMODE(src.st_mode), name
+        same_inode = (src.st_dev, src.st_ino) == (dst.st_dev, dst.st_ino)
+        assert same_inode == (mode == "hardlink" and name != "macho.so"), name
+    assert run([str(out / "bin" / "alpha-run")]) == f"alpha-run [] {out}\n"
+    assert run([str(out / "bin" / "native-tool")]) == "native-tool\n"
+
+
+# ---------------------------------------------------------------- idempotence, determinism, safety
+
+
+def snapshot(out: Path) -> dict[str, tuple[int, int, int, int]]:
+    snap = {}
+    for p in [out, *out.rglob("*")]:
+        st = os.lstat(p)
+        snap[str(p)] = (st.st_ino, st.st_mode, st.st_mtime_ns, st.st_ctime_ns)
+    return snap
+
+
+@pytest.mark.parametrize("mode", ["symlink", "hardlink", "copy"])
+def test_idempotent(world: Path, mode: str) -> None:
+    out = build(world, mode=mode)
+    before = snapshot(out)
+    parent_before = os.lstat(world).st_mtime_ns
+    assert write_venv(out, entries(world), python=sys.executable, link_mode=mode, entry_points=SCRIPTS) is False
+    assert snapshot(out) == before
+    assert os.lstat(world).st_mtime_ns == parent_before
+    # a changed entry is applied, and the swap leaves nothing beside OUT
+    extra = _write(world / "roots" / "beta" / "site-packages" / "gamma.py", "G = 7\n")
+    changed = [*entries(world), PlanEntry("site-packages", "gamma.py", str(extra), "beta")]
+    assert write_venv(out, changed, python=sys.executable, link_mode=mode, entry_points=SCRIPTS) is True
+    # running it leaves __pycache__/ in real directories: a cache, not a difference
+    assert run([str(out / "bin" / "python"), "-c", "import gamma; print(gamma.G)"]) == "7\n"
+    assert (out / SITE / "__pycache__").is_dir()
+    assert sorted(p.name for p in world.iterdir()) == ["out", "roots"]
+    assert write_venv(out, changed, python=sys.executable, link_mode=mode, entry_points=SCRIPTS) is False
+    # a dropped entry is removed
+    assert write_venv(out, entries(world), python=sys.executable, link_mode=mode, entry_points=SCRIPTS) is True
+    assert not os.path.lexists(out / SITE / "gamma.py")
+    if mode == "copy":  # changed bytes of a copied target are noticed
+        (world / "roots/alpha/site-packages/alpha/cli.py").write_text(CLI + "# changed\n")
+        assert write_venv(out, entries(world), python=sys.executable, link_mode=mode, entry_points=SCRIPTS)
+        assert (out / SITE / "alpha" / "cli.py").read_text().endswith("# changed\n")
+
+
+@pytest.mark.parametrize("mode", ["symlink", "hardlink", "copy"])
+def test_deterministic(world: Path, mode: str) -> None:
+    one = build(world, world / "out", mode=mode)
+    two = build(world, world / "out2", mode=mode)
+    assert listing(one) == listing(two)
+
+
+def test_refuses_to_replace_a_non_venv(world: Path) -> None:
+    precious = world / "precious"
+    _write(precious / "keep.txt", "keep\n")
+    with pytest.raises(UsageError, match="not a venv"):
+        write_venv(precious, entries(world), python=sys.executable)
+    assert (precious / "keep.txt").read_text() == "keep\n"
+    empty = world / "empty"
+    empty.mkdir()  # what Bazel's declare_directory hands over
+    assert write_venv(empty, entries(world), python=sys.executable) is True
+    with pytest.raises(UsageError, match="written twice"):
+        write_venv(world / "dup", [*entries(world), entries(world)[0]], python=sys.executable)
+    assert not (world / "dup").exists()
+    assert not [p for p in world.iterdir() if p.name.startswith(".")]
+
+
+def test_renamed_out_still_works(world: Path) -> None:
+    """OUT renamed at the same depth: its relative links still reach the roots."""
+    out = build(world)
+    dest = world / "renamed"
+    os.rename(out, dest)
+    assert run([str(dest / "bin" / "alpha-run")]) == f"alpha-run [] {dest}\n"
+    assert run([str(dest / "bin" / "python"), "-c", "import beta; print(beta.VALUE)"]) == "beta\n"
