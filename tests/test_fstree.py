@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from rpathfix.fstree import OverlayTree, Planned, RealTree, is_dir, is_file, resolve
+from rpathfix.fstree import CachedTree, OverlayTree, Planned, RealTree, is_dir, is_file, resolve
 
 
 @pytest.fixture
@@ -45,11 +45,24 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize("cached", [False, True], ids=["walk", "cached"])
 @pytest.mark.parametrize("rel", CASES)
-def test_resolve_agrees_with_kernel(store: Path, rel: str) -> None:
+def test_resolve_agrees_with_kernel(store: Path, rel: str, cached: bool) -> None:
     path = str(store / rel)
     expect = os.path.realpath(path) if os.path.exists(path) else None
-    assert resolve(RealTree(), path) == expect
+    tree = CachedTree(RealTree()) if cached else RealTree()
+    assert resolve(tree, path) == expect
+    assert resolve(tree, path) == expect  # the second answer comes from the cache
+
+
+def test_cached_tree_forgets_a_rewritten_directory(store: Path) -> None:
+    tree = CachedTree(RealTree())
+    lib = str(store / "venv/site-packages/nvidia/lib/libn.so")
+    assert resolve(tree, lib) is not None
+    os.unlink(store / "venv/site-packages/nvidia/lib")
+    assert resolve(tree, lib) is not None  # stale until told
+    tree.forget(str(store / "venv"))
+    assert resolve(tree, lib) is None
 
 
 def test_symlinked_directory_climbs_from_target(store: Path) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from rpathfix.entrypoints import root_entry_points
 from rpathfix.errors import RpathfixError
-from rpathfix.fstree import OverlayTree, Planned, RealTree
+from rpathfix.fstree import CachedTree, FileTree, OverlayTree, Planned, RealTree
 from rpathfix.names import canonicalize_name
 from rpathfix.plan import Plan, make_plan
 from rpathfix.roots import Root, load_root
@@ -31,7 +31,7 @@ class BuildResult:
 
 
 def planned_tree(out: str, plan: Plan, kind_dirs: dict[str, str], python: str,
-                 entry_points: Sequence[tuple[str, str, str]]) -> OverlayTree:
+                 entry_points: Sequence[tuple[str, str, str]], base: FileTree | None = None) -> OverlayTree:
     """The venv as it will be written, for the loader model to check before writing."""
     entries: dict[str, Planned] = {posixpath.join(out, "pyvenv.cfg"): Planned("file", None, 0o644)}
     for name in ("python", "python3"):
@@ -41,10 +41,10 @@ def planned_tree(out: str, plan: Plan, kind_dirs: dict[str, str], python: str,
         entries[path] = Planned("file", e.target, 0o755) if e.method == "copy" else Planned("link", e.target)
     for _group, name, _value in entry_points:
         entries[posixpath.join(out, "bin", name)] = Planned("file", None, 0o755)
-    return OverlayTree(RealTree(), out, entries)
+    return OverlayTree(base if base is not None else RealTree(), out, entries)
 
 
-def scripts_without_bin(tree: RealTree, roots: Sequence[Root]) -> list[tuple[str, str, str]]:
+def scripts_without_bin(tree: FileTree, roots: Sequence[Root]) -> list[tuple[str, str, str]]:
     """Entry points of the roots that came without launchers of their own."""
     out: list[tuple[str, str, str]] = []
     for r in roots:
@@ -60,7 +60,7 @@ def build_venv(out: str, root_paths: Sequence[str], *, python: str, link_mode: s
     from rpathfix.venv import kind_dirs as venv_kind_dirs
     from rpathfix.venv import python_info, write_venv
 
-    tree = RealTree()
+    tree = CachedTree(RealTree())  # shared by the plan and both checks: the roots are walked once
     roots = [load_root(tree, r) for r in root_paths]
     plan = make_plan(tree, roots, precedence=[canonicalize_name(p) for p in prefer])
     info = python_info(python)
@@ -70,7 +70,7 @@ def build_venv(out: str, root_paths: Sequence[str], *, python: str, link_mode: s
     result = BuildResult(entries=len(plan.entries), real_dirs=len(plan.real_dirs))
     result.warnings += [f"note: {n}" for n in plan.notes]
     if verify_layout:
-        report = verify(planned_tree(out, plan, dirs, info.base_executable, scripts), [out], options)
+        report = verify(planned_tree(out, plan, dirs, info.base_executable, scripts, tree), [out], options)
         if report.errors:
             result.refused = format_report(report)
             return result
@@ -78,6 +78,7 @@ def build_venv(out: str, root_paths: Sequence[str], *, python: str, link_mode: s
     result.changed = write_venv(Path(out), list(plan.entries), python=python, link_mode=link_mode,
                                 entry_points=scripts)
     if verify_layout:
+        tree.forget(out)
         after = verify(tree, [out], options)
         if after.errors:
             raise RpathfixError(f"{out}: the written venv fails verification although its plan passed "

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from rpathfix.errors import FormatError, UsageError
 from rpathfix.fstree import FileTree, is_dir, is_file, read_small, resolve
+from rpathfix.fstree import scan as fs_scan
 from rpathfix.model import BinaryInfo, ElfInfo, MachoInfo
 from rpathfix.sniff import looks_like_library, read_binary
 
@@ -99,29 +100,38 @@ def collect(tree: FileTree, paths: list[str]) -> Environment:
             if real_d is None or real_d in visited:
                 continue
             visited.add(real_d)
-            for name in reversed(tree.listdir(real_d)):
+            for name, kind in reversed(fs_scan(tree, real_d)):
                 budget -= 1
                 if budget < 0:
                     raise UsageError(f"{site}: more than {MAX_ENTRIES} entries; is there a symlink loop?")
+                if kind == "file" and "." in name and not looks_like_library(name):
+                    continue  # not a library name, and executables have no suffix: no stat needed
                 path = posixpath.join(d, name)
-                # The parent is already resolved: one lstat per entry, a full resolution only for links.
-                physical = posixpath.join(real_d, name)
-                node = tree.lstat(physical)
-                real: str | None = physical
-                if node is not None and node.kind == "link":
-                    real = resolve(tree, physical)
+                real: str | None = posixpath.join(real_d, name)  # the parent is already resolved
+                mode = 0
+                if kind == "link":  # only links need a full resolution and a stat
+                    real = resolve(tree, posixpath.join(real_d, name))
                     node = tree.lstat(real) if real is not None else None
-                if node is None or real is None:
-                    continue
-                if node.kind == "dir":
-                    stack.append(path)
-                elif node.kind == "file" and (looks_like_library(name) or node.mode & 0o111):
-                    if real in seen_real:
+                    if node is None:
                         continue
-                    info = _read(tree, real)
-                    if info is not None:
-                        seen_real.add(real)
-                        files.append(NativeFile(path, real, info, site))
+                    kind, mode = node.kind, node.mode
+                if real is None:
+                    continue
+                if kind == "dir":
+                    stack.append(path)
+                    continue
+                if kind != "file" or real in seen_real:
+                    continue
+                if not looks_like_library(name):
+                    if mode == 0:
+                        node = tree.lstat(real)
+                        mode = node.mode if node is not None else 0
+                    if not mode & 0o111:
+                        continue
+                info = _read(tree, real)
+                if info is not None:
+                    seen_real.add(real)
+                    files.append(NativeFile(path, real, info, site))
     files.sort(key=lambda f: f.path)
     return Environment(tuple(dirs), interpreter, tuple(files))
 

@@ -76,6 +76,29 @@ class RealTree:
         except OSError:
             return []
 
+    def scan(self, path: str) -> list[tuple[str, Kind]]:
+        """Names and kinds in one directory from readdir's d_type: no stat per entry, which
+        is what makes walking torch's 20,000 files cheap."""
+        out: list[tuple[str, Kind]] = []
+        try:
+            with os.scandir(path) as it:
+                for e in it:
+                    try:
+                        if e.is_symlink():
+                            out.append((e.name, "link"))
+                        elif e.is_dir(follow_symlinks=False):
+                            out.append((e.name, "dir"))
+                        elif e.is_file(follow_symlinks=False):
+                            out.append((e.name, "file"))
+                        else:
+                            out.append((e.name, "other"))
+                    except OSError:
+                        continue
+        except OSError:
+            return []
+        out.sort()
+        return out
+
     def open(self, path: str) -> ByteSource:
         return FileSource(path)
 
@@ -134,12 +157,37 @@ class OverlayTree:
             return self.base.listdir(path)
         return list(self._children.get(path, []))
 
+    def scan(self, path: str) -> list[tuple[str, Kind]]:
+        if not self._inside(path):
+            return scan(self.base, path)
+        out: list[tuple[str, Kind]] = []
+        for name in self._children.get(path, []):
+            node = self.lstat(posixpath.join(path, name))
+            if node is not None:
+                out.append((name, node.kind))
+        return out
+
     def open(self, path: str) -> ByteSource:
         if self._inside(path):
             e = self.entries.get(path)
             if e is not None and e.kind == "file" and e.target is not None:
                 return self.base.open(e.target)
         return self.base.open(path)
+
+
+def scan(tree: FileTree, path: str) -> list[tuple[str, Kind]]:
+    """(name, kind) of each entry of a resolved directory, sorted by name: through the
+    tree's own fast `scan` when it has one, else one lstat per entry."""
+    fast = getattr(tree, "scan", None)
+    if fast is not None:
+        result: list[tuple[str, Kind]] = fast(path)
+        return result
+    out: list[tuple[str, Kind]] = []
+    for name in tree.listdir(path):
+        node = tree.lstat(posixpath.join(path, name))
+        if node is not None:
+            out.append((name, node.kind))
+    return out
 
 
 def resolve(tree: FileTree, path: str, cwd: str = "/") -> str | None:
@@ -151,6 +199,13 @@ def resolve(tree: FileTree, path: str, cwd: str = "/") -> str | None:
     """
     if not path.startswith("/"):
         path = posixpath.join(cwd, path)
+    if isinstance(tree, CachedTree):
+        return tree.resolve(path)
+    return _walk(tree, path)
+
+
+def _walk(tree: FileTree, path: str) -> str | None:
+    """resolve() for an absolute path, component by component."""
     pending = [c for c in path.split("/") if c not in ("", ".")]
     pending.reverse()
     current = "/"
@@ -215,3 +270,100 @@ def read_small(tree: FileTree, path: str, limit: int) -> bytes | None:
         return src.read_at(0, src.size)
     finally:
         src.close()
+
+
+class CachedTree:
+    """A FileTree that remembers every answer of the tree below it.
+
+    A verify asks the same questions thousands of times (the walk, then every simulated
+    load), and building a venv asks them again after writing: one cache serves them all.
+    forget() drops what is known under a directory that was just rewritten.
+    """
+
+    def __init__(self, base: FileTree) -> None:
+        self.base = base
+        self._lstat: dict[str, Node | None] = {}
+        self._resolve: dict[str, str | None] = {}
+        self._scan: dict[str, list[tuple[str, Kind]]] = {}
+        self.memo: dict[tuple[str, str], object] = {}  # parsed headers, keyed by (kind, real path)
+        self._busy: set[str] = set()
+
+    def lstat(self, path: str) -> Node | None:
+        try:
+            return self._lstat[path]
+        except KeyError:
+            node = self._lstat[path] = self.base.lstat(path)
+            return node
+
+    def listdir(self, path: str) -> list[str]:
+        return [name for name, _ in self.scan(path)] if hasattr(self.base, "scan") else self.base.listdir(path)
+
+    def scan(self, path: str) -> list[tuple[str, Kind]]:
+        try:
+            return self._scan[path]
+        except KeyError:
+            out = self._scan[path] = scan(self.base, path)
+            return out
+
+    def open(self, path: str) -> ByteSource:
+        return self.base.open(path)
+
+    def resolve(self, path: str) -> str | None:
+        """resolve() with every prefix remembered: the parent is resolved once for all its
+        children, then one component is applied, as the kernel does (`..` from the parent's
+        physical path)."""
+        if not path.startswith("/"):
+            return _walk(self, path)
+        try:
+            return self._resolve[path]
+        except KeyError:
+            pass
+        if path in self._busy or len(self._busy) > MAX_SYMLINKS * 8:
+            return None  # a symlink loop (ELOOP)
+        self._busy.add(path)
+        try:
+            real = self._resolve_one(path)
+        finally:
+            self._busy.discard(path)
+        self._resolve[path] = real
+        return real
+
+    def _resolve_one(self, path: str) -> str | None:
+        parent, base = posixpath.split(path.rstrip("/"))
+        if not base:
+            return "/"
+        rp = self.resolve(parent or "/")
+        if rp is None:
+            return None
+        if rp != "/":
+            pnode = self.lstat(rp)
+            if pnode is None or pnode.kind != "dir":
+                return None  # ENOTDIR
+        if base == ".":
+            return rp
+        if base == "..":
+            return posixpath.dirname(rp)
+        cand = rp + base if rp == "/" else rp + "/" + base
+        node = self.lstat(cand)
+        if node is None:
+            return None
+        if node.kind == "link":
+            if node.target is None or node.target == "":
+                return None
+            target = node.target if node.target.startswith("/") else posixpath.join(rp, node.target)
+            return self.resolve(target.rstrip("/") or "/")
+        return cand
+
+    def forget(self, top: str) -> None:
+        """Drop every cached answer about `top` and below (and every resolution, which may pass through it)."""
+        prefix = top.rstrip("/") + "/"
+        for cache in (self._lstat, self._scan):
+            for k in [k for k in cache if k == top or k.startswith(prefix)]:
+                del cache[k]
+        for mk in [mk for mk in self.memo if mk[1] == top or mk[1].startswith(prefix)]:
+            del self.memo[mk]
+        self._resolve.clear()
+
+
+def as_cached(tree: FileTree) -> CachedTree:
+    return tree if isinstance(tree, CachedTree) else CachedTree(tree)

@@ -24,13 +24,11 @@ import subprocess
 from dataclasses import dataclass, field
 
 from rpathfix.errors import FormatError
-from rpathfix.fstree import FileTree, Node
-from rpathfix.fstree import resolve as fs_resolve
+from rpathfix.fstree import CachedTree, FileTree, as_cached
 from rpathfix.ldcache import LdCache, load_cache
 from rpathfix.model import ElfInfo
 from rpathfix.resolution import Attempt, LoadedObject, LoadResult, Resolution
 from rpathfix.sniff import HEAD_SIZE
-from rpathfix.source import ByteSource
 
 # GPU driver libraries come with the kernel driver, never with a wheel: a simulation on a
 # build machine without a GPU must call them "provided by the driver", not missing.
@@ -133,66 +131,31 @@ def host_options(**kw: object) -> GlibcOptions:
     return GlibcOptions(**kw)  # type: ignore[arg-type]
 
 
-class CachedTree:
-    """A FileTree wrapper that remembers lstat, listdir and header reads: a simulation asks the
-    same questions thousands of times, and the tree does not change while it runs."""
-
-    def __init__(self, base: FileTree) -> None:
-        self.base = base
-        self._lstat: dict[str, Node | None] = {}
-        self._resolve: dict[str, str | None] = {}
-        self._headers: dict[str, ElfInfo | str] = {}
-
-    def lstat(self, path: str) -> Node | None:
+def _header(tree: CachedTree, real: str) -> ElfInfo | str:
+    """The ELF headers of a physical file, or why it is not a loadable ELF file (memoized)."""
+    cached = tree.memo.get(("elf", real))
+    if isinstance(cached, (ElfInfo, str)):
+        return cached
+    value: ElfInfo | str
+    try:
+        src = tree.open(real)
+    except FormatError:
+        value = "unreadable"
+    else:
         try:
-            return self._lstat[path]
-        except KeyError:
-            node = self._lstat[path] = self.base.lstat(path)
-            return node
+            head = src.read_at(0, min(HEAD_SIZE, src.size))
+            if head[:4] != b"\x7fELF":
+                value = "not-elf"
+            else:
+                from rpathfix.elf import read_elf
 
-    def listdir(self, path: str) -> list[str]:
-        return self.base.listdir(path)
-
-    def open(self, path: str) -> ByteSource:
-        return self.base.open(path)
-
-    def resolve(self, path: str) -> str | None:
-        try:
-            return self._resolve[path]
-        except KeyError:
-            real = self._resolve[path] = fs_resolve(self, path)
-            return real
-
-    def header(self, real: str) -> ElfInfo | str:
-        """The ELF headers of a physical file, or why it is not a loadable ELF file."""
-        try:
-            return self._headers[real]
-        except KeyError:
-            pass
-        value: ElfInfo | str
-        try:
-            src = self.base.open(real)
+                value = read_elf(src)
         except FormatError:
-            value = "unreadable"
-        else:
-            try:
-                head = src.read_at(0, min(HEAD_SIZE, src.size))
-                if head[:4] != b"\x7fELF":
-                    value = "not-elf"
-                else:
-                    from rpathfix.elf import read_elf
-
-                    value = read_elf(src)
-            except FormatError:
-                value = "bad-elf"
-            finally:
-                src.close()
-        self._headers[real] = value
-        return value
-
-
-def as_cached(tree: FileTree) -> CachedTree:
-    return tree if isinstance(tree, CachedTree) else CachedTree(tree)
+            value = "bad-elf"
+        finally:
+            src.close()
+    tree.memo[("elf", real)] = value
+    return value
 
 
 @dataclass(eq=False)
@@ -235,7 +198,7 @@ class GlibcProcess:
         real = self.tree.resolve(self._abs(path))
         if real is None:
             raise FormatError(path, "no such file")
-        info = self.tree.header(real)
+        info = _header(self.tree, real)
         if isinstance(info, str):
             raise FormatError(path, "not an ELF file" if info == "not-elf" else f"cannot read ELF headers ({info})")
         return real, info
@@ -274,7 +237,7 @@ class GlibcProcess:
         real = self.tree.resolve(interp)
         if real is None or real in self.by_real:
             return
-        hdr = self.tree.header(real)
+        hdr = _header(self.tree, real)
         names = {interp, posixpath.basename(interp)}
         if isinstance(hdr, ElfInfo):
             obj = _Obj(interp, real, posixpath.dirname(interp), hdr, None, names)
@@ -429,7 +392,7 @@ class GlibcProcess:
         if real is None or node is None or node.kind != "file":
             attempts.append(Attempt(path, rule, "missing", raw, cpath))
             return None, None
-        hdr = self.tree.header(real)
+        hdr = _header(self.tree, real)
         if isinstance(hdr, str):
             # Rule 11: any bad header other than class/machine stops the whole load.
             attempts.append(Attempt(path, rule, "bad-file", raw, cpath, "invalid ELF header: ld.so stops here"))

@@ -30,6 +30,7 @@ from typing import Literal
 
 from rpathfix.errors import FormatError, PlanError
 from rpathfix.fstree import FileTree, read_small, resolve
+from rpathfix.fstree import scan as fs_scan
 from rpathfix.model import ElfInfo, MachoInfo, PlanEntry
 from rpathfix.roots import KIND_DIRS, Root
 from rpathfix.sniff import looks_like_library, read_binary
@@ -119,13 +120,10 @@ def _check_roots(roots: Sequence[Root]) -> list[Root]:
 
 def _add_tree(tree: FileTree, node: _Node, dist: str, directory: str) -> None:
     node.dirs[dist] = directory
-    for name in tree.listdir(directory):
+    for name, kind in fs_scan(tree, directory):
         path = posixpath.join(directory, name)
-        st = tree.lstat(path)
-        if st is None:
-            continue
         child = node.children.setdefault(name, _Node())
-        if st.kind == "dir":
+        if kind == "dir":
             _add_tree(tree, child, dist, path)
         else:
             child.files[dist] = path
@@ -209,19 +207,26 @@ def _relative_refs(tree: FileTree, path: str) -> tuple[str, list[str]] | None:
 def _native_requirements(tree: FileTree, top: _Node, force: dict[str, list[str]], copies: dict[str, str],
                          notes: list[str]) -> None:
     """Which directories must be real and which Mach-O files copied, from the binaries' own paths."""
+    macho_targets: list[tuple[str, list[str]]] = []  # (file, directories its @loader_path refs reach)
     for rel, node in _iter_files(top, ""):
         name = posixpath.basename(rel)
+        named_like_library = looks_like_library(name)
+        if not named_like_library and "." in name:
+            continue  # neither a library name nor an executable's (no suffix): not native
         for dist, path in sorted(node.files.items()):
             st = tree.lstat(path)
             if st is None or st.kind != "file":
                 continue
-            if not (looks_like_library(name) or st.mode & 0o111):
+            if not (named_like_library or st.mode & 0o111):
                 continue
             refs = _relative_refs(tree, path)
             if refs is None:
                 continue
             fmt, rels = refs
             lib_dir = posixpath.dirname(rel)
+            if fmt == "macho":
+                reached = [c[0] for c in (climb(lib_dir, r) for r in rels) if c is not None]
+                macho_targets.append((rel, reached))
             for r in rels:
                 c = climb(lib_dir, r)
                 if c is None:
@@ -241,6 +246,19 @@ def _native_requirements(tree: FileTree, top: _Node, force: dict[str, list[str]]
                 parts = lib_dir.split("/")
                 for i in range(lowest + 1, depth + 1):
                     force.setdefault("/".join(parts[:i]), []).append(why)
+    # A Mach-O file whose @loader_path reaches a copied file must be a copy too: through a
+    # symlink, dyld would take @loader_path from the root and load the uncopied original.
+    changed = True
+    while changed:
+        changed = False
+        copied_dirs = {posixpath.dirname(c): c for c in sorted(copies)}
+        for rel, reached in macho_targets:
+            if rel in copies:
+                continue
+            hit = next((copied_dirs[t] for t in reached if t in copied_dirs), None)
+            if hit is not None:
+                copies[rel] = f"@loader_path is the real path for dyld: {rel} loads the copied {hit}"
+                changed = True
 
 
 # ---------------------------------------------------------------- emitting entries

@@ -147,11 +147,13 @@ class DistIndex:
 
     def __init__(self, top: str) -> None:
         self.top = os.path.abspath(top)
-        self._by_file: dict[str, tuple[str, str]] = {}
         self._single: dict[str, tuple[str, str] | None] = {}
         # RECORD files still to read, in the order they were added: read at the first
         # lookup, so a tree with no native library never parses torch's 12,000-line RECORD.
         self._pending: list[tuple[str, str, tuple[str, str]]] = []
+        # Per RECORD, in order: (site_dir + "/", plain relative paths, other paths
+        # normalized, distribution). The first RECORD listing a file claims it.
+        self._records: list[tuple[str, set[str], set[str], tuple[str, str]]] = []
 
     def add_site_dir(self, site_dir: str, dist_infos: list[str]) -> None:
         found: list[tuple[str, str]] = []
@@ -165,28 +167,27 @@ class DistIndex:
 
     def _read_records(self) -> None:
         pending, self._pending = self._pending, []
-        by_file = self._by_file
-        plain_ok = os.sep == "/" and os.altsep is None
         for site_dir, record, parsed in pending:
+            rels, all_plain = _read_record(record)
+            # A RECORD path names normpath(join(site_dir, rel)). For a plain relative path
+            # (no empty, "." or ".." part, none starting with ".") under the normalized
+            # site_dir that is site_dir + "/" + rel, so plain paths are kept as they are and
+            # matched by prefix: no join or normpath for each of torch's 12,000 lines.
+            if all_plain:
+                plain, odd = set(rels), set()
+            else:
+                plain = {rel for rel in rels if _all_plain([rel])}
+                odd = {os.path.normpath(os.path.join(site_dir, rel)) for rel in rels if rel not in plain}
             prefix = site_dir if site_dir.endswith("/") else site_dir + "/"
-            for rel in _record_paths(record):
-                # The key is normpath(join(site_dir, rel)); for a plain relative path (no
-                # empty, "." or ".." part, nothing starting with ".") under the already
-                # normalized site_dir that is plain concatenation, and much cheaper.
-                if (plain_ok and rel and rel[0] != "/" and rel[0] != "." and rel[-1] != "/"
-                        and "/." not in rel and "//" not in rel):
-                    key = prefix + rel
-                else:
-                    key = os.path.normpath(os.path.join(site_dir, rel))
-                by_file.setdefault(key, parsed)
+            self._records.append((prefix, plain, odd, parsed))
 
     def lookup(self, path: str) -> tuple[str, str] | None:
         if self._pending:
             self._read_records()
         path = os.path.abspath(path)
-        hit = self._by_file.get(path)
-        if hit:
-            return hit
+        for prefix, plain, odd, parsed in self._records:
+            if path in odd or (path.startswith(prefix) and path[len(prefix) :] in plain):
+                return parsed
         d = os.path.dirname(path)
         while len(d) >= len(self.top):
             single = self._single.get(d)
@@ -199,20 +200,58 @@ class DistIndex:
         return None
 
 
-def _record_paths(record: str) -> list[str]:
-    try:
-        with open(record, encoding="utf-8", errors="replace", newline="") as fh:
-            text = fh.read(MAX_RECORD_BYTES)
-    except OSError:
-        return []
-    if '"' in text or "\r" in text or "\0" in text:
+_PLAIN_OK = os.sep == "/" and os.altsep is None
+
+
+def _all_plain(rels: list[str]) -> bool:
+    """No rel is empty, absolute, starts with ".", ends with "/" or has a "/." or "//" in it."""
+    if not _PLAIN_OK:
+        return False
+    s = "\n" + "\n".join(rels) + "\n"
+    return not ("\n\n" in s or "\n/" in s or "\n." in s or "/\n" in s or "/." in s or "//" in s)
+
+
+def _read_record(record: str) -> tuple[list[str], bool]:
+    """The first field of every row of a RECORD file, and whether all of them are plain.
+
+    Plain is _all_plain(rels), answered for the common unquoted file from its text at once.
+    """
+    text = _record_text(record)
+    crs = text.count("\r")
+    if '"' in text or "\0" in text or (crs and crs != text.count("\r\n")):
         import csv
         import io
 
-        return [row[0] for row in csv.reader(io.StringIO(text)) if row]
-    # Without quotes, carriage returns or NULs, csv's first field is the text up to the
-    # first comma of each non-empty line.
-    return [line.partition(",")[0] for line in text.split("\n") if line]
+        rels = [row[0] for row in csv.reader(io.StringIO(text)) if row]
+        return rels, _all_plain(rels)
+    # Without quotes, NULs or lone carriage returns, csv's first field is the text up to
+    # the first comma of each non-empty line. RECORD files written by csv end lines in
+    # CRLF: a "\r" can then end a first field only on a line without a comma.
+    if crs:
+        rels = [line.partition(",")[0] for line in text.split("\n") if line and line != "\r"]
+        rels = [r[:-1] if r[-1:] == "\r" else r for r in rels]
+    else:
+        rels = [line.partition(",")[0] for line in text.split("\n") if line]
+    # Conservative (the other fields are searched too, so a hit only means "check each"):
+    # no first field is empty, starts with "/" or ".", ends with "/", or holds "/." or "//".
+    t = "\n" + text
+    plain = _PLAIN_OK and not (
+        "\n," in t or "\n/" in t or "\n." in t or "\n\r" in t or "/," in t or "/\n" in t or "/\r" in t
+        or "/." in t or "//" in t or t.endswith("/"))
+    return rels, plain or _all_plain(rels)
+
+
+def _record_text(record: str) -> str:
+    """The file as open(record, encoding="utf-8", errors="replace", newline="").read(MAX_RECORD_BYTES)."""
+    try:
+        with open(record, "rb") as fh:
+            data = fh.read(MAX_RECORD_BYTES)
+            if len(data) < MAX_RECORD_BYTES:
+                return data.decode("utf-8", "replace")  # one decode of the whole file: same text
+        with open(record, encoding="utf-8", errors="replace", newline="") as fh:
+            return fh.read(MAX_RECORD_BYTES)
+    except OSError:
+        return ""
 
 
 # Entries are opened relative to their directory's descriptor where the platform allows

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 from rpathfix.environment import Environment, NativeFile, collect
 from rpathfix.errors import FormatError
-from rpathfix.fstree import FileTree
+from rpathfix.fstree import FileTree, as_cached
 from rpathfix.model import ElfInfo
 from rpathfix.resolution import Attempt, LoadResult, Resolution
 
@@ -68,6 +68,7 @@ class Report:
 
 
 def verify(tree: FileTree, paths: Sequence[str], options: LoaderOptions) -> Report:
+    tree = as_cached(tree)  # the walk and every simulation ask the same questions: answer each once
     env = collect(tree, list(paths))
     interpreter = options.interpreter or env.interpreter
     sim = _Simulator(tree, options, interpreter)
@@ -172,9 +173,7 @@ class _Simulator:
     """Runs the right loader model for each file, sharing one cached view of the tree."""
 
     def __init__(self, tree: FileTree, options: LoaderOptions, interpreter: str | None) -> None:
-        from rpathfix.loader_glibc import CachedTree
-
-        self.tree = CachedTree(tree)
+        self.tree = as_cached(tree)
         self.options = options
         self.interpreter = interpreter or sys.executable
         self._glibc: GlibcOptions | None = None

@@ -1,0 +1,184 @@
+"""The whole story on real stub wheels, a real interpreter and the real loader: `rpathfix
+unpack` makes one root per wheel (rules_python's layout), the split layout fails (the
+control), `rpathfix venv` writes the per-binary venv, and the same things work through it
+with LD_LIBRARY_PATH unset."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import rpathfix
+
+LINUX = ("torchstub", "nvidia_xcublas", "nvidia_xcuda_runtime", "nvidia_xnvjitlink", "nvidia_xcublas_cu12",
+         "nvidia_xcuda_runtime_cu12", "nvidia_xnvimgcodec_cu12", "onnxstub", "pthstub", "scriptstub")
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_LIBRARY_PATH", "PYTHONPATH", "PYTHONHOME")}
+    env.update(extra)
+    return env
+
+
+@pytest.fixture(scope="module")
+def roots(stub_wheels: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    into = tmp_path_factory.mktemp("roots")
+    proc = rpathfix("unpack", *[str(stub_wheels[d]) for d in LINUX], "--into", str(into))
+    assert proc.returncode == 0, proc.stderr
+    return sorted(p for p in into.iterdir() if not p.name.startswith("."))
+
+
+@pytest.fixture(scope="module")
+def venv(roots: list[Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("venv-parent") / "venv"
+    proc = rpathfix("venv", str(out), *map(str, roots))
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+def split_python(roots: list[Path], code: str) -> subprocess.CompletedProcess[str]:
+    path = ":".join(str(r / "site-packages") for r in roots)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=clean_env(PYTHONPATH=path))
+
+
+def venv_python(venv: Path, code: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(venv / "bin" / "python"), *args, "-c", code], capture_output=True, text=True,
+                          env=clean_env())
+
+
+MAPS = """
+import torchstub
+print('answer', torchstub.cuda_answer())
+for line in open('/proc/self/maps'):
+    parts = line.split()
+    if len(parts) >= 6 and 'libx' in parts[5]:
+        print('map', parts[5])
+"""
+
+
+def test_torch_like_extension(roots: list[Path], venv: Path) -> None:
+    split = split_python(roots, "import torchstub")
+    assert split.returncode != 0 and "cannot open shared object file" in split.stderr  # control
+    ok = venv_python(venv, MAPS)
+    assert ok.returncode == 0, ok.stderr
+    assert "answer 11" in ok.stdout
+    maps = [ln[4:] for ln in ok.stdout.splitlines() if ln.startswith("map ")]
+    assert {Path(m).name for m in maps} >= {"libxtorch_cuda.so", "libxcudart.so.13", "libxcublas.so.13",
+                                             "libxnvjitlink.so.13"}
+    # The kernel reports the real files (symlink targets) in the roots; every one reached through the venv.
+    root_dirs = [str(r) for r in roots]
+    assert all(any(m.startswith(r) for r in root_dirs) for m in maps), maps
+
+
+def test_directories_are_real_only_where_needed(venv: Path) -> None:
+    site = next((venv / "lib").glob("python*/site-packages"))
+    assert not (site / "torchstub").is_symlink() and not (site / "torchstub" / "lib").is_symlink()
+    assert not (site / "nvidia" / "cu13" / "lib").is_symlink()
+    assert (site / "onnxstub").is_symlink(), "nothing climbs out of onnxstub: one symlink suffices"
+    for p in venv.rglob("*"):
+        if p.is_symlink() and p.parent.name != "bin":
+            assert not os.readlink(p).startswith("/"), p
+
+
+def test_namespace_package_with_mixed_init_files(roots: list[Path], venv: Path) -> None:
+    code = "from nvidia import nvimgcodec; print(nvimgcodec.Decoder())"
+    split = split_python(roots, code)
+    assert split.returncode != 0  # control: an empty nvidia/__init__.py first on sys.path hides the others
+    ok = venv_python(venv, code)
+    assert ok.returncode == 0 and "decoder-1" in ok.stdout, ok.stderr
+
+
+def test_pth_files_run(venv: Path) -> None:
+    ok = venv_python(venv, "import os, pthstub_extra_mod; print(os.environ.get('PTHSTUB_HOOK_RAN'), "
+                           "pthstub_extra_mod.VALUE)")
+    assert ok.returncode == 0 and ok.stdout.strip() == "1 added by a .pth path line", ok.stderr
+    # Control: the .pth does nothing on PYTHONPATH (site only runs .pth files of site dirs).
+    assert venv_python(venv, "import os; print(os.environ.get('PTHSTUB_HOOK_RAN'))", "-S").stdout.strip() == "None"
+
+
+def test_console_scripts_run_from_anywhere(venv: Path, tmp_path: Path) -> None:
+    out = subprocess.run([str(venv / "bin" / "torchstubrun")], capture_output=True, text=True, env=clean_env(),
+                         cwd=tmp_path)
+    assert out.returncode == 0 and "cuda_answer() = 11" in out.stdout, out.stderr
+    out = subprocess.run(["scriptstub"], capture_output=True, text=True,
+                         env=clean_env(PATH=f"{venv / 'bin'}:/usr/bin:/bin"), cwd=tmp_path)
+    assert out.stdout.strip() == "scriptstub main", out.stderr
+    out = subprocess.run([str(venv / "bin" / "scriptstub-tool")], capture_output=True, text=True, env=clean_env())
+    assert out.stdout.strip() == "scriptstub-tool ran", out.stderr
+
+
+def test_renamed_venv_still_works(venv: Path) -> None:
+    """Launchers find their interpreter by their own path, and links are relative: a copy
+    beside the original (same distance to the roots) works without rewriting anything."""
+    assert all(not os.readlink(p).startswith("/") for p in venv.rglob("*") if p.is_symlink() and p.name != "python")
+    renamed = venv.with_name("venv-renamed")
+    shutil.copytree(venv, renamed, symlinks=True)
+    try:
+        out = subprocess.run([str(renamed / "bin" / "torchstubrun")], capture_output=True, text=True, env=clean_env())
+        assert out.returncode == 0 and "cuda_answer() = 11" in out.stdout, out.stderr
+        prefix = subprocess.run([str(renamed / "bin" / "python"), "-c", "import sys; print(sys.prefix)"],
+                                capture_output=True, text=True, env=clean_env()).stdout.strip()
+        assert prefix == str(renamed)
+    finally:
+        shutil.rmtree(renamed)
+
+
+def test_bytecode_from_the_roots_is_used(venv: Path) -> None:
+    out = venv_python(venv, "import torchstub", "-v")
+    assert out.returncode == 0
+    assert "__pycache__/__init__.cpython" in out.stderr and "code object from" in out.stderr
+    line = next(ln for ln in out.stderr.splitlines() if "code object from" in ln and "torchstub" in ln)
+    assert ".pyc" in line
+
+
+def test_verify_reports_the_onnx_provider(venv: Path) -> None:
+    proc = rpathfix("verify", "--json", str(venv))
+    assert proc.returncode == 0
+    import json
+
+    warnings = json.loads(proc.stdout)["warnings"]
+    assert any(Path(w["file"]).name == "libxonnxruntime_providers_cuda.so" for w in warnings)
+    # And the real interpreter agrees: the provider does not load by itself.
+    real = venv_python(venv, "import onnxstub; onnxstub.load_cuda_provider()")
+    assert real.returncode != 0 and "libxcublas.so.12" in real.stderr
+
+
+def listing(top: Path) -> list[tuple[str, str, str]]:
+    rows = []
+    for p in sorted(top.rglob("*")):
+        rel = str(p.relative_to(top))
+        if p.is_symlink():
+            rows.append((rel, "link", os.readlink(p)))
+        elif p.is_dir():
+            rows.append((rel, "dir", oct(p.stat().st_mode & 0o777)))
+        else:
+            rows.append((rel, oct(p.stat().st_mode & 0o777), hashlib.sha256(p.read_bytes()).hexdigest()))
+    return rows
+
+
+def test_idempotent_and_deterministic(roots: list[Path], venv: Path, tmp_path: Path) -> None:
+    before = listing(venv)
+    mtime = venv.stat().st_mtime_ns
+    again = rpathfix("venv", str(venv), *map(str, roots))
+    assert again.returncode == 0 and "up to date" in again.stdout
+    assert venv.stat().st_mtime_ns == mtime and listing(venv) == before
+    other = venv.with_name("venv-second")  # same distance to the roots: identical relative links
+    assert rpathfix("venv", str(other), *map(str, roots)).returncode == 0
+    assert [r for r in listing(other) if "__pycache__" not in r[0]] == \
+        [r for r in listing(venv) if "__pycache__" not in r[0]]
+    shutil.rmtree(other)
+
+
+def test_refuses_a_layout_that_cannot_load(roots: list[Path], tmp_path: Path) -> None:
+    torch_only = [r for r in roots if r.name == "torchstub"]
+    out = tmp_path / "venv"
+    proc = rpathfix("venv", str(out), *map(str, torch_only))
+    assert proc.returncode == 1 and "libxcudart.so.13" in proc.stderr
+    assert not out.exists(), "nothing is written when verification fails"
