@@ -57,9 +57,9 @@ def test_resolve_agrees_with_kernel(store: Path, rel: str, cached: bool) -> None
 
 def test_cached_tree_forgets_a_rewritten_directory(store: Path) -> None:
     tree = CachedTree(RealTree())
-    lib = str(store / "venv/site-packages/nvidia/lib/libn.so")
+    lib = str(store / "venv/site-packages/torch/lib/libt.so")
     assert resolve(tree, lib) is not None
-    os.unlink(store / "venv/site-packages/nvidia/lib")
+    os.unlink(store / "venv/site-packages/torch")
     assert resolve(tree, lib) is not None  # stale until told
     tree.forget(str(store / "venv"))
     assert resolve(tree, lib) is None
