@@ -12,6 +12,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
 	$(VPY) -m pip install -q -e '.[test]'
+	$(VPY) -m compileall -q src  # PYTHONDONTWRITEBYTECODE=1 machines would recompile rpathfix at every start
 	touch $(STAMP)
 
 # Bazel (bazel-bootstrap works offline) for the rules/ tests. Installed only when missing

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_scan import unpack_split  # noqa: E402
+from bench_scan import unpack_split
 
 PY = sys.executable
 

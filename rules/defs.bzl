@@ -287,10 +287,14 @@ RPY="$1"; PY="$2"; SRC="$3"; OUT="$4"; MODE="$5"; shift 5
 if [ -z "$RPY" ]; then RPY="${RPATHFIX_PYTHON:-python3}"; fi
 PYTHONPATH="$PWD/$SRC"; export PYTHONPATH
 PYTHONDONTWRITEBYTECODE=1; export PYTHONDONTWRITEBYTECODE
+# Sandboxed actions see each input file as an absolute symlink into the execroot;
+# `rpathfix venv` reads the binaries behind those links and writes hardlinks or copies
+# of the real files (symlinks cannot leave a tree artifact).
 if [ -n "$PY" ]; then
-  exec "$RPY" -m rpathfix venv --link-mode "$MODE" --python "$PY" "$OUT" "$@"
+  "$RPY" -m rpathfix venv --link-mode "$MODE" --python "$PY" "$OUT" "$@"
+else
+  "$RPY" -m rpathfix venv --link-mode "$MODE" "$OUT" "$@"
 fi
-exec "$RPY" -m rpathfix venv --link-mode "$MODE" "$OUT" "$@"
 """
 
 def _rpathfix_venv_impl(ctx):
@@ -427,4 +431,27 @@ rpathfix_verify_test = rule(
         "_rpathfix_srcs": attr.label(default = Label("@rpathfix//:rpathfix_srcs"), allow_files = True),
     },
     test = True,
+)
+
+# ---------------------------------------------------------------------------------------
+# Offline Bazel 4 (e.g. Debian's bazel-bootstrap): every test rule depends on the coverage
+# tools, which Bazel downloads (@remote_coverage_tools). Point the coverage flags at this
+# do-nothing executable to run tests offline:
+#   build --coverage_report_generator=@rpathfix//rules:no_coverage_tool
+#   build --coverage_output_generator=@rpathfix//rules:no_coverage_tool
+# ---------------------------------------------------------------------------------------
+
+def _no_coverage_tool_impl(ctx):
+    out = ctx.actions.declare_file(ctx.label.name + ".sh")
+    ctx.actions.write(
+        output = out,
+        is_executable = True,
+        content = "#!/bin/sh\necho 'rpathfix: coverage tools are not available offline' >&2\nexit 0\n",
+    )
+    return [DefaultInfo(executable = out, files = depset([out]))]
+
+no_coverage_tool = rule(
+    implementation = _no_coverage_tool_impl,
+    doc = "A do-nothing executable standing in for Bazel's downloaded coverage tools.",
+    executable = True,
 )

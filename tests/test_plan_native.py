@@ -91,3 +91,21 @@ def test_symlinked_directory_would_break_the_climb(stub_wheels: dict[str, Path],
     (site / "torchstub").symlink_to(Path(roots[-1]) / "site-packages" / "torchstub")
     assert rpathfix("ldd", str(lib)).returncode == 1
     assert "libxcudart.so.13 => not found" in subprocess.run(["ldd", str(lib)], capture_output=True, text=True).stdout
+
+
+@pytest.mark.parametrize("mode", ["symlink", "hardlink"])
+def test_roots_made_of_symlinks(stub_wheels: dict[str, Path], tmp_path: Path, mode: str) -> None:
+    """Bazel's sandbox shows each input file as an absolute symlink: the planner must read the
+    binaries behind them, or it would link torchstub/ as one directory and break the climb."""
+    unpack(stub_wheels, ("torchstub", "nvidia_xcublas", "nvidia_xcuda_runtime", "nvidia_xnvjitlink"),
+           tmp_path / "roots")
+    links = tmp_path / "sandbox"
+    subprocess.run(["cp", "-rs", str(tmp_path / "roots"), str(links)], check=True)
+    link_roots = sorted(str(p) for p in links.iterdir() if not p.name.startswith("."))
+    assert (Path(link_roots[-1]) / "site-packages" / "torchstub" / "lib" / "libxtorch_cuda.so").is_symlink()
+    out = tmp_path / "venv"
+    proc = rpathfix("venv", str(out), *link_roots, "--link-mode", mode)
+    assert proc.returncode == 0, proc.stderr
+    ok = subprocess.run([str(out / "bin" / "python"), "-c", "import torchstub; print(torchstub.cuda_answer())"],
+                        capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
+    assert ok.stdout.strip() == "11", ok.stderr

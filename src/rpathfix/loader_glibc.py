@@ -252,7 +252,7 @@ class GlibcProcess:
             _real, info = self._read_root(path)
             self.machine = (info.elf_class, info.machine)
             self.arch = info.arch
-        res, obj = self._lookup(path, requester, is_dlopen=True)
+        res, obj = self.lookup(path, requester, is_dlopen=True)
         self.resolutions.append(res)
         if obj is not None and obj.loader is None and obj not in self._deps_done:
             self._load_deps(obj)
@@ -276,7 +276,7 @@ class GlibcProcess:
                 continue
             done.add(obj)
             for name in obj.info.needed:
-                res, dep = self._lookup(name, obj)
+                res, dep = self.lookup(name, obj)
                 self.resolutions.append(res)
                 if dep is not None and dep not in done:
                     queue.append(dep)
@@ -289,7 +289,12 @@ class GlibcProcess:
                 return o
         return None
 
-    def _lookup(self, name: str, requester: _Obj | None, is_dlopen: bool = False) -> tuple[Resolution, _Obj | None]:
+    def lookup(self, name: str, requester: _Obj | None, is_dlopen: bool = False) -> tuple[Resolution, _Obj | None]:
+        """Resolve one DT_NEEDED (or dlopen) name for `requester`, recording every candidate.
+
+        Returns the Resolution and the object it maps (a new one is added to the process);
+        the object is None when nothing is found or a hard error stops the load.
+        """
         req_path = requester.path if requester else "<none>"
         hit = self._loaded(name)
         if hit is not None:
@@ -488,5 +493,5 @@ def explain(tree: FileTree, requester: str, name: str, options: GlibcOptions) ->
         _res, obj = proc.dlopen(requester)
     else:
         obj = proc.start_as_ldd(requester)
-    res, _ = proc._lookup(name, obj)
+    res, _ = proc.lookup(name, obj)
     return res, result

@@ -6,6 +6,10 @@ import argparse
 import json
 import os
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rpathfix.resolution import LoadResult
 
 HELP = "show every library a binary loads and how each was found (ELF and Mach-O, nothing executed)"
 DESCRIPTION = """\
@@ -29,12 +33,13 @@ def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("--arch", help="Mach-O slice to simulate (default: arm64 when present)")
 
 
-def libraries(result) -> list[dict[str, object]]:  # type: ignore[no-untyped-def]
-    """One row per library in load order, plus one per name that was not found."""
+def libraries(result: LoadResult) -> list[dict[str, object]]:
+    """One row per library in load order, plus one per name that was not found (the root
+    itself, dlopen()ed by --exe, is the subject, not a row)."""
     rows: list[dict[str, object]] = []
     seen: set[tuple[str, str | None]] = set()
     for r in result.resolutions:
-        if r.found_via == "loaded":
+        if r.found_via == "loaded" or (r.found_via == "direct" and r.path == result.root):
             continue
         key = (r.name, r.path)
         if key in seen:
@@ -52,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
                        cache_path=None if args.no_cache else args.cache, cwd=os.getcwd(), arch=args.arch)
     result = load(RealTree(), args.file, spec)
     rows = libraries(result)
-    missing = [r for r in result.missing]
+    missing = result.missing
     if args.json:
         json.dump({"schema": "rpathfix.ldd/1", "root": result.root, "libraries": rows}, sys.stdout, indent=1)
         sys.stdout.write("\n")
