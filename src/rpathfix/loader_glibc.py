@@ -203,27 +203,18 @@ class GlibcProcess:
             raise FormatError(path, "not an ELF file" if info == "not-elf" else f"cannot read ELF headers ({info})")
         return real, info
 
-    def start(self, main_path: str) -> _Obj:
-        """Map the main program, its PT_INTERP, then its dependencies (what execve + ld.so do)."""
+    def start(self, main_path: str, *, as_ldd: bool = False) -> _Obj:
+        """Map the main program, its PT_INTERP, then its dependencies (what execve + ld.so do).
+
+        Rule 18: the main program's $ORIGIN is its fully resolved directory (/proc/self/exe);
+        under `ldd FILE` (ld.so given a path) glibc < 2.42 uses the path as given: as_ldd.
+        """
         real, info = self._read_root(main_path)
         self.machine = (info.elf_class, info.machine)
         self.arch = info.arch
-        # rule 18: the main program's $ORIGIN is its fully resolved directory (/proc/self/exe).
-        # ldd (explicit ld.so) on glibc < 2.42 uses the path as given: start_as_ldd does that.
-        main = _Obj(self._abs(main_path), real, posixpath.dirname(real), info, None, {main_path}, True)
-        self._add(main)
-        self.main = main
-        self._preload_interp(info)
-        self._load_deps(main)
-        return main
-
-    def start_as_ldd(self, path: str) -> _Obj:
-        """`ldd FILE`: FILE is the main object and its $ORIGIN is the path as given (rule 18)."""
-        real, info = self._read_root(path)
-        self.machine = (info.elf_class, info.machine)
-        self.arch = info.arch
-        p = self._abs(path)
-        main = _Obj(p, real, posixpath.dirname(p), info, None, {path}, True)
+        p = self._abs(main_path)
+        origin = posixpath.dirname(p) if as_ldd else posixpath.dirname(real)
+        main = _Obj(p, real, origin, info, None, {main_path}, True)
         self._add(main)
         self.main = main
         self._preload_interp(info)
@@ -473,7 +464,7 @@ def load_elf(tree: FileTree, root: str, options: GlibcOptions, *, dlopen: bool |
         skip = len(proc.objects)
         proc.dlopen(root)
         return proc.result(root, skip)
-    proc.start_as_ldd(root)
+    proc.start(root, as_ldd=True)
     return proc.result(root)
 
 
@@ -492,6 +483,6 @@ def explain(tree: FileTree, requester: str, name: str, options: GlibcOptions) ->
         proc.start(options.executable)
         _res, obj = proc.dlopen(requester)
     else:
-        obj = proc.start_as_ldd(requester)
+        obj = proc.start(requester, as_ldd=True)
     res, _ = proc.lookup(name, obj)
     return res, result
