@@ -13,11 +13,11 @@ import os
 import posixpath
 from dataclasses import dataclass
 
-from rpathfix.errors import FormatError, UsageError
+from rpathfix.errors import UsageError
 from rpathfix.fstree import FileTree, is_dir, is_file, read_small, resolve
 from rpathfix.fstree import scan as fs_scan
 from rpathfix.model import BinaryInfo, ElfInfo, MachoInfo
-from rpathfix.sniff import looks_like_library, read_binary
+from rpathfix.sniff import looks_like_library, read_binary_in
 
 # A bound on the walk, so a hostile or accidental loop cannot make it run forever.
 MAX_ENTRIES = 2_000_000
@@ -128,25 +128,12 @@ def collect(tree: FileTree, paths: list[str]) -> Environment:
                         mode = node.mode if node is not None else 0
                     if not mode & 0o111:
                         continue
-                info = _read(tree, real)
+                info = read_binary_in(tree, real)
                 if info is not None:
                     seen_real.add(real)
                     files.append(NativeFile(path, real, info, site))
     files.sort(key=lambda f: f.path)
     return Environment(tuple(dirs), interpreter, tuple(files))
-
-
-def _read(tree: FileTree, real: str) -> BinaryInfo | None:
-    try:
-        src = tree.open(real)
-    except FormatError:
-        return None
-    try:
-        return read_binary(src)
-    except FormatError:
-        return None
-    finally:
-        src.close()
 
 
 def pyvenv_home(tree: FileTree, venv: str) -> str | None:

@@ -133,7 +133,7 @@ def host_options(**kw: object) -> GlibcOptions:
 
 def _header(tree: CachedTree, real: str) -> ElfInfo | str:
     """The ELF headers of a physical file, or why it is not a loadable ELF file (memoized)."""
-    cached = tree.memo.get(("elf", real))
+    cached = tree.memo.get(("elf", real)) or tree.memo.get(("binary", real))
     if isinstance(cached, (ElfInfo, str)):
         return cached
     value: ElfInfo | str

@@ -28,12 +28,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from rpathfix.errors import FormatError, PlanError
+from rpathfix.errors import PlanError
 from rpathfix.fstree import FileTree, read_small, resolve
 from rpathfix.fstree import scan as fs_scan
 from rpathfix.model import ElfInfo, MachoInfo, PlanEntry
 from rpathfix.roots import KIND_DIRS, Root
-from rpathfix.sniff import looks_like_library, read_binary
+from rpathfix.sniff import looks_like_library, read_binary_in
 
 KIND_ORDER = {k: i for i, (k, _) in enumerate(KIND_DIRS)}
 _ORIGIN = re.compile(r"^\$(ORIGIN|\{ORIGIN\})(?=/|$)")
@@ -177,16 +177,7 @@ def climb(lib_dir: str, relative: str) -> tuple[str, int] | None:
 
 def _relative_refs(tree: FileTree, path: str) -> tuple[str, list[str]] | None:
     """("elf"|"macho", the loader-relative parts) of the search entries of a native file."""
-    try:
-        src = tree.open(path)
-    except FormatError:
-        return None
-    try:
-        info = read_binary(src)
-    except FormatError:
-        return None
-    finally:
-        src.close()
+    info = read_binary_in(tree, path)
     if isinstance(info, ElfInfo):
         effective = info.runpath if info.runpath is not None else info.rpath  # LOADERS.md rule 6
         elems = list(effective.split(":")) if effective else []

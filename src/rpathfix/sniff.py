@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from rpathfix.fstree import FileTree
     from rpathfix.model import BinaryInfo
     from rpathfix.source import ByteSource
 
@@ -72,3 +73,34 @@ def read_binary(src: ByteSource) -> BinaryInfo | None:
 
         return read_macho(src)
     return None
+
+
+def read_binary_in(tree: FileTree, real: str) -> BinaryInfo | None:
+    """The parsed headers of the file at physical path `real` in a tree; None when it cannot
+    be read or is not a well-formed ELF or Mach-O file.
+
+    On a CachedTree the answer is remembered: a venv build reads every binary's headers
+    for the plan and for two checks, and each read should happen once.
+    """
+    from rpathfix.errors import FormatError
+
+    memo = getattr(tree, "memo", None)
+    key = ("binary", real)
+    if memo is not None and key in memo:
+        cached: BinaryInfo | None = memo[key]
+        return cached
+    info: BinaryInfo | None
+    try:
+        src = tree.open(real)
+    except FormatError:
+        info = None
+    else:
+        try:
+            info = read_binary(src)
+        except FormatError:
+            info = None
+        finally:
+            src.close()
+    if memo is not None:
+        memo[key] = info
+    return info
