@@ -5,8 +5,9 @@ yet (OverlayTree), because the loader models are pure over a FileTree.
 
 Findings:
 - error "missing-library": an extension module whose closure does not resolve when
-  the interpreter imports it (dlopen by path), or a non-module library with a
-  dependency that nothing in view provides;
+  the interpreter imports it (dlopen by path);
+- warning "missing-library": a non-module library with a dependency that nothing in
+  view provides (often an optional plugin needing a system library: libibverbs, libmpi);
 - warning "load-order": a non-module library whose dependency resolves only if some
   other library with that SONAME happens to be loaded first (what onnxruntime's
   provider libraries need LD_LIBRARY_PATH or preloading for);
