@@ -53,18 +53,26 @@ def real_ldd(path: Path, llp: str | None = None, cwd: Path | None = None) -> lis
         m = re.match(r"\s+(\S+) => (not found|(\S+) \(0x[0-9a-f]+\))$", line)
         if m:
             rows.append((m.group(1), None if m.group(2) == "not found" else m.group(3)))
+            continue
+        # "name (0x...)": the object was opened under exactly the name it was asked for
+        # (a name with a slash, or a relative search path); skip the vdso and ld.so itself.
+        m = re.match(r"\s+(\S+) \(0x[0-9a-f]+\)$", line)
+        if m and not m.group(1).startswith("linux-vdso") and "/ld-linux" not in m.group(1):
+            rows.append((m.group(1), m.group(1)))
     return rows
 
 
 def model_rows(result: LoadResult) -> list[tuple[str, str | None]]:
+    """The model's closure in ldd's terms: a name with a slash is shown by its expanded path."""
     rows: list[tuple[str, str | None]] = []
     seen = set()
     for r in result.resolutions:
         if r.found_via in ("loaded", "driver"):
             continue
-        if (r.name, r.path) not in seen:
-            seen.add((r.name, r.path))
-            rows.append((r.name, r.path))
+        row = (r.path, r.path) if "/" in r.name and r.path is not None else (r.name, r.path)
+        if row not in seen:
+            seen.add(row)
+            rows.append(row)
     return rows
 
 
@@ -281,3 +289,57 @@ def test_hwcaps_subdirectory_wins_over_the_directory(tmp_path: Path) -> None:
     user = cc(tmp_path / "u", "libxu.so", ("libxhw.so",), libdirs=(base.parent,), rpath=str(base.parent))
     rows = agree(user)
     assert ("libxhw.so", str(sub)) in rows
+
+
+# ------------------------------------------------------------------ path-list syntax and tokens
+
+
+def agree_in(path: Path, cwd: Path, llp: str | None = None) -> list[tuple[str, str | None]]:
+    ours = model_rows(load_elf(RealTree(), str(path), host_options(ld_library_path=llp, cwd=str(cwd))))
+    assert ours == real_ldd(path, llp, cwd=cwd), path
+    return ours
+
+
+@pytest.mark.parametrize("rpath", ["${ORIGIN}/../dep", "$ORIGIN/../dep/", "$ORIGINX/../dep:$ORIGIN/../dep",
+                                   "/nonexistent/$LIB:$ORIGIN/../dep", "$PLATFORM:$ORIGIN/../dep"])
+def test_origin_tokens(tmp_path: Path, rpath: str) -> None:
+    """LOADERS.md rule 16: ${ORIGIN} and $ORIGIN, trailing '/', unknown tokens literal, $LIB, $PLATFORM."""
+    dep = cc(tmp_path / "dep", "libxtok.so")
+    user = cc(tmp_path / "lib", "libxuser.so", ("libxtok.so",), libdirs=(dep.parent,), rpath=rpath)
+    assert dict(agree(user))["libxtok.so"] is not None
+
+
+def test_empty_and_relative_elements_mean_the_cwd(tmp_path: Path) -> None:
+    """Rules 14-15: an empty element is the cwd; a relative one is relative to the cwd, not $ORIGIN."""
+    dep = cc(tmp_path / "work" / "sub", "libxcwd.so")
+    empty = cc(tmp_path / "a", "libxa.so", ("libxcwd.so",), libdirs=(dep.parent,), rpath="/nonexistent:")
+    relative = cc(tmp_path / "b", "libxb.so", ("libxcwd.so",), libdirs=(dep.parent,), rpath="sub")
+    assert dict(agree_in(empty, dep.parent))["libxcwd.so"] == "libxcwd.so"  # cwd = work/sub: opened as "libxcwd.so"
+    assert dict(agree_in(empty, tmp_path))["libxcwd.so"] is None              # cwd elsewhere: missing
+    assert dict(agree_in(relative, tmp_path / "work"))["libxcwd.so"] is not None
+    assert dict(agree_in(relative, tmp_path))["libxcwd.so"] is None
+
+
+def test_needed_name_with_a_slash_is_opened_as_given(tmp_path: Path) -> None:
+    """Rule 2: a DT_NEEDED with '/' (here via $ORIGIN) is one path, no search."""
+    dep = cc(tmp_path / "d", "libxslash.so")
+    src = tmp_path / "u.c"
+    src.write_text("int u(void) { return 0; }\n")
+    user = tmp_path / "d" / "libxu.so"
+    subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(user), str(src), "-Wl,--no-as-needed",
+                    str(dep)], check=True)
+    subprocess.run(["patchelf", "--replace-needed", "libxslash.so", "$ORIGIN/libxslash.so", str(user)], check=True,
+                   env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
+    rows = agree(user)
+    assert (str(tmp_path / "d" / "libxslash.so"),) * 2 in rows
+
+
+def test_nodeflib_skips_cache_and_default_directories(tmp_path: Path) -> None:
+    """DF_1_NODEFLIB (-z nodefaultlib): libz.so.1 is no longer found in the system dirs."""
+    src = tmp_path / "n.c"
+    src.write_text("int n(void) { return 0; }\n")
+    lib = tmp_path / "libxnodef.so"
+    subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(lib), str(src), "-Wl,--no-as-needed", "-lz",
+                    "-Wl,-z,nodefaultlib"], check=True)
+    rows = agree(lib)
+    assert dict(rows)["libz.so.1"] is None

@@ -307,12 +307,14 @@ class GlibcProcess:
             origin = contributor.origin if contributor else self.options.cwd
             is_main = contributor is not None and contributor.is_main
             for raw in _split(value, rule == "ld_library_path"):
-                d = self._expand(raw, origin, is_main) if raw else self.options.cwd
+                # An empty element is the cwd, kept relative: ld.so opens "name" itself (rule 14).
+                d = self._expand(raw, origin, is_main) if raw else ""
                 if d is None:
                     attempts.append(Attempt(raw, rule, "skipped", raw, contributor.path if contributor else None,
                                             "token cannot be expanded here"))
                     continue
-                d = self._abs(d).rstrip("/") or "/"
+                if d:
+                    d = d.rstrip("/") or "/"  # a relative element stays relative to the cwd (rule 15)
                 obj, err = self._search_dir(d, rule, raw, contributor, attempts, name, requester, is_dlopen)
                 if obj is not None or err is not None:
                     return Resolution(name, req_path, obj.path if obj else None, rule if obj else None,
@@ -370,20 +372,20 @@ class GlibcProcess:
                     name: str, requester: _Obj | None, is_dlopen: bool) -> tuple[_Obj | None, str | None]:
         """Rule 11/21: the hwcaps subdirectories of d, then d itself; the first valid file wins."""
         for sub in self.options.hwcap_subdirs:
-            sd = f"{d}/{sub}"
-            if self.tree.resolve(sd) is None:
+            sd = f"{d}/{sub}" if d else sub
+            if self.tree.resolve(self._abs(sd)) is None:
                 continue  # ld.so caches missing (dir, sub) pairs; nothing to show for them
             obj, err = self._try(f"{sd}/{name}", rule, raw, contributor, attempts, name, requester, is_dlopen)
             if obj is not None or err is not None:
                 return obj, err
-        return self._try(f"{d}/{name}" if d != "/" else f"/{name}", rule, raw, contributor, attempts, name,
-                         requester, is_dlopen)
+        path = name if not d else f"/{name}" if d == "/" else f"{d}/{name}"
+        return self._try(path, rule, raw, contributor, attempts, name, requester, is_dlopen)
 
     def _try(self, path: str, rule: str, raw: str | None, contributor: _Obj | None, attempts: list[Attempt],
              name: str, requester: _Obj | None, is_dlopen: bool) -> tuple[_Obj | None, str | None]:
         """Open one candidate: (object, None) when found, (None, error) for a hard error, else (None, None)."""
         cpath = contributor.path if contributor and rule != "ld_library_path" else None
-        real = self.tree.resolve(path)
+        real = self.tree.resolve(self._abs(path))
         node = self.tree.lstat(real) if real is not None else None
         if real is None or node is None or node.kind != "file":
             attempts.append(Attempt(path, rule, "missing", raw, cpath))
@@ -405,7 +407,8 @@ class GlibcProcess:
             existing.names.add(name)  # rule 4: same file by another path; its origin stays
             return existing, None
         loader = None if is_dlopen else requester  # rule 1
-        obj = _Obj(path, real, posixpath.dirname(path), hdr, loader, {name}, first_name=name)
+        # l_name is the string opened; $ORIGIN of a relative one is prefixed with getcwd() (rule 17).
+        obj = _Obj(path, real, posixpath.dirname(self._abs(path)), hdr, loader, {name}, first_name=name)
         self._add(obj)
         return obj, None
 
