@@ -343,3 +343,11 @@ def test_nodeflib_skips_cache_and_default_directories(tmp_path: Path) -> None:
                     "-Wl,-z,nodefaultlib"], check=True)
     rows = agree(lib)
     assert dict(rows)["libz.so.1"] is None
+
+
+def test_origin_in_ld_library_path_is_the_main_programs_directory(tmp_path: Path) -> None:
+    """Rule 19: $ORIGIN in LD_LIBRARY_PATH expands to the main program's directory."""
+    dep = cc(tmp_path / "dep", "libxllp.so")
+    user = cc(tmp_path / "bin", "libxuser.so", ("libxllp.so",), libdirs=(dep.parent,))
+    assert dict(agree(user, "$ORIGIN/../dep"))["libxllp.so"] == f"{tmp_path}/bin/../dep/libxllp.so"
+    assert dict(agree(user, "$ORIGIN/../elsewhere"))["libxllp.so"] is None
