@@ -57,9 +57,10 @@ def scripts_without_bin(tree: FileTree, roots: Sequence[Root]) -> list[tuple[str
 def build_venv(out: str, root_paths: Sequence[str], *, python: str, link_mode: str = "symlink",
                prefer: Sequence[str] = (), verify_layout: bool = True,
                ld_library_path: str | None = None) -> BuildResult:
+    from rpathfix.venv import check_destination, python_info, write_venv
     from rpathfix.venv import kind_dirs as venv_kind_dirs
-    from rpathfix.venv import python_info, write_venv
 
+    check_destination(out)
     tree = CachedTree(RealTree())  # shared by the plan and both checks: the roots are walked once
     roots = [load_root(tree, r) for r in root_paths]
     plan = make_plan(tree, roots, precedence=[canonicalize_name(p) for p in prefer])

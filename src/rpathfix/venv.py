@@ -387,12 +387,10 @@ def _build(root: str, tree: _Tree) -> None:
             os.chmod(p, node.mode)
 
 
-def write_venv(out: Path, entries: list[PlanEntry], *, python: str, link_mode: str = "symlink",
-               entry_points: Sequence[tuple[str, str, str]] = ()) -> bool:
-    """Write the venv at OUT; True if anything changed (an identical OUT is left untouched)."""
-    if link_mode not in LINK_MODES:
-        raise UsageError(f"link mode {link_mode!r}: expected one of {', '.join(LINK_MODES)}")
-    info = python_info(python)
+def check_destination(out: Path | str) -> tuple[str, bool]:
+    """(the physical path OUT will have, whether it exists); UsageError when OUT may not be
+    written: not a directory, or a non-empty directory that is not a venv (a typo must
+    never wipe a real directory). Called before planning, so the user hears it first."""
     out_abs = os.path.abspath(os.fspath(out))
     parent, name = os.path.split(out_abs)
     if not name:
@@ -402,18 +400,25 @@ def write_venv(out: Path, entries: list[PlanEntry], *, python: str, link_mode: s
     except OSError as e:
         raise UsageError(f"{parent}: cannot create: {e.strerror}") from None
     final = os.path.join(os.path.realpath(parent), name)
-    exists = False
     try:
         st = os.lstat(final)
-        exists = True
     except FileNotFoundError:
-        pass
-    if exists:
-        if not stat.S_ISDIR(st.st_mode):
-            raise UsageError(f"{out}: exists and is not a directory")
-        if os.listdir(final) and not os.path.isfile(os.path.join(final, "pyvenv.cfg")):
-            raise UsageError(f"{out}: exists, is not empty and is not a venv; refusing to replace it")
+        return final, False
+    if not stat.S_ISDIR(st.st_mode):
+        raise UsageError(f"{out}: exists and is not a directory")
+    if os.listdir(final) and not os.path.isfile(os.path.join(final, "pyvenv.cfg")):
+        raise UsageError(f"{out}: exists, is not empty and is not a venv; refusing to replace it")
+    return final, True
 
+
+def write_venv(out: Path, entries: list[PlanEntry], *, python: str, link_mode: str = "symlink",
+               entry_points: Sequence[tuple[str, str, str]] = ()) -> bool:
+    """Write the venv at OUT; True if anything changed (an identical OUT is left untouched)."""
+    if link_mode not in LINK_MODES:
+        raise UsageError(f"link mode {link_mode!r}: expected one of {', '.join(LINK_MODES)}")
+    info = python_info(python)
+    final, exists = check_destination(out)
+    name = os.path.basename(final)
     tree = _describe(final, entries, info, link_mode, entry_points)
     if exists and _matches(final, tree):
         return False
