@@ -182,3 +182,12 @@ def test_refuses_a_layout_that_cannot_load(roots: list[Path], tmp_path: Path) ->
     proc = rpathfix("venv", str(out), *map(str, torch_only))
     assert proc.returncode == 1 and "libxcudart.so.13" in proc.stderr
     assert not out.exists(), "nothing is written when verification fails"
+
+
+def test_refuses_to_replace_a_directory_that_is_not_a_venv(roots: list[Path], tmp_path: Path) -> None:
+    keep = tmp_path / "important"
+    keep.mkdir()
+    (keep / "notes.txt").write_text("mine")
+    proc = rpathfix("venv", str(keep), *map(str, roots))
+    assert proc.returncode == 2 and "is not a venv" in proc.stderr and proc.stderr.count("\n") == 1
+    assert (keep / "notes.txt").read_text() == "mine"
