@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -14,6 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 STUBS_OUT = ROOT / "testdata" / "cuda_stubs" / "out"
 
 
+@functools.lru_cache(maxsize=1)
 def _builder():  # type: ignore[no-untyped-def]
     spec = importlib.util.spec_from_file_location("cuda_stubs_build", ROOT / "testdata" / "cuda_stubs" / "build.py")
     assert spec and spec.loader
@@ -21,6 +24,14 @@ def _builder():  # type: ignore[no-untyped-def]
     sys.modules["cuda_stubs_build"] = mod
     spec.loader.exec_module(mod)
     return mod
+
+
+def zig_available() -> bool:
+    """Whether `python -m ziglang` links Mach-O test binaries here (the stub builder's own check)."""
+    return bool(_builder().zig_available())
+
+
+LIPO = next((p for p in (shutil.which(n) for n in ("llvm-lipo", "llvm-lipo-14", "lipo")) if p), None)
 
 
 @pytest.fixture(scope="session")

@@ -16,24 +16,14 @@ from pathlib import Path
 
 import pytest
 
+from conftest import LIPO, zig_available
 from rpathfix.errors import FormatError
 from rpathfix.fstree import RealTree
 from rpathfix.loader_dyld import NO_RPATH_ERROR, DyldOptions, explain, load_macho
 from rpathfix.resolution import LoadResult, Resolution
 
-
-def _zig_available() -> bool:
-    try:
-        r = subprocess.run([sys.executable, "-m", "ziglang", "version"], capture_output=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return r.returncode == 0
-
-
-if not _zig_available():
+if not zig_available():
     pytest.skip("`python -m ziglang` is not available: cannot link Mach-O test binaries", allow_module_level=True)
-
-LIPO = next((p for p in (shutil.which(n) for n in ("llvm-lipo", "llvm-lipo-14", "lipo")) if p), None)
 
 ARM, X86 = "aarch64-macos", "x86_64-macos"
 SOURCES = {

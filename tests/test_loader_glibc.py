@@ -13,13 +13,8 @@ from pathlib import Path
 import pytest
 
 from rpathfix.fstree import RealTree
-from rpathfix.loader_glibc import GlibcProcess, load_elf, parse_hwcaps_help
-from rpathfix.loader_glibc import host_options as _host_options
+from rpathfix.loader_glibc import GlibcProcess, host_options, load_elf, parse_hwcaps_help
 from rpathfix.resolution import LoadResult
-
-
-def host_options(**kw: object):  # type: ignore[no-untyped-def]
-    return _host_options(**kw)
 
 
 def cc(d: Path, name: str, needs: tuple[str, ...] = (), *, rpath: str | None = None, runpath: str | None = None,

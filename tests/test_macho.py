@@ -18,6 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import LIPO, zig_available
 from rpathfix.errors import FormatError
 from rpathfix.macho import arch_name, is_macho, read_macho
 from rpathfix.model import MachoInfo
@@ -25,19 +26,8 @@ from rpathfix.source import BytesSource, FileSource
 
 macholib_macho = pytest.importorskip("macholib.MachO")
 
-
-def _zig_available() -> bool:
-    try:
-        r = subprocess.run([sys.executable, "-m", "ziglang", "version"], capture_output=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return r.returncode == 0
-
-
-if not _zig_available():
+if not zig_available():
     pytest.skip("`python -m ziglang` is not available: cannot link Mach-O test binaries", allow_module_level=True)
-
-LIPO = next((p for p in (shutil.which(n) for n in ("llvm-lipo", "llvm-lipo-14", "lipo")) if p), None)
 
 SOURCES = {
     "a.c": "int xa(void) { return 1; }\n",

@@ -28,7 +28,7 @@ from rpathfix.fstree import CachedTree, FileTree, as_cached
 from rpathfix.ldcache import LdCache, load_cache
 from rpathfix.model import ElfInfo
 from rpathfix.resolution import Attempt, LoadedObject, LoadResult, Resolution
-from rpathfix.sniff import HEAD_SIZE
+from rpathfix.sniff import read_binary_in
 
 # GPU driver libraries come with the kernel driver, never with a wheel: a simulation on a
 # build machine without a GPU must call them "provided by the driver", not missing.
@@ -131,31 +131,12 @@ def host_options(**kw: object) -> GlibcOptions:
     return GlibcOptions(**kw)  # type: ignore[arg-type]
 
 
-def _header(tree: CachedTree, real: str) -> ElfInfo | str:
-    """The ELF headers of a physical file, or why it is not a loadable ELF file (memoized)."""
-    cached = tree.memo.get(("elf", real)) or tree.memo.get(("binary", real))
-    if isinstance(cached, (ElfInfo, str)):
-        return cached
-    value: ElfInfo | str
-    try:
-        src = tree.open(real)
-    except FormatError:
-        value = "unreadable"
-    else:
-        try:
-            head = src.read_at(0, min(HEAD_SIZE, src.size))
-            if head[:4] != b"\x7fELF":
-                value = "not-elf"
-            else:
-                from rpathfix.elf import read_elf
-
-                value = read_elf(src)
-        except FormatError:
-            value = "bad-elf"
-        finally:
-            src.close()
-    tree.memo[("elf", real)] = value
-    return value
+def _header(tree: CachedTree, real: str) -> ElfInfo | None:
+    """The ELF headers of a physical file; None when it is not a well-formed ELF file (for
+    a search candidate that is a hard error, rule 11). The read is the tree's, shared with
+    the environment walk and the planner."""
+    info = read_binary_in(tree, real)
+    return info if isinstance(info, ElfInfo) else None
 
 
 @dataclass(eq=False)
@@ -199,8 +180,13 @@ class GlibcProcess:
         if real is None:
             raise FormatError(path, "no such file")
         info = _header(self.tree, real)
-        if isinstance(info, str):
-            raise FormatError(path, "not an ELF file" if info == "not-elf" else f"cannot read ELF headers ({info})")
+        if info is None:
+            src = self.tree.open(real)
+            try:
+                is_elf = src.size >= 4 and src.read_at(0, 4) == b"\x7fELF"
+            finally:
+                src.close()
+            raise FormatError(path, "cannot read ELF headers (malformed)" if is_elf else "not an ELF file")
         return real, info
 
     def start(self, main_path: str, *, as_ldd: bool = False) -> _Obj:
@@ -230,7 +216,7 @@ class GlibcProcess:
             return
         hdr = _header(self.tree, real)
         names = {interp, posixpath.basename(interp)}
-        if isinstance(hdr, ElfInfo):
+        if hdr is not None:
             obj = _Obj(interp, real, posixpath.dirname(interp), hdr, None, names)
             if hdr.soname:
                 names.add(hdr.soname)
@@ -391,7 +377,7 @@ class GlibcProcess:
             attempts.append(Attempt(path, rule, "missing", raw, cpath))
             return None, None
         hdr = _header(self.tree, real)
-        if isinstance(hdr, str):
+        if hdr is None:
             # Rule 11: any bad header other than class/machine stops the whole load.
             attempts.append(Attempt(path, rule, "bad-file", raw, cpath, "invalid ELF header: ld.so stops here"))
             return None, f"{path}: invalid ELF header"

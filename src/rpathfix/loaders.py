@@ -5,7 +5,6 @@ ldd, why and verify call these, so the ELF/Mach-O split lives in one place.
 
 from __future__ import annotations
 
-import os
 import posixpath
 from dataclasses import dataclass
 
@@ -46,11 +45,10 @@ def file_format(tree: FileTree, path: str) -> str:
 
 def _glibc_options(spec: ProcessSpec):  # type: ignore[no-untyped-def]
     from rpathfix.ldcache import load_cache
-    from rpathfix.loader_glibc import GlibcOptions, host_hwcap_subdirs
+    from rpathfix.loader_glibc import host_options
 
     cache = load_cache(spec.cache_path) if spec.cache_path else None
-    return GlibcOptions(ld_library_path=spec.library_path, cache=cache, hwcap_subdirs=host_hwcap_subdirs(),
-                        cwd=spec.cwd, executable=spec.executable)
+    return host_options(ld_library_path=spec.library_path, cache=cache, cwd=spec.cwd, executable=spec.executable)
 
 
 def _dyld_options(spec: ProcessSpec):  # type: ignore[no-untyped-def]
@@ -94,7 +92,3 @@ def explain(tree: FileTree, path: str, name: str, spec: ProcessSpec) -> tuple[Re
 
 def _absolute(path: str, cwd: str) -> str:
     return path if path.startswith("/") else posixpath.normpath(posixpath.join(cwd, path))
-
-
-def default_cwd() -> str:
-    return os.getcwd()

@@ -195,13 +195,13 @@ class _Simulator:
 
         if self._glibc is None:
             from rpathfix.ldcache import load_cache
-            from rpathfix.loader_glibc import GlibcOptions, host_hwcap_subdirs
+            from rpathfix.loader_glibc import host_options
 
             cache = None
             if self.options.use_cache and self.options.cache_root != "":
                 cache = load_cache(posixpath.join(self.options.cache_root or "/", "etc/ld.so.cache"))
-            self._glibc = GlibcOptions(ld_library_path=self.options.ld_library_path, cache=cache,
-                                       hwcap_subdirs=host_hwcap_subdirs(), executable=self.interpreter)
+            self._glibc = host_options(ld_library_path=self.options.ld_library_path, cache=cache,
+                                       executable=self.interpreter)
         return load_elf(self.tree, f.path, self._glibc)
 
     def _load_macho(self, f: NativeFile) -> LoadResult:
