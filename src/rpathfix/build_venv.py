@@ -1,33 +1,45 @@
-"""The `venv` job: plan, check the plan with the loader model, write, check again.
+"""The `venv` job: plan, check the plan with the loader model, write.
 
-The check before writing runs verify over an OverlayTree of the planned venv, so a
-layout in which an extension module would not load is refused before anything is
-written; the check after writing runs the same verify on the real tree.
+The check runs the loader model over an OverlayTree of the planned venv: the same
+simulation `rpathfix verify OUT` runs on the written tree, over the same paths, so a
+layout in which an extension module would not load is refused before anything is in
+place. The plan names every native file it places, so the check loads those files
+without walking the planned tree again.
+
+Writing is system calls (one per link, slow on some file systems) and checking is
+Python; the venv is built beside OUT in a thread while the check runs, and renamed into
+place only when the check passes. A refused plan leaves nothing behind.
 """
 
 from __future__ import annotations
 
+import os
 import posixpath
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+import threading
+from collections.abc import Callable, Sequence
 
 from rpathfix.entrypoints import root_entry_points
-from rpathfix.errors import RpathfixError
+from rpathfix.environment import environment_of
+from rpathfix.errors import UsageError
 from rpathfix.fstree import CachedTree, FileTree, OverlayTree, Planned, RealTree
 from rpathfix.names import canonicalize_name
 from rpathfix.plan import Plan, make_plan
 from rpathfix.roots import Root, load_root
-from rpathfix.verify import LoaderOptions, Report, format_report, verify
+from rpathfix.venv import PendingVenv
+from rpathfix.verify import LoaderOptions, Report, check_environment, format_report
 
 
-@dataclass
 class BuildResult:
-    changed: bool = False
-    entries: int = 0
-    real_dirs: int = 0
-    refused: str | None = None
-    warnings: list[str] = field(default_factory=list)
+    """What `rpathfix venv` did: whether OUT changed, its size, or why it was refused."""
+
+    __slots__ = ("changed", "entries", "real_dirs", "refused", "warnings")
+
+    def __init__(self, entries: int = 0, real_dirs: int = 0) -> None:
+        self.changed = False
+        self.entries = entries
+        self.real_dirs = real_dirs
+        self.refused: str | None = None
+        self.warnings: list[str] = []
 
 
 def planned_tree(out: str, plan: Plan, kind_dirs: dict[str, str], python: str,
@@ -44,6 +56,15 @@ def planned_tree(out: str, plan: Plan, kind_dirs: dict[str, str], python: str,
     return OverlayTree(base if base is not None else RealTree(), out, entries)
 
 
+def check_plan(tree: CachedTree, out: str, plan: Plan, kind_dirs: dict[str, str], python: str,
+               entry_points: Sequence[tuple[str, str, str]], options: LoaderOptions) -> Report:
+    """Load every native file the plan places, in the planned venv, with the loader model."""
+    view = CachedTree(planned_tree(out, plan, kind_dirs, python, entry_points, tree), memo=tree.memo)
+    site = kind_dirs["site-packages"]
+    env = environment_of(view, site, options.interpreter, [f"{site}/{b.rel}" for b in plan.binaries])
+    return check_environment(view, env, options)
+
+
 def scripts_without_bin(tree: FileTree, roots: Sequence[Root]) -> list[tuple[str, str, str]]:
     """Entry points of the roots that came without launchers of their own."""
     out: list[tuple[str, str, str]] = []
@@ -57,34 +78,111 @@ def scripts_without_bin(tree: FileTree, roots: Sequence[Root]) -> list[tuple[str
 def build_venv(out: str, root_paths: Sequence[str], *, python: str, link_mode: str = "symlink",
                prefer: Sequence[str] = (), verify_layout: bool = True,
                ld_library_path: str | None = None) -> BuildResult:
-    from rpathfix.venv import check_destination, python_info, write_venv
+    from rpathfix.loader_glibc import host_hwcap_subdirs
+    from rpathfix.venv import check_destination, python_info
     from rpathfix.venv import kind_dirs as venv_kind_dirs
 
     check_destination(out)
-    tree = CachedTree(RealTree())  # shared by the plan and both checks: the roots are walked once
+    # Two questions answered by other programs (`ld.so --help`, and the venv's interpreter
+    # when it is not this one): asked in a thread, while the plan is made.
+    probes = _Background(lambda: (python_info(python), host_hwcap_subdirs() if verify_layout else ()))
+    tree = CachedTree(RealTree())  # shared by the plan and the check: each root file is read once
     roots = [load_root(tree, r) for r in root_paths]
     plan = make_plan(tree, roots, precedence=[canonicalize_name(p) for p in prefer])
+    probes.wait()
     info = python_info(python)
     scripts = scripts_without_bin(tree, roots)
-    dirs = venv_kind_dirs(out, info)
-    options = LoaderOptions(interpreter=posixpath.join(out, "bin", "python"), ld_library_path=ld_library_path)
     result = BuildResult(entries=len(plan.entries), real_dirs=len(plan.real_dirs))
     result.warnings += [f"note: {n}" for n in plan.notes]
-    if verify_layout:
-        report = verify(planned_tree(out, plan, dirs, info.base_executable, scripts, tree), [out], options)
-        if report.errors:
-            result.refused = format_report(report)
-            return result
-        result.warnings += _warning_lines(report)
-    result.changed = write_venv(Path(out), list(plan.entries), python=python, link_mode=link_mode,
-                                entry_points=scripts)
-    if verify_layout:
-        tree.forget(out)
-        after = verify(tree, [out], options)
-        if after.errors:
-            raise RpathfixError(f"{out}: the written venv fails verification although its plan passed "
-                                f"(please report this):\n{format_report(after)}")
+    pending = PendingVenv(out, list(plan.entries), python=python, link_mode=link_mode, entry_points=scripts)
+    writer = _ChildBuild(pending) if verify_layout and hasattr(os, "fork") else None
+    try:
+        if verify_layout:
+            options = LoaderOptions(interpreter=posixpath.join(out, "bin", "python"), ld_library_path=ld_library_path)
+            report = check_plan(tree, out, plan, venv_kind_dirs(out, info), info.base_executable, scripts, options)
+            if report.errors:
+                result.refused = format_report(report)
+                return result
+            result.warnings += _warning_lines(report)
+        if writer is not None:
+            writer.wait()
+        else:
+            pending.build()
+        result.changed = pending.commit()
+    finally:
+        if writer is not None:
+            writer.wait(reraise=False)
+        pending.discard()
     return result
+
+
+class _Background:
+    """Run one function in a thread; wait() joins it and re-raises what it raised."""
+
+    def __init__(self, fn: Callable[[], object]) -> None:
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(fn,), name="rpathfix-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self, fn: Callable[[], object]) -> None:
+        try:
+            fn()
+        except BaseException as e:  # handed to the caller by wait()
+            self._error = e
+
+    def wait(self, *, reraise: bool = True) -> None:
+        self._thread.join()
+        if reraise and self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+
+class _ChildBuild:
+    """PendingVenv.build() in a forked child: the child's system calls run on one core while
+    the parent's loader model runs on the other, with no GIL between them (writer threads
+    in this process would wait up to the GIL's switch interval after every call). The
+    child only builds the temp directory; the parent renames it into place or removes it.
+    """
+
+    def __init__(self, pending: PendingVenv) -> None:
+        self.pending = pending
+        read_end, write_end = os.pipe()
+        self.pid = os.fork()
+        if self.pid == 0:  # the child: build, report one line, exit without cleanup handlers
+            os.close(read_end)
+            code = 0
+            try:
+                pending.build()
+                msg = f"ok\0{pending.tmp or ''}\0{int(pending.unchanged)}"
+            except BaseException as e:  # reported to the parent as one line
+                code = 1
+                msg = f"error\0{e.strerror if isinstance(e, OSError) and e.strerror else e}\0" \
+                      f"{getattr(e, 'filename', '') or ''}"
+            try:
+                os.write(write_end, msg.encode("utf-8", "surrogateescape"))
+            finally:
+                os._exit(code)
+        os.close(write_end)
+        self._read = read_end
+        self._done = False
+
+    def wait(self, *, reraise: bool = True) -> None:
+        if self._done:
+            return
+        self._done = True
+        chunks = []
+        while chunk := os.read(self._read, 65536):
+            chunks.append(chunk)
+        os.close(self._read)
+        os.waitpid(self.pid, 0)
+        kind, _, rest = b"".join(chunks).decode("utf-8", "surrogateescape").partition("\0")
+        first, _, second = rest.partition("\0")
+        if kind == "ok":
+            self.pending.tmp = first or None
+            self.pending.unchanged = second == "1"
+        elif reraise:
+            where = f"{second}: " if second else ""
+            raise UsageError(f"{where}{first or 'the venv writer stopped without a word'}")
 
 
 def _warning_lines(report: Report) -> list[str]:

@@ -6,7 +6,6 @@ generate launchers), so the venv still gets working console scripts.
 
 from __future__ import annotations
 
-import configparser
 import posixpath
 
 from rpathfix.fstree import FileTree, read_small
@@ -16,6 +15,8 @@ SCRIPT_GROUPS = ("console_scripts", "gui_scripts")
 
 def parse_entry_points(text: str) -> list[tuple[str, str, str]]:
     """(group, name, "module:attr") for the script groups, in file order."""
+    import configparser
+
     cp = configparser.ConfigParser(delimiters=("=",), interpolation=None, strict=False)
     cp.optionxform = str  # type: ignore[assignment,method-assign]
     try:

@@ -11,20 +11,19 @@ from __future__ import annotations
 
 import os
 import posixpath
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from rpathfix.errors import UsageError
 from rpathfix.fstree import FileTree, is_dir, is_file, read_small, resolve
 from rpathfix.fstree import scan as fs_scan
 from rpathfix.model import BinaryInfo, ElfInfo, MachoInfo
-from rpathfix.sniff import looks_like_library, read_binary_in
+from rpathfix.sniff import looks_like_library, may_be_native, read_binary_in
 
 # A bound on the walk, so a hostile or accidental loop cannot make it run forever.
 MAX_ENTRIES = 2_000_000
 
 
-@dataclass(frozen=True)
-class NativeFile:
+class NativeFile(NamedTuple):
     """A native file as Python would reach it: its view path, real path and headers."""
 
     path: str
@@ -49,8 +48,7 @@ class NativeFile:
         return tuple(dict.fromkeys(out))
 
 
-@dataclass(frozen=True)
-class Environment:
+class Environment(NamedTuple):
     site_dirs: tuple[str, ...]
     interpreter: str | None  # the venv's bin/python, when the environment is a venv
     files: tuple[NativeFile, ...]
@@ -104,7 +102,7 @@ def collect(tree: FileTree, paths: list[str]) -> Environment:
                 budget -= 1
                 if budget < 0:
                     raise UsageError(f"{site}: more than {MAX_ENTRIES} entries; is there a symlink loop?")
-                if kind == "file" and "." in name and not looks_like_library(name):
+                if kind == "file" and not may_be_native(name):
                     continue  # not a library name, and executables have no suffix: no stat needed
                 path = posixpath.join(d, name)
                 real: str | None = posixpath.join(real_d, name)  # the parent is already resolved
@@ -134,6 +132,26 @@ def collect(tree: FileTree, paths: list[str]) -> Environment:
                     files.append(NativeFile(path, real, info, site))
     files.sort(key=lambda f: f.path)
     return Environment(tuple(dirs), interpreter, tuple(files))
+
+
+def environment_of(tree: FileTree, site_dir: str, interpreter: str | None, paths: list[str]) -> Environment:
+    """The environment of one site dir whose native files are already known, without a walk.
+
+    A planned venv is checked this way: the plan knows every native file it places, so
+    walking the planned tree again would only find the same files.
+    """
+    files: list[NativeFile] = []
+    seen_real: set[str] = set()
+    for path in paths:
+        real = resolve(tree, path)
+        if real is None or real in seen_real:
+            continue
+        info = read_binary_in(tree, real)
+        if info is not None:
+            seen_real.add(real)
+            files.append(NativeFile(path, real, info, site_dir))
+    files.sort(key=lambda f: f.path)
+    return Environment((site_dir,), interpreter, tuple(files))
 
 
 def pyvenv_home(tree: FileTree, venv: str) -> str | None:

@@ -15,8 +15,7 @@ from __future__ import annotations
 import os
 import posixpath
 import stat
-from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal, NamedTuple, Protocol
 
 from rpathfix.source import ByteSource, FileSource
 
@@ -26,8 +25,7 @@ Kind = Literal["file", "dir", "link", "other"]
 MAX_SYMLINKS = 40
 
 
-@dataclass(frozen=True)
-class Node:
+class Node(NamedTuple):
     """What lstat says about one path: its kind and, for a link, its target string."""
 
     kind: Kind
@@ -103,8 +101,7 @@ class RealTree:
         return FileSource(path)
 
 
-@dataclass(frozen=True)
-class Planned:
+class Planned(NamedTuple):
     """One entry of a planned tree: a real directory, a symlink, or a file copied from source."""
 
     kind: Literal["dir", "link", "file"]
@@ -280,12 +277,14 @@ class CachedTree:
     forget() drops what is known under a directory that was just rewritten.
     """
 
-    def __init__(self, base: FileTree) -> None:
+    def __init__(self, base: FileTree, memo: dict[tuple[str, str], object] | None = None) -> None:
         self.base = base
         self._lstat: dict[str, Node | None] = {}
         self._resolve: dict[str, str | None] = {}
         self._scan: dict[str, list[tuple[str, Kind]]] = {}
-        self.memo: dict[tuple[str, str], object] = {}  # parsed headers, keyed by (kind, real path)
+        # Parsed headers, keyed by (kind, real path). A view of a planned venv shares the
+        # roots' memo: a real path outside the venv has the same bytes in both.
+        self.memo: dict[tuple[str, str], object] = {} if memo is None else memo
         self._busy: set[str] = set()
 
     def lstat(self, path: str) -> Node | None:

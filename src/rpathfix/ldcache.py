@@ -32,7 +32,7 @@ import os
 import struct
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from rpathfix.errors import FormatError
 
@@ -86,8 +86,7 @@ ARCH_FLAGS: dict[tuple[str, int], tuple[int, frozenset[int]]] = {
 }
 
 
-@dataclass(frozen=True)
-class CacheEntry:
+class CacheEntry(NamedTuple):
     """One cache record. ``hwcaps_subdir`` is set only for glibc-hwcaps variants."""
 
     name: str
@@ -102,15 +101,25 @@ class CacheEntry:
         return self.hwcap & 0xFFFFFFFF if _is_named(self.hwcap) else None
 
 
-@dataclass(frozen=True)
 class LdCache:
     """A parsed cache. ``entries`` keeps file order, which is ld.so's preference order."""
 
-    path: str
-    entries: tuple[CacheEntry, ...]
-    # name -> entries in file order; filled on first lookup. A dict is mutable inside a
-    # frozen dataclass, and compare/repr ignore it, so equality stays structural.
-    _index: dict[str, list[CacheEntry]] = field(default_factory=dict, init=False, compare=False, repr=False)
+    __slots__ = ("_index", "entries", "path")
+
+    def __init__(self, path: str, entries: tuple[CacheEntry, ...]) -> None:
+        self.path = path
+        self.entries = entries
+        # name -> entries in file order; filled on first lookup. Equality and repr ignore it.
+        self._index: dict[str, list[CacheEntry]] = {}
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, LdCache) and (self.path, self.entries) == (other.path, other.entries)
+
+    def __hash__(self) -> int:
+        return hash((self.path, self.entries))
+
+    def __repr__(self) -> str:
+        return f"LdCache(path={self.path!r}, entries=<{len(self.entries)}>)"
 
     def by_name(self, name: str) -> list[CacheEntry]:
         """All entries whose key is exactly ``name``, in file order."""

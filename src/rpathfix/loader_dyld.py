@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import posixpath
 from collections import deque
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from rpathfix.errors import FormatError
 from rpathfix.fstree import FileTree, resolve
@@ -59,8 +59,7 @@ DEFAULT_FALLBACK_DIRS = ("/usr/local/lib", "/usr/lib")
 NO_RPATH_ERROR = "no LC_RPATH's found"
 
 
-@dataclass(frozen=True)
-class DyldOptions:
+class DyldOptions(NamedTuple):
     """The process the root is simulated in.
 
     arch: slice to simulate ("arm64", "x86_64"); default the root's first slice, "arm64"
@@ -79,18 +78,23 @@ class DyldOptions:
     restricted: bool = False
 
 
-@dataclass
+DEFAULT_OPTIONS = DyldOptions()
+
+
 class _Image:
-    path: str  # physical path: what dyld records (rule 31)
-    name: str  # the string it was first requested under
-    loader: _Image | None  # the first image that needed it; None for the main image and dlopen
-    rpath_parent: _Image | None  # next image down the rpath stack (rule 30)
-    slice: MachoSlice | None  # None for a shared-cache image (no headers to read)
-    install_name: str | None
+    __slots__ = ("install_name", "loader", "name", "path", "rpath_parent", "slice")
+
+    def __init__(self, path: str, name: str, loader: _Image | None, rpath_parent: _Image | None,
+                 slice: MachoSlice | None, install_name: str | None) -> None:
+        self.path = path  # physical path: what dyld records (rule 31)
+        self.name = name  # the string it was first requested under
+        self.loader = loader  # the first image that needed it; None for the main image and dlopen
+        self.rpath_parent = rpath_parent  # next image down the rpath stack (rule 30)
+        self.slice = slice  # None for a shared-cache image (no headers to read)
+        self.install_name = install_name
 
 
-@dataclass
-class _Found:
+class _Found(NamedTuple):
     """The outcome of validating one candidate."""
 
     result: str  # Attempt.result
@@ -370,7 +374,7 @@ class _Simulation:
                              install_name=i.install_name) for i in self.images]
 
 
-def load_macho(tree: FileTree, root: str, options: DyldOptions = DyldOptions(), *,
+def load_macho(tree: FileTree, root: str, options: DyldOptions = DEFAULT_OPTIONS, *,
                dlopen: bool = False) -> LoadResult:
     """Every image dyld would load for `root`, and how each load command was resolved.
 
@@ -390,7 +394,7 @@ def load_macho(tree: FileTree, root: str, options: DyldOptions = DyldOptions(), 
     return LoadResult(root, sim.objects(), sim.resolutions)
 
 
-def explain(tree: FileTree, requester: str, name: str, options: DyldOptions = DyldOptions()) -> Resolution:
+def explain(tree: FileTree, requester: str, name: str, options: DyldOptions = DEFAULT_OPTIONS) -> Resolution:
     """How load path `name` is resolved when `requester` asks for it (used by `rpathfix why`).
 
     A fresh simulation: the main executable (when given) and its dependents are loaded,

@@ -21,7 +21,7 @@ import os
 import posixpath
 import re
 import subprocess
-from dataclasses import dataclass, field
+from typing import NamedTuple, Optional
 
 from rpathfix.errors import FormatError
 from rpathfix.fstree import CachedTree, FileTree, as_cached
@@ -52,8 +52,7 @@ def default_dirs(arch: str) -> tuple[str, ...]:
     return (f"/lib/{triplet}", f"/usr/lib/{triplet}", "/lib", "/usr/lib")
 
 
-@dataclass(frozen=True)
-class GlibcOptions:
+class GlibcOptions(NamedTuple):
     """The simulated process: environment, cache, hwcaps and the main program."""
 
     ld_library_path: str | None = None  # rule 12: as the process saw it at start-up
@@ -139,21 +138,36 @@ def _header(tree: CachedTree, real: str) -> ElfInfo | None:
     return info if isinstance(info, ElfInfo) else None
 
 
-@dataclass(eq=False)
 class _Obj:
-    path: str  # l_name: the string that was opened
-    real: str
-    origin: str  # $ORIGIN
-    info: ElfInfo
-    loader: _Obj | None
-    names: set[str] = field(default_factory=set)
-    is_main: bool = False
-    first_name: str | None = None  # the name it was first requested under (what ldd prints)
+    """One loaded object of a simulated process (identity matters: a plain class)."""
+
+    __slots__ = ("first_name", "info", "is_main", "loader", "names", "origin", "path", "real")
+
+    def __init__(self, path: str, real: str, origin: str, info: ElfInfo, loader: _Obj | None,
+                 names: set[str] | None = None, is_main: bool = False, first_name: str | None = None) -> None:
+        self.path = path  # l_name: the string that was opened
+        self.real = real
+        self.origin = origin  # $ORIGIN
+        self.info = info
+        self.loader = loader
+        self.names = names if names is not None else set()
+        self.is_main = is_main
+        self.first_name = first_name  # the name it was first requested under (what ldd prints)
 
     @property
     def rpath(self) -> str | None:
         """DT_RPATH as ld.so uses it: discarded entirely when DT_RUNPATH is present (rule 6)."""
         return None if self.info.runpath is not None else self.info.rpath
+
+
+# A search's outcome: (path opened, real path, headers, found_via, attempts, hard error).
+_Found = tuple[Optional[str], Optional[str], Optional[ElfInfo], Optional[str], tuple[Attempt, ...], Optional[str]]
+
+
+def _found(path: str, probe: tuple[str, ElfInfo] | str | None, rule: str, attempts: list[Attempt]) -> _Found:
+    if isinstance(probe, tuple):
+        return path, probe[0], probe[1], rule, tuple(attempts), None
+    return None, None, None, None, tuple(attempts), probe
 
 
 class GlibcProcess:
@@ -169,6 +183,32 @@ class GlibcProcess:
         self.machine: tuple[int, int] | None = None  # (elf_class, e_machine) of the process
         self.arch = "x86_64"
         self._deps_done: set[_Obj] = set()
+        # Rule 3's lookup table: l_name, requested names and SONAME -> the first object with it.
+        self._by_name: dict[str, _Obj] = {}
+        # Which hwcaps subdirectories exist under a search directory: a question about the
+        # tree alone, so forks share the answers (ld.so keeps the same table per process).
+        self._subdirs: dict[str, tuple[str, ...]] = {}
+        self._searches: dict[tuple[object, ...], _Found] = {}  # shared by forks, like _subdirs
+
+    def fork(self) -> GlibcProcess:
+        """An independent copy of this process: a started interpreter, dlopen()ing one module
+        per copy, as each `import` in a fresh interpreter would."""
+        child = GlibcProcess.__new__(GlibcProcess)
+        child.tree, child.options, child.machine, child.arch = self.tree, self.options, self.machine, self.arch
+        child._subdirs, child._searches = self._subdirs, self._searches
+        copies: dict[int, _Obj] = {}
+        for o in self.objects:
+            copies[id(o)] = _Obj(o.path, o.real, o.origin, o.info, None, set(o.names), o.is_main, o.first_name)
+        for o in self.objects:
+            if o.loader is not None:
+                copies[id(o)].loader = copies.get(id(o.loader), o.loader)
+        child.objects = [copies[id(o)] for o in self.objects]
+        child.by_real = {k: copies[id(o)] for k, o in self.by_real.items()}
+        child.main = copies[id(self.main)] if self.main is not None else None
+        child.resolutions = list(self.resolutions)
+        child._deps_done = {copies[id(o)] for o in self._deps_done}
+        child._by_name = {k: copies[id(o)] for k, o in self._by_name.items()}
+        return child
 
     # ------------------------------------------------------------------ setup
 
@@ -242,6 +282,16 @@ class GlibcProcess:
             raise FormatError(obj.path, f"more than {MAX_OBJECTS} objects in one closure")
         self.objects.append(obj)
         self.by_real[obj.real] = obj
+        self._name(obj, obj.path)
+        for n in obj.names:
+            self._name(obj, n)
+        if obj.info.soname is not None and "/" not in obj.info.soname:
+            self._name(obj, obj.info.soname)
+
+    def _name(self, obj: _Obj, name: str) -> None:
+        """Record that `obj` answers to `name` (rule 3); an earlier object keeps a name it has."""
+        obj.names.add(name)
+        self._by_name.setdefault(name, obj)
 
     def _load_deps(self, first: _Obj) -> None:
         """Breadth-first over DT_NEEDED, as _dl_map_object_deps does."""
@@ -259,12 +309,9 @@ class GlibcProcess:
                     queue.append(dep)
 
     def _loaded(self, name: str) -> _Obj | None:
-        """Rule 3: a name equal to a loaded object's l_name, a name it was requested under, or its SONAME."""
-        for o in self.objects:
-            if name == o.path or name in o.names or (o.info.soname is not None and name == o.info.soname
-                                                     and "/" not in name):
-                return o
-        return None
+        """Rule 3: a name equal to a loaded object's l_name, a name it was requested under, or its
+        SONAME (a SONAME never matches a name with a slash); the first loaded object wins."""
+        return self._by_name.get(name)
 
     def lookup(self, name: str, requester: _Obj | None, is_dlopen: bool = False) -> tuple[Resolution, _Obj | None]:
         """Resolve one DT_NEEDED (or dlopen) name for `requester`, recording every candidate.
@@ -275,21 +322,43 @@ class GlibcProcess:
         req_path = requester.path if requester else "<none>"
         hit = self._loaded(name)
         if hit is not None:
-            hit.names.add(name)
             return Resolution(name, req_path, hit.path, "loaded",
                               (Attempt(hit.path, "loaded", "found", note="already loaded"),)), hit
-        attempts: list[Attempt] = []
         if "/" in name:
-            # Rule 2: a name with a slash is opened as given, after DST expansion (rule 19).
-            origin = requester.origin if requester else self.options.cwd
-            expanded = self._expand(name, origin, requester is not None and requester.is_main)
-            if expanded is None:
-                return Resolution(name, req_path, None, None, (Attempt(name, "direct", "skipped",
-                                                                       note="unexpandable token"),)), None
-            obj, err = self._try(self._abs(expanded), "direct", None, None, attempts, name, requester, is_dlopen)
-            return Resolution(name, req_path, obj.path if obj else None, "direct" if obj else None,
-                              tuple(attempts), error=err), obj
-        for rule, value, contributor in self._search_lists(requester):
+            found = self._open_direct(name, requester)
+        else:
+            # Which file a search finds depends only on the name, the search lists and the
+            # tree, never on what is loaded (rule 3 was checked above): forks share the answer.
+            lists = self._search_lists(requester)
+            nodeflib = requester is not None and requester.info.nodeflib
+            key = (name, nodeflib, tuple((rule, value, c.path if c else None, c.origin if c else None,
+                                          c is not None and c.is_main) for rule, value, c in lists))
+            cached = self._searches.get(key)
+            if cached is None:
+                cached = self._searches[key] = self._search(name, lists, nodeflib)
+            found = cached
+        path, real, hdr, via, attempts, err = found
+        obj = None
+        if path is not None and real is not None and hdr is not None:
+            obj = self._map(path, real, hdr, name, requester, is_dlopen)
+        return Resolution(name, req_path, obj.path if obj else None, via if obj or via == "driver" else None,
+                          attempts, error=err), obj
+
+    def _open_direct(self, name: str, requester: _Obj | None) -> _Found:
+        """Rule 2: a name with a slash is opened as given, after DST expansion (rule 19)."""
+        origin = requester.origin if requester else self.options.cwd
+        expanded = self._expand(name, origin, requester is not None and requester.is_main)
+        if expanded is None:
+            return None, None, None, None, (Attempt(name, "direct", "skipped", note="unexpandable token"),), None
+        attempts: list[Attempt] = []
+        path = self._abs(expanded)
+        probe = self._probe(path, "direct", None, None, attempts)
+        return _found(path, probe, "direct", attempts)
+
+    def _search(self, name: str, lists: list[tuple[str, str, _Obj | None]], nodeflib: bool) -> _Found:
+        """Rule 5: the search lists, the cache, the default directories; the first valid file."""
+        attempts: list[Attempt] = []
+        for rule, value, contributor in lists:
             origin = contributor.origin if contributor else self.options.cwd
             is_main = contributor is not None and contributor.is_main
             for raw in _split(value, rule == "ld_library_path"):
@@ -301,34 +370,29 @@ class GlibcProcess:
                     continue
                 if d:
                     d = d.rstrip("/") or "/"  # a relative element stays relative to the cwd (rule 15)
-                obj, err = self._search_dir(d, rule, raw, contributor, attempts, name, requester, is_dlopen)
-                if obj is not None or err is not None:
-                    return Resolution(name, req_path, obj.path if obj else None, rule if obj else None,
-                                      tuple(attempts), error=err), obj
-        nodeflib = requester is not None and requester.info.nodeflib
+                found = self._search_dir(d, rule, raw, contributor, attempts, name)
+                if found is not None:
+                    return found
         defaults = default_dirs(self.arch)
         if self.options.cache is not None and self.machine is not None:
             hit_path = self.options.cache.lookup(name, self.arch, self.machine[0])
             if hit_path is None:
                 attempts.append(Attempt(name, "cache", "missing", note=f"no entry in {self.options.cache.path}"))
+            elif nodeflib and posixpath.dirname(hit_path) in defaults:
+                attempts.append(Attempt(hit_path, "cache", "skipped", note="DF_1_NODEFLIB"))
             else:
-                if nodeflib and posixpath.dirname(hit_path) in defaults:
-                    attempts.append(Attempt(hit_path, "cache", "skipped", note="DF_1_NODEFLIB"))
-                else:
-                    obj, err = self._try(hit_path, "cache", None, None, attempts, name, requester, is_dlopen)
-                    if obj is not None or err is not None:
-                        return Resolution(name, req_path, obj.path if obj else None, "cache" if obj else None,
-                                          tuple(attempts), error=err), obj
+                probe = self._probe(hit_path, "cache", None, None, attempts)
+                if probe is not None:
+                    return _found(hit_path, probe, "cache", attempts)
         if not nodeflib:
             for d in defaults:
-                obj, err = self._search_dir(d, "default", None, None, attempts, name, requester, is_dlopen)
-                if obj is not None or err is not None:
-                    return Resolution(name, req_path, obj.path if obj else None, "default" if obj else None,
-                                      tuple(attempts), error=err), obj
+                found = self._search_dir(d, "default", None, None, attempts, name)
+                if found is not None:
+                    return found
         if self.options.driver_libs and DRIVER_LIBS.match(name):
             attempts.append(Attempt(name, "driver", "found", note="provided by the GPU driver at run time"))
-            return Resolution(name, req_path, None, "driver", tuple(attempts)), None
-        return Resolution(name, req_path, None, None, tuple(attempts)), None
+            return None, None, None, "driver", tuple(attempts), None
+        return None, None, None, None, tuple(attempts), None
 
     def _search_lists(self, r: _Obj | None) -> list[tuple[str, str, _Obj | None]]:
         """Rule 5: the ordered path lists searched for a name without a slash."""
@@ -355,48 +419,58 @@ class GlibcProcess:
         return lists
 
     def _search_dir(self, d: str, rule: str, raw: str | None, contributor: _Obj | None, attempts: list[Attempt],
-                    name: str, requester: _Obj | None, is_dlopen: bool) -> tuple[_Obj | None, str | None]:
+                    name: str) -> _Found | None:
         """Rule 11/21: the hwcaps subdirectories of d, then d itself; the first valid file wins."""
-        for sub in self.options.hwcap_subdirs:
-            sd = f"{d}/{sub}" if d else sub
-            if self.tree.resolve(self._abs(sd)) is None:
-                continue  # ld.so caches missing (dir, sub) pairs; nothing to show for them
-            obj, err = self._try(f"{sd}/{name}", rule, raw, contributor, attempts, name, requester, is_dlopen)
-            if obj is not None or err is not None:
-                return obj, err
-        path = name if not d else f"/{name}" if d == "/" else f"{d}/{name}"
-        return self._try(path, rule, raw, contributor, attempts, name, requester, is_dlopen)
-
-    def _try(self, path: str, rule: str, raw: str | None, contributor: _Obj | None, attempts: list[Attempt],
-             name: str, requester: _Obj | None, is_dlopen: bool) -> tuple[_Obj | None, str | None]:
-        """Open one candidate: (object, None) when found, (None, error) for a hard error, else (None, None)."""
+        subdirs = self._subdirs.get(d)
+        if subdirs is None:
+            # ld.so caches missing (dir, sub) pairs; there is nothing to show for them.
+            subdirs = self._subdirs[d] = tuple(
+                sub for sub in self.options.hwcap_subdirs
+                if self.tree.resolve(self._abs(f"{d}/{sub}" if d else sub)) is not None)
         cpath = contributor.path if contributor and rule != "ld_library_path" else None
+        for sub in subdirs:
+            path = f"{d}/{sub}/{name}" if d else f"{sub}/{name}"
+            probe = self._probe(path, rule, raw, cpath, attempts)
+            if probe is not None:
+                return _found(path, probe, rule, attempts)
+        path = name if not d else f"/{name}" if d == "/" else f"{d}/{name}"
+        probe = self._probe(path, rule, raw, cpath, attempts)
+        return _found(path, probe, rule, attempts) if probe is not None else None
+
+    def _probe(self, path: str, rule: str, raw: str | None, cpath: str | None,
+               attempts: list[Attempt]) -> tuple[str, ElfInfo] | str | None:
+        """Open one candidate: (real path, headers) when it is the one, an error message for a
+        hard error that stops the load, None to go on searching. Records the attempt."""
         real = self.tree.resolve(self._abs(path))
         node = self.tree.lstat(real) if real is not None else None
         if real is None or node is None or node.kind != "file":
             attempts.append(Attempt(path, rule, "missing", raw, cpath))
-            return None, None
+            return None
         hdr = _header(self.tree, real)
         if hdr is None:
             # Rule 11: any bad header other than class/machine stops the whole load.
             attempts.append(Attempt(path, rule, "bad-file", raw, cpath, "invalid ELF header: ld.so stops here"))
-            return None, f"{path}: invalid ELF header"
+            return f"{path}: invalid ELF header"
         if self.machine is not None and hdr.elf_class != self.machine[0]:
             attempts.append(Attempt(path, rule, "wrong-class", raw, cpath, f"ELFCLASS{hdr.elf_class}"))
-            return None, None
+            return None
         if self.machine is not None and hdr.machine != self.machine[1]:
             attempts.append(Attempt(path, rule, "wrong-machine", raw, cpath, hdr.arch))
-            return None, None
+            return None
         attempts.append(Attempt(path, rule, "found", raw, cpath))
+        return real, hdr
+
+    def _map(self, path: str, real: str, hdr: ElfInfo, name: str, requester: _Obj | None, is_dlopen: bool) -> _Obj:
+        """The object a found candidate becomes in this process."""
         existing = self.by_real.get(real)
         if existing is not None:
-            existing.names.add(name)  # rule 4: same file by another path; its origin stays
-            return existing, None
+            self._name(existing, name)  # rule 4: same file by another path; its origin stays
+            return existing
         loader = None if is_dlopen else requester  # rule 1
         # l_name is the string opened; $ORIGIN of a relative one is prefixed with getcwd() (rule 17).
         obj = _Obj(path, real, posixpath.dirname(self._abs(path)), hdr, loader, {name}, first_name=name)
         self._add(obj)
-        return obj, None
+        return obj
 
     def _expand(self, raw: str, origin: str, for_main: bool) -> str | None:
         """Rule 16, 23, 24: expand $ORIGIN, $LIB, $PLATFORM; None drops the element."""
@@ -420,9 +494,10 @@ class GlibcProcess:
             return m.group(0)  # unknown tokens stay literal
 
         out = DST.sub(sub, raw)
-        trusted = any(out == d or out.startswith(d + "/") for d in default_dirs(self.arch))
-        if self.options.secure and for_main and "ORIGIN" in raw and not trusted:
-            return None  # rule 24: the executable's $ORIGIN must be a trusted directory
+        if self.options.secure and for_main and "ORIGIN" in raw:
+            trusted = any(out == d or out.startswith(d + "/") for d in default_dirs(self.arch))
+            if not trusted:
+                return None  # rule 24: the executable's $ORIGIN must be a trusted directory
         return out
 
     # ------------------------------------------------------------------ results
@@ -442,17 +517,29 @@ def _split(value: str, is_llp: bool) -> list[str]:
     return value.split(":")
 
 
-def load_elf(tree: FileTree, root: str, options: GlibcOptions, *, dlopen: bool | None = None) -> LoadResult:
-    """The closure of `root`: as `ldd root` shows it, or, with options.executable, as the
-    executable's dlopen(root) loads it (a Python interpreter importing an extension module)."""
+def started(tree: FileTree, options: GlibcOptions) -> GlibcProcess:
+    """options.executable, started, with its own resolutions dropped (the interpreter's closure
+    is not a module's business): fork() it for each dlopen instead of starting it again."""
+    if not options.executable:
+        raise ValueError("options.executable is not set")
     proc = GlibcProcess(tree, options)
+    proc.start(options.executable)
+    proc.resolutions.clear()
+    return proc
+
+
+def load_elf(tree: FileTree, root: str, options: GlibcOptions, *, dlopen: bool | None = None,
+             host: GlibcProcess | None = None) -> LoadResult:
+    """The closure of `root`: as `ldd root` shows it, or, with options.executable, as the
+    executable's dlopen(root) loads it (a Python interpreter importing an extension module).
+    `host`, from started(), saves starting the executable again for every root."""
     use_dlopen = options.executable is not None if dlopen is None else dlopen
     if use_dlopen and options.executable:
-        proc.start(options.executable)
-        proc.resolutions.clear()  # the interpreter's own closure is not the root's business
+        proc = host.fork() if host is not None else started(tree, options)
         skip = len(proc.objects)
         proc.dlopen(root)
         return proc.result(root, skip)
+    proc = GlibcProcess(tree, options)
     proc.start(root, as_ldd=True)
     return proc.result(root)
 

@@ -6,7 +6,7 @@ ldd, why and verify call these, so the ELF/Mach-O split lives in one place.
 from __future__ import annotations
 
 import posixpath
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from rpathfix.errors import FormatError, UsageError
 from rpathfix.fstree import FileTree, resolve
@@ -14,8 +14,7 @@ from rpathfix.resolution import LoadResult, Resolution
 from rpathfix.sniff import HEAD_SIZE, binary_format
 
 
-@dataclass(frozen=True)
-class ProcessSpec:
+class ProcessSpec(NamedTuple):
     """What the simulated process looks like, for either loader."""
 
     executable: str | None = None  # the program that dlopen()s the file (a Python interpreter)

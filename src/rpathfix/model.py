@@ -6,16 +6,14 @@ them, so a planned (not yet written) layout can be checked with the same code.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal, Union
+from typing import Literal, NamedTuple, Union
 
 # DT_FLAGS_1 bits the loader model needs.
 DF_1_NODEFLIB = 0x800
 DF_1_ORIGIN = 0x80
 
 
-@dataclass(frozen=True)
-class ElfInfo:
+class ElfInfo(NamedTuple):
     """What ld.so reads from an ELF file's headers and dynamic segment.
 
     rpath and runpath keep the raw DT_RPATH / DT_RUNPATH strings (None when the tag
@@ -44,16 +42,14 @@ class ElfInfo:
 DylibKind = Literal["load", "weak", "reexport", "lazy", "upward"]
 
 
-@dataclass(frozen=True)
-class DylibRef:
+class DylibRef(NamedTuple):
     """One dylib load command: the install name as recorded, and its kind."""
 
     name: str
     kind: DylibKind
 
 
-@dataclass(frozen=True)
-class MachoSlice:
+class MachoSlice(NamedTuple):
     """One architecture slice of a Mach-O file (a thin file has exactly one)."""
 
     arch: str  # "arm64", "x86_64", "arm64e", "i386", "armv7", ... or "cpu-<n>"
@@ -71,8 +67,7 @@ class MachoSlice:
     is_extension: bool  # exports _PyInit_<module name>
 
 
-@dataclass(frozen=True)
-class MachoInfo:
+class MachoInfo(NamedTuple):
     """A whole Mach-O file: fat (universal) or thin."""
 
     fat: bool
@@ -82,8 +77,7 @@ class MachoInfo:
 BinaryInfo = Union[ElfInfo, MachoInfo]
 
 
-@dataclass(frozen=True)
-class ScanRecord:
+class ScanRecord(NamedTuple):
     """One row of `rpathfix scan`: one file, or one slice of a fat Mach-O file.
 
     The keys match the documented rpathfix.scan/1 JSON schema one to one.
@@ -104,7 +98,6 @@ class ScanRecord:
     is_link: bool = False
     link_target: str | None = None
     error: str | None = None
-    extra: dict[str, object] = field(default_factory=dict, compare=False)
 
 
 def split_path_list(value: str | None) -> tuple[str, ...]:
@@ -117,8 +110,7 @@ def split_path_list(value: str | None) -> tuple[str, ...]:
 PlanKind = Literal["site-packages", "bin", "include", "data"]
 
 
-@dataclass(frozen=True)
-class PlanEntry:
+class PlanEntry(NamedTuple):
     """One entry of a per-binary venv plan (rpathfix.plan/1), mapping onto rules_python's
     PyInfo.venv_symlinks (kind, venv_path, link_to_path).
 

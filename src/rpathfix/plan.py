@@ -17,48 +17,47 @@ The rules, and why:
   `__init__.py` markers (empty, pkgutil or pkg_resources shims) are not conflicts;
   anything else is an error unless a precedence list names the winner. A cached .pyc
   follows the distribution whose source won.
+
+Only what decides the layout is read: each root's native files are found from its
+RECORD (the installer's list of every file; a root without one is walked), and a
+directory is listed only when it is shared or must be real. Everything else is one
+link, whatever it holds: torch's 1,330 directories cost no listing at all.
 """
 
 from __future__ import annotations
 
-import hashlib
 import posixpath
 import re
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import Literal
+from collections.abc import Sequence
+from typing import Literal, NamedTuple
 
 from rpathfix.errors import PlanError
 from rpathfix.fstree import FileTree, read_small, resolve
 from rpathfix.fstree import scan as fs_scan
-from rpathfix.model import ElfInfo, MachoInfo, PlanEntry
+from rpathfix.model import BinaryInfo, ElfInfo, PlanEntry
+from rpathfix.record import MAX_RECORD_BYTES, record_paths
 from rpathfix.roots import KIND_DIRS, Root
-from rpathfix.sniff import looks_like_library, read_binary_in
+from rpathfix.sniff import looks_like_library, may_be_native, read_binary_in
 
 KIND_ORDER = {k: i for i, (k, _) in enumerate(KIND_DIRS)}
 _ORIGIN = re.compile(r"^\$(ORIGIN|\{ORIGIN\})(?=/|$)")
 _LOADER = "@loader_path"
 MARKER_MAX = 4096
+# A bound on a walk of a root without RECORD, so a symlink loop cannot make it run forever.
+MAX_WALK_ENTRIES = 2_000_000
 
 
-@dataclass
 class _Node:
-    """A path in the merged tree: who provides it as a directory, who as a file."""
+    """One name in a merged directory: who provides it as a directory, who as a file."""
 
-    dirs: dict[str, str] = field(default_factory=dict)  # dist -> absolute dir
-    files: dict[str, str] = field(default_factory=dict)  # dist -> absolute file (or link)
-    children: dict[str, _Node] = field(default_factory=dict)
+    __slots__ = ("dirs", "files")
 
-    def providers(self) -> set[str]:
-        """Every distribution providing something at or under this path."""
-        out = set(self.dirs) | set(self.files)
-        for c in self.children.values():
-            out |= c.providers()
-        return out
+    def __init__(self) -> None:
+        self.dirs: dict[str, str] = {}  # dist -> absolute dir
+        self.files: dict[str, str] = {}  # dist -> absolute file (or link)
 
 
-@dataclass(frozen=True)
-class RealDir:
+class RealDir(NamedTuple):
     """A directory the venv must hold for real, and why."""
 
     kind: str
@@ -66,11 +65,22 @@ class RealDir:
     reasons: tuple[str, ...]
 
 
-@dataclass
-class Plan:
+class Binary(NamedTuple):
+    """A native file of a distribution's site-packages: where it lands, what it is."""
+
+    dist: str
+    rel: str  # its path under site-packages, in the roots and in the venv
+    real: str  # the physical file in the root
+    info: BinaryInfo
+
+
+class Plan(NamedTuple):
     entries: list[PlanEntry]
     real_dirs: list[RealDir]
     notes: list[str]
+    # The native files the venv's site-packages will hold (those whose distribution won
+    # their path): what a check of the planned venv loads, without walking it.
+    binaries: list[Binary]
 
 
 def make_plan(tree: FileTree, roots: Sequence[Root], *, precedence: Sequence[str] = ()) -> Plan:
@@ -79,22 +89,19 @@ def make_plan(tree: FileTree, roots: Sequence[Root], *, precedence: Sequence[str
     notes: list[str] = []
     entries: list[PlanEntry] = []
     real_dirs: list[RealDir] = []
+    binaries: list[Binary] = []
     for kind, _ in KIND_DIRS:
-        top = _Node()
-        for r in roots:
-            d = r.dir_for(kind)
-            if d is not None:
-                _add_tree(tree, top, r.dist, d)
-        if not top.children:
-            continue
+        dirs = {r.dist: d for r in roots if (d := r.dir_for(kind)) is not None}
         force: dict[str, list[str]] = {}
         copies: dict[str, str] = {}
         if kind == "site-packages":
-            _native_requirements(tree, top, force, copies, notes)
-        _emit(tree, kind, top, "", force, copies, precedence, entries, real_dirs, notes)
+            for dist, site in sorted(dirs.items()):
+                binaries += find_binaries(tree, dist, site)
+            _native_requirements(tree, dirs, binaries, force, copies, notes)
+        _emit(tree, kind, dirs, "", force, copies, precedence, entries, real_dirs, notes)
     entries.sort(key=lambda e: (KIND_ORDER[e.kind], e.venv_path))
     real_dirs.sort(key=lambda d: (KIND_ORDER[d.kind], d.venv_path))
-    return Plan(entries, real_dirs, notes)
+    return Plan(entries, real_dirs, notes, _placed(entries, binaries))
 
 
 def _check_roots(roots: Sequence[Root]) -> list[Root]:
@@ -118,40 +125,86 @@ def _check_roots(roots: Sequence[Root]) -> list[Root]:
     return out
 
 
-def _add_tree(tree: FileTree, node: _Node, dist: str, directory: str) -> None:
-    node.dirs[dist] = directory
-    for name, kind in fs_scan(tree, directory):
-        path = posixpath.join(directory, name)
-        child = node.children.setdefault(name, _Node())
-        if kind == "dir":
-            _add_tree(tree, child, dist, path)
-        else:
-            child.files[dist] = path
+def _children(tree: FileTree, dirs: dict[str, str]) -> dict[str, _Node]:
+    """The merged listing of one directory that several roots (or one) provide."""
+    out: dict[str, _Node] = {}
+    for dist, d in dirs.items():
+        for name, kind in fs_scan(tree, d):
+            node = out.get(name)
+            if node is None:
+                node = out[name] = _Node()
+            (node.dirs if kind == "dir" else node.files)[dist] = f"{d}/{name}"
+    return out
 
 
-# ---------------------------------------------------------------- native libraries
+# ---------------------------------------------------------------- native files
 
 
-def _iter_files(node: _Node, rel: str) -> Iterable[tuple[str, _Node]]:
-    """Every node holding files, in path order (an explicit stack: torch has 20,000 files)."""
-    stack: list[tuple[str, _Node]] = [(rel, node)]
+def find_binaries(tree: FileTree, dist: str, site: str) -> list[Binary]:
+    """The native files of one root's site-packages, in path order.
+
+    A candidate is named like a library, or has no dot in its name and an exec bit (an
+    executable), and is confirmed by its headers. Candidates come from the RECORD of the
+    root's one .dist-info; a root without a readable RECORD (or holding several
+    distributions) is walked instead.
+    """
+    rels = _record_rels(tree, site)
+    if rels is None:
+        rels = _walk_rels(tree, site)
+    out: list[Binary] = []
+    for rel in sorted(set(rels)):
+        name = rel[rel.rfind("/") + 1:]
+        if not may_be_native(name):
+            continue
+        # A root's file may itself be a symlink (Bazel's sandbox and runfiles are made of
+        # them): the binary is what it points to; its place in the venv is still `rel`.
+        real = resolve(tree, f"{site}/{rel}")
+        node = tree.lstat(real) if real is not None else None
+        if real is None or node is None or node.kind != "file":
+            continue
+        if not (node.mode & 0o111 or looks_like_library(name)):
+            continue
+        info = read_binary_in(tree, real)
+        if info is not None:
+            out.append(Binary(dist, rel, real, info))
+    return out
+
+
+def _record_rels(tree: FileTree, site: str) -> list[str] | None:
+    """Candidate paths under `site` from its one RECORD, normalized; None without one."""
+    infos = [n for n in tree.listdir(site) if n.endswith(".dist-info")]
+    if len(infos) != 1:
+        return None
+    data = read_small(tree, f"{site}/{infos[0]}/RECORD", MAX_RECORD_BYTES)
+    if data is None:
+        return None
+    out = []
+    for rel in record_paths(data.decode("utf-8", "replace")):
+        name = rel[rel.rfind("/") + 1:]
+        if "." in name and ".so" not in name and not name.endswith((".dylib", ".bundle")):
+            continue  # the common case, decided before any normalization
+        if not rel or rel[0] in "./" or "/." in rel or "//" in rel:
+            rel = posixpath.normpath(rel)
+            if rel.startswith(("/", "../")) or rel in (".", ".."):
+                continue  # outside site-packages (scripts, headers): not this kind's
+        out.append(rel)
+    return out
+
+
+def _walk_rels(tree: FileTree, site: str) -> list[str]:
+    """Every non-directory path under `site` (symlinked directories are not entered)."""
+    out: list[str] = []
+    stack = [""]
+    budget = MAX_WALK_ENTRIES
     while stack:
-        prefix, current = stack.pop()
-        for name in sorted(current.children, reverse=True):
-            child = current.children[name]
-            stack.append((f"{prefix}/{name}" if prefix else name, child))
-        if current is not node and current.files:
-            yield prefix, current
-
-
-def _lookup(top: _Node, rel: str) -> _Node | None:
-    node = top
-    for part in [p for p in rel.split("/") if p]:
-        nxt = node.children.get(part)
-        if nxt is None:
-            return None
-        node = nxt
-    return node
+        rel = stack.pop()
+        for name, kind in fs_scan(tree, f"{site}/{rel}" if rel else site):
+            budget -= 1
+            if budget < 0:
+                raise PlanError(f"{site}: more than {MAX_WALK_ENTRIES} entries; is there a symlink loop?")
+            child = f"{rel}/{name}" if rel else name
+            (stack if kind == "dir" else out).append(child)
+    return out
 
 
 def climb(lib_dir: str, relative: str) -> tuple[str, int] | None:
@@ -175,9 +228,8 @@ def climb(lib_dir: str, relative: str) -> tuple[str, int] | None:
     return "/".join(parts), lowest
 
 
-def _relative_refs(tree: FileTree, path: str) -> tuple[str, list[str]] | None:
+def _relative_refs(info: BinaryInfo) -> tuple[str, list[str]]:
     """("elf"|"macho", the loader-relative parts) of the search entries of a native file."""
-    info = read_binary_in(tree, path)
     if isinstance(info, ElfInfo):
         effective = info.runpath if info.runpath is not None else info.rpath  # LOADERS.md rule 6
         elems = list(effective.split(":")) if effective else []
@@ -188,62 +240,50 @@ def _relative_refs(tree: FileTree, path: str) -> tuple[str, list[str]] | None:
             if m:
                 rels.append(e[m.end():].lstrip("/"))
         return "elf", rels
-    if isinstance(info, MachoInfo):
-        rels = []
-        for s in info.slices:
-            for e in list(s.rpaths) + [d.name for d in s.dylibs]:
-                if e == _LOADER or e.startswith(_LOADER + "/"):
-                    rels.append(e[len(_LOADER):].lstrip("/"))
-        return "macho", sorted(set(rels))
-    return None
+    rels = []
+    for s in info.slices:
+        for e in list(s.rpaths) + [d.name for d in s.dylibs]:
+            if e == _LOADER or e.startswith(_LOADER + "/"):
+                rels.append(e[len(_LOADER):].lstrip("/"))
+    return "macho", sorted(set(rels))
 
 
-def _native_requirements(tree: FileTree, top: _Node, force: dict[str, list[str]], copies: dict[str, str],
-                         notes: list[str]) -> None:
+def _native_requirements(tree: FileTree, sites: dict[str, str], binaries: list[Binary],
+                         force: dict[str, list[str]], copies: dict[str, str], notes: list[str]) -> None:
     """Which directories must be real and which Mach-O files copied, from the binaries' own paths."""
     macho_targets: list[tuple[str, list[str]]] = []  # (file, directories its @loader_path refs reach)
-    for rel, node in _iter_files(top, ""):
-        name = posixpath.basename(rel)
-        named_like_library = looks_like_library(name)
-        if not named_like_library and "." in name:
-            continue  # neither a library name nor an executable's (no suffix): not native
-        for dist, path in sorted(node.files.items()):
-            # A root's file may itself be a symlink (Bazel's sandbox and runfiles are made of
-            # them): the binary is what it points to, its place in the venv is still `rel`.
-            real = resolve(tree, path)
-            st = tree.lstat(real) if real is not None else None
-            if real is None or st is None or st.kind != "file":
+    providers: dict[str, set[str]] = {}  # venv path -> distributions providing something there
+
+    def provided_by(target: str) -> set[str]:
+        if target not in providers:
+            providers[target] = {d for d, site in sites.items()
+                                 if resolve(tree, f"{site}/{target}" if target else site) is not None}
+        return providers[target]
+
+    for b in sorted(binaries, key=lambda b: (b.rel, b.dist)):
+        fmt, rels = _relative_refs(b.info)
+        lib_dir = posixpath.dirname(b.rel)
+        if fmt == "macho":
+            reached = [c[0] for c in (climb(lib_dir, r) for r in rels) if c is not None]
+            macho_targets.append((b.rel, reached))
+        for r in rels:
+            c = climb(lib_dir, r)
+            if c is None:
+                notes.append(f"{b.rel} ({b.dist}): '{r}' climbs out of site-packages; no layout can serve it")
                 continue
-            path = real
-            if not (named_like_library or st.mode & 0o111):
-                continue
-            refs = _relative_refs(tree, path)
-            if refs is None:
-                continue
-            fmt, rels = refs
-            lib_dir = posixpath.dirname(rel)
+            target, lowest = c
+            depth = len([p for p in lib_dir.split("/") if p])
+            if lowest >= depth:
+                continue  # no `..` above its own directory: a symlinked parent does not matter
+            if provided_by(target) <= {b.dist}:
+                continue  # the climb reaches only the library's own distribution (or nothing)
+            why = f"{b.rel} ({b.dist}) reaches {target or '.'} through '{r}'"
             if fmt == "macho":
-                reached = [c[0] for c in (climb(lib_dir, r) for r in rels) if c is not None]
-                macho_targets.append((rel, reached))
-            for r in rels:
-                c = climb(lib_dir, r)
-                if c is None:
-                    notes.append(f"{rel} ({dist}): '{r}' climbs out of site-packages; no layout can serve it")
-                    continue
-                target, lowest = c
-                depth = len([p for p in lib_dir.split("/") if p])
-                if lowest >= depth:
-                    continue  # no `..` above its own directory: a symlinked parent does not matter
-                tnode = _lookup(top, target)
-                if tnode is None or tnode.providers() <= {dist}:
-                    continue  # the climb reaches only the library's own distribution (or nothing)
-                why = f"{rel} ({dist}) reaches {target or '.'} through '{r}'"
-                if fmt == "macho":
-                    copies.setdefault(rel, f"@loader_path is the real path for dyld: {why}")
-                    continue
-                parts = lib_dir.split("/")
-                for i in range(lowest + 1, depth + 1):
-                    force.setdefault("/".join(parts[:i]), []).append(why)
+                copies.setdefault(b.rel, f"@loader_path is the real path for dyld: {why}")
+                continue
+            parts = lib_dir.split("/")
+            for i in range(lowest + 1, depth + 1):
+                force.setdefault("/".join(parts[:i]), []).append(why)
     # A Mach-O file whose @loader_path reaches a copied file must be a copy too: through a
     # symlink, dyld would take @loader_path from the root and load the uncopied original.
     changed = True
@@ -257,6 +297,25 @@ def _native_requirements(tree: FileTree, top: _Node, force: dict[str, list[str]]
             if hit is not None:
                 copies[rel] = f"@loader_path is the real path for dyld: {rel} loads the copied {hit}"
                 changed = True
+
+
+def _placed(entries: list[PlanEntry], binaries: list[Binary]) -> list[Binary]:
+    """The binaries that land in the venv: under an entry of their own distribution."""
+    by_path = {e.venv_path: e for e in entries if e.kind == "site-packages"}
+    out = []
+    for b in binaries:
+        p = b.rel
+        while True:
+            e = by_path.get(p)
+            if e is not None:
+                if e.dist == b.dist:
+                    out.append(b)
+                break
+            if "/" not in p:
+                break
+            p = p.rsplit("/", 1)[0]
+    out.sort(key=lambda b: b.rel)
+    return out
 
 
 # ---------------------------------------------------------------- emitting entries
@@ -276,13 +335,16 @@ def _must_be_real(rel: str, node: _Node, force: dict[str, list[str]], copies: di
     return reasons
 
 
-def _emit(tree: FileTree, kind: str, node: _Node, rel: str, force: dict[str, list[str]], copies: dict[str, str],
-          precedence: Sequence[str], entries: list[PlanEntry], real_dirs: list[RealDir], notes: list[str]) -> None:
+def _emit(tree: FileTree, kind: str, dirs: dict[str, str], rel: str, force: dict[str, list[str]],
+          copies: dict[str, str], precedence: Sequence[str], entries: list[PlanEntry], real_dirs: list[RealDir],
+          notes: list[str]) -> None:
+    """Entries for one real directory of the venv, provided by `dirs` (dist -> directory)."""
+    children = _children(tree, dirs)
     winners: dict[str, str] = {}  # source file name in this dir -> winning dist (for __pycache__)
     # Files first, so that __pycache__ knows which source won.
-    for name in sorted(node.children, key=lambda n: (not node.children[n].files, n)):
-        child = node.children[name]
-        crel = posixpath.join(rel, name) if rel else name
+    for name in sorted(children, key=lambda n: (not children[n].files, n)):
+        child = children[name]
+        crel = f"{rel}/{name}" if rel else name
         if child.files and child.dirs:
             raise PlanError(
                 f"{kind}/{crel} is a file in {', '.join(sorted(child.files))} "
@@ -299,19 +361,20 @@ def _emit(tree: FileTree, kind: str, node: _Node, rel: str, force: dict[str, lis
         if reasons:
             real_dirs.append(RealDir(kind, crel, tuple(reasons)))
             if name == "__pycache__":
-                _emit_pycache(kind, child, crel, node, winners, entries)
+                _emit_pycache(tree, kind, child.dirs, crel, winners, entries)
             else:
-                _emit(tree, kind, child, crel, force, copies, precedence, entries, real_dirs, notes)
+                _emit(tree, kind, child.dirs, crel, force, copies, precedence, entries, real_dirs, notes)
         else:
             (dist, target), = child.dirs.items()
             entries.append(PlanEntry(kind=kind, venv_path=crel, target=target, dist=dist))  # type: ignore[arg-type]
 
 
-def _emit_pycache(kind: str, cache: _Node, rel: str, parent: _Node, winners: dict[str, str],
+def _emit_pycache(tree: FileTree, kind: str, dirs: dict[str, str], rel: str, winners: dict[str, str],
                   entries: list[PlanEntry]) -> None:
     """Cached bytecode follows the distribution whose source file won."""
-    for name in sorted(cache.children):
-        child = cache.children[name]
+    children = _children(tree, dirs)
+    for name in sorted(children):
+        child = children[name]
         stem = name.split(".", 1)[0]
         source_winner = winners.get(stem + ".py")
         if source_winner is not None and source_winner in child.files:
@@ -320,7 +383,7 @@ def _emit_pycache(kind: str, cache: _Node, rel: str, parent: _Node, winners: dic
             dist = next(iter(child.files))
         else:
             continue  # stale bytecode of a source that lost, or a directory: leave it out
-        entries.append(PlanEntry(kind=kind, venv_path=posixpath.join(rel, name),  # type: ignore[arg-type]
+        entries.append(PlanEntry(kind=kind, venv_path=f"{rel}/{name}",  # type: ignore[arg-type]
                                  target=child.files[dist], dist=dist))
 
 
@@ -354,6 +417,8 @@ def _digest(tree: FileTree, path: str) -> str:
     real = resolve(tree, path) or path
     src = tree.open(real)
     try:
+        import hashlib
+
         h = hashlib.sha256()
         off, chunk = 0, 1 << 20
         while off < src.size:

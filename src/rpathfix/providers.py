@@ -7,11 +7,10 @@ on the search path": the answer a user needs to fix the layout.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from typing import NamedTuple
 
 
-@dataclass(frozen=True)
-class Provider:
+class Provider(NamedTuple):
     path: str
     dist: str | None
     version: str | None

@@ -6,7 +6,7 @@ ldd, why and verify print and serialize one shape for ELF and Mach-O alike.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 # found_via / rule vocabulary (JSON values of rpathfix.ldd/1 "found_via"):
 #   glibc: "rpath", "ld_library_path", "runpath", "cache", "default", "loaded", "direct", "driver"
@@ -14,8 +14,7 @@ from dataclasses import dataclass, field
 #          "fallback", "shared_cache", "loaded", "direct", "driver"
 
 
-@dataclass(frozen=True)
-class Attempt:
+class Attempt(NamedTuple):
     """One candidate path the loader tried, and why it tried it."""
 
     path: str  # the candidate file path, after token expansion
@@ -26,8 +25,7 @@ class Attempt:
     note: str | None = None  # anything a human needs to follow the step
 
 
-@dataclass(frozen=True)
-class Resolution:
+class Resolution(NamedTuple):
     """How one requested name (DT_NEEDED, LC_LOAD_DYLIB, dlopen) was resolved."""
 
     name: str
@@ -43,8 +41,7 @@ class Resolution:
         return self.path is not None or self.found_via == "driver"
 
 
-@dataclass
-class LoadedObject:
+class LoadedObject(NamedTuple):
     """One object in a simulated process, in load order."""
 
     path: str  # as opened
@@ -55,13 +52,16 @@ class LoadedObject:
     install_name: str | None = None
 
 
-@dataclass
 class LoadResult:
     """The closure of a root object, as ldd shows it, plus every resolution trace."""
 
-    root: str
-    objects: list[LoadedObject] = field(default_factory=list)
-    resolutions: list[Resolution] = field(default_factory=list)
+    __slots__ = ("objects", "resolutions", "root")
+
+    def __init__(self, root: str, objects: list[LoadedObject] | None = None,
+                 resolutions: list[Resolution] | None = None) -> None:
+        self.root = root
+        self.objects = objects if objects is not None else []
+        self.resolutions = resolutions if resolutions is not None else []
 
     @property
     def missing(self) -> list[Resolution]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import posixpath
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from rpathfix.errors import UsageError
 from rpathfix.fstree import FileTree, is_dir
@@ -18,8 +18,7 @@ from rpathfix.names import canonicalize_name, parse_dist_info_dirname
 KIND_DIRS = (("site-packages", "site-packages"), ("bin", "bin"), ("include", "include"), ("data", "data"))
 
 
-@dataclass(frozen=True)
-class Root:
+class Root(NamedTuple):
     """One distribution root: its name, version and the directory of each kind present."""
 
     path: str

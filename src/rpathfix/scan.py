@@ -12,13 +12,13 @@ import os
 import posixpath
 import stat
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from operator import attrgetter
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from rpathfix.errors import FormatError, UsageError
 from rpathfix.model import BinaryInfo, ElfInfo, MachoInfo, ScanRecord, split_path_list
 from rpathfix.names import parse_dist_info_dirname, parse_wheel_filename
+from rpathfix.record import all_plain, read_record_text, record_paths
 from rpathfix.sniff import HEAD_SIZE, binary_format, looks_like_library, read_binary
 from rpathfix.source import FileSource
 
@@ -28,12 +28,8 @@ if TYPE_CHECKING:
 # zipfile, csv and io are imported only where a wheel or a quoted RECORD needs them:
 # scanning a directory (the common case, and the benchmark) starts without them.
 
-# RECORD files larger than this are not read for attribution (a corrupt or hostile file).
-MAX_RECORD_BYTES = 64 * 1024 * 1024
 
-
-@dataclass(frozen=True)
-class LinkRecord:
+class LinkRecord(NamedTuple):
     """A symlinked candidate: reported, not scanned again."""
 
     path: str
@@ -41,8 +37,7 @@ class LinkRecord:
     dangling: bool
 
 
-@dataclass
-class ScanResult:
+class ScanResult(NamedTuple):
     files: list[ScanRecord]
     links: list[LinkRecord]
 
@@ -168,15 +163,15 @@ class DistIndex:
     def _read_records(self) -> None:
         pending, self._pending = self._pending, []
         for site_dir, record, parsed in pending:
-            rels = _record_paths(record)
+            rels = record_paths(read_record_text(record))
             # A RECORD path names normpath(join(site_dir, rel)). For a plain relative path
             # (no empty, "." or ".." part, none starting with ".") under the normalized
             # site_dir that is site_dir + "/" + rel, so plain paths are kept as they are and
             # matched by prefix: no join or normpath for each of torch's 12,000 lines.
-            if _all_plain(rels):
+            if all_plain(rels):
                 plain, odd = set(rels), set()
             else:
-                plain = {rel for rel in rels if _all_plain([rel])}
+                plain = {rel for rel in rels if all_plain([rel])}
                 odd = {os.path.normpath(os.path.join(site_dir, rel)) for rel in rels if rel not in plain}
             prefix = site_dir if site_dir.endswith("/") else site_dir + "/"
             self._records.append((prefix, plain, odd, parsed))
@@ -198,52 +193,6 @@ class DistIndex:
                 break
             d = parent
         return None
-
-
-_PLAIN_OK = os.sep == "/" and os.altsep is None
-
-
-def _all_plain(rels: list[str]) -> bool:
-    """No rel is empty, absolute, starts with ".", ends with "/" or has a "/." or "//" in it."""
-    if not _PLAIN_OK:
-        return False
-    for r in rels:  # noqa: SIM110 - a plain loop is twice as fast as all() over a generator here
-        if not r or r[0] in "./" or r[-1] == "/" or "/." in r or "//" in r:
-            return False
-    return True
-
-
-def _record_paths(record: str) -> list[str]:
-    """The first field of every row of a RECORD file, as csv.reader reads it."""
-    text = _record_text(record)
-    crs = text.count("\r")
-    if '"' in text or "\0" in text or (crs and crs != text.count("\r\n")):
-        import csv
-        import io
-
-        return [row[0] for row in csv.reader(io.StringIO(text)) if row]
-    # Without quotes, NULs or lone carriage returns, csv's first field is the text up to
-    # the first comma of each non-empty line. RECORD files written by csv end every line
-    # in CRLF; in a mixed file a "\r" can end a first field only on a line without a comma.
-    if crs and crs == text.count("\n"):
-        return [line.partition(",")[0] for line in text.split("\r\n") if line]
-    if crs:
-        rels = [line.partition(",")[0] for line in text.split("\n") if line and line != "\r"]
-        return [r[:-1] if r[-1:] == "\r" else r for r in rels]
-    return [line.partition(",")[0] for line in text.split("\n") if line]
-
-
-def _record_text(record: str) -> str:
-    """The file as open(record, encoding="utf-8", errors="replace", newline="").read(MAX_RECORD_BYTES)."""
-    try:
-        with open(record, "rb") as fh:
-            data = fh.read(MAX_RECORD_BYTES)
-            if len(data) < MAX_RECORD_BYTES:
-                return data.decode("utf-8", "replace")  # one decode of the whole file: same text
-        with open(record, encoding="utf-8", errors="replace", newline="") as fh:
-            return fh.read(MAX_RECORD_BYTES)
-    except OSError:
-        return ""
 
 
 # Entries are opened relative to their directory's descriptor where the platform allows

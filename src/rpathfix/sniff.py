@@ -37,6 +37,12 @@ def looks_like_library(name: str) -> bool:
     return True
 
 
+def may_be_native(name: str) -> bool:
+    """Worth a header read: a library's name, or no dot at all (an executable's; those
+    also need an exec bit). The planner and the environment walk share this rule."""
+    return "." not in name or looks_like_library(name)
+
+
 # Thin Mach-O magics in either byte order, and the fat (universal) magics.
 _MACHO_MAGICS = {b"\xfe\xed\xfa\xce", b"\xce\xfa\xed\xfe", b"\xfe\xed\xfa\xcf", b"\xcf\xfa\xed\xfe"}
 _FAT_MAGICS = {b"\xca\xfe\xba\xbe", b"\xca\xfe\xba\xbf"}

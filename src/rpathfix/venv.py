@@ -14,32 +14,29 @@ and renamed into place, so a reader never sees a half-written venv.
 from __future__ import annotations
 
 import errno
-import json
+import functools
 import os
 import posixpath
-import shutil
 import stat
-import subprocess
 import sys
 import sysconfig
-import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 from rpathfix.entrypoints import SCRIPT_GROUPS
 from rpathfix.errors import UsageError
 from rpathfix.launchers import entry_point_launcher, python_launcher
 from rpathfix.model import PlanEntry
 
+if TYPE_CHECKING:
+    from pathlib import Path
+
 LINK_MODES = ("symlink", "hardlink", "copy")
 DIR_MODE = 0o755
 _HARDLINK_FALLBACK = {errno.EXDEV, errno.EPERM, errno.EACCES, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP}
 
 
-@dataclass(frozen=True)
-class PythonInfo:
+class PythonInfo(NamedTuple):
     executable: str
     base_executable: str  # a real interpreter, not inside a venv
     version: str  # "3.11.7"
@@ -91,6 +88,7 @@ def _info_from(python: str, raw: dict[str, object]) -> PythonInfo:
     return PythonInfo(executable, _base_interpreter(python, executable, base, short), version, short, ext)
 
 
+@functools.lru_cache(maxsize=8)
 def python_info(python: str) -> PythonInfo:
     """Version, EXT_SUFFIX and base interpreter of `python` (one subprocess unless it is us)."""
     if python and os.path.abspath(python) == sys.executable:
@@ -100,6 +98,9 @@ def python_info(python: str) -> PythonInfo:
             "version": list(sys.version_info[:3]),
             "ext_suffix": sysconfig.get_config_var("EXT_SUFFIX") or "",
         })
+    import json
+    import subprocess
+
     try:
         proc = subprocess.run([python, "-I", "-c", _PROBE], capture_output=True, text=True, timeout=30,
                               stdin=subprocess.DEVNULL)
@@ -135,8 +136,7 @@ def kind_dirs(out: str, info: PythonInfo) -> dict[str, str]:
 # ---------------------------------------------------------------- the tree as data
 
 
-@dataclass(frozen=True)
-class _Node:
+class _Node(NamedTuple):
     kind: Literal["dir", "link", "file", "data"]
     link: str | None = None  # link text
     source: str | None = None  # file to hard-link or copy
@@ -154,6 +154,8 @@ class _Tree:
     def __init__(self, final: str) -> None:
         self.final = final  # OUT's real final location: base of every relative link
         self.nodes: dict[str, _Node] = {"": _DIR}
+        self._relpaths: dict[tuple[str, str], str] = {}
+        self.entry_links: list[tuple[str, str]] = []  # (rel, target) of the links standing for plan entries
 
     def add(self, rel: str, node: _Node, why: str) -> None:
         parts = rel.split("/")
@@ -169,7 +171,17 @@ class _Tree:
 
     def link_to(self, rel: str, target: str) -> _Node:
         start = posixpath.join(self.final, posixpath.dirname(rel))
-        return _Node("link", link=os.path.relpath(os.path.abspath(target), start))
+        target = os.path.abspath(target)
+        head, name = posixpath.split(target)
+        if name in ("", ".", "..") or head == "/":
+            return _Node("link", link=os.path.relpath(target, start))
+        # relpath(head/name) is relpath(head)/name; siblings share one relpath() of their
+        # directory (nvidia/cu13/lib holds a hundred links into the same few roots).
+        key = (head, start)
+        up = self._relpaths.get(key)
+        if up is None:
+            up = self._relpaths[key] = os.path.relpath(head, start)
+        return _Node("link", link=name if up == "." else f"{up}/{name}")
 
     def children(self) -> dict[str, set[str]]:
         out: dict[str, set[str]] = {r: set() for r, n in self.nodes.items() if n.kind == "dir"}
@@ -284,6 +296,7 @@ def _describe(final: str, entries: Sequence[PlanEntry], info: PythonInfo, link_m
             _expand(tree, rel, e.target, "copy", why)
         elif link_mode == "symlink":
             tree.add(rel, tree.link_to(rel, e.target), why)
+            tree.entry_links.append((rel, e.target))
         else:
             _expand(tree, rel, e.target, "hardlink" if link_mode == "hardlink" else "copy", why)
 
@@ -355,36 +368,76 @@ def _matches(out: str, tree: _Tree) -> bool:
     return True
 
 
+# Creating an entry is one system call that can wait on the disk (hundreds of µs on a
+# busy VM); the calls release the GIL, so a few threads overlap the waits.
+_WRITERS = 4
+
+
 def _build(root: str, tree: _Tree) -> None:
+    """Create the tree under `root`: directories first, in order, then every other entry
+    from a few threads."""
+    rest: list[tuple[str, _Node]] = []
     for rel in sorted(tree.nodes):
         node = tree.nodes[rel]
-        p = os.path.join(root, rel) if rel else root
         if node.kind == "dir":
+            p = os.path.join(root, rel) if rel else root
             if rel:
                 os.mkdir(p, DIR_MODE)
             os.chmod(p, DIR_MODE)
-        elif node.kind == "link":
-            assert node.link is not None
-            os.symlink(node.link, p)
-        elif node.kind == "data":
-            assert node.data is not None
-            fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, node.mode)
-            try:
-                os.write(fd, node.data)
-                os.fchmod(fd, node.mode)
-            finally:
-                os.close(fd)
         else:
-            assert node.source is not None
-            if node.how == "hardlink":
-                try:
-                    os.link(node.source, p)
-                    continue
-                except OSError as e:
-                    if e.errno not in _HARDLINK_FALLBACK:
-                        raise
-            shutil.copy2(node.source, p)
-            os.chmod(p, node.mode)
+            rest.append((os.path.join(root, rel), node))
+    if len(rest) < 2 * _WRITERS:
+        for p, node in rest:
+            _create(p, node)
+        return
+    errors: list[BaseException] = []
+
+    def work(part: list[tuple[str, _Node]]) -> None:
+        try:
+            for p, node in part:
+                _create(p, node)
+        except BaseException as e:  # re-raised below, after every thread has stopped
+            errors.append(e)
+
+    import threading
+
+    threads = [threading.Thread(target=work, args=(rest[i::_WRITERS],), daemon=True) for i in range(_WRITERS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+
+
+def _create(p: str, node: _Node) -> None:
+    """One entry that is not a directory."""
+    if node.kind == "link":
+        assert node.link is not None
+        os.symlink(node.link, p)
+    elif node.kind == "data":
+        assert node.data is not None
+        fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, node.mode)
+        try:
+            view = memoryview(node.data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fchmod(fd, node.mode)
+        finally:
+            os.close(fd)
+    else:
+        assert node.source is not None
+        if node.how == "hardlink":
+            try:
+                os.link(node.source, p)
+                return
+            except OSError as e:
+                if e.errno not in _HARDLINK_FALLBACK:
+                    raise
+        import shutil
+
+        shutil.copy2(node.source, p)
+        os.chmod(p, node.mode)
 
 
 def check_destination(out: Path | str) -> tuple[str, bool]:
@@ -411,34 +464,93 @@ def check_destination(out: Path | str) -> tuple[str, bool]:
     return final, True
 
 
+class PendingVenv:
+    """A venv described, then built beside OUT, then renamed into place (or discarded).
+
+    The three steps are separate so that `rpathfix venv` can build (system calls, which
+    release the GIL) in a thread while the loader model checks the plan, and rename only
+    when the check passes: a refused plan still leaves nothing behind.
+    """
+
+    def __init__(self, out: Path | str, entries: list[PlanEntry], *, python: str, link_mode: str = "symlink",
+                 entry_points: Sequence[tuple[str, str, str]] = ()) -> None:
+        if link_mode not in LINK_MODES:
+            raise UsageError(f"link mode {link_mode!r}: expected one of {', '.join(LINK_MODES)}")
+        info = python_info(python)
+        self.final, self.exists = check_destination(out)
+        self.tree = _describe(self.final, entries, info, link_mode, entry_points)
+        self.tmp: str | None = None
+        self.unchanged = False
+
+    def build(self) -> None:
+        """Write the tree into a temp directory beside OUT (nothing when OUT already holds it)."""
+        if self.exists and _matches(self.final, self.tree):
+            self.unchanged = True
+            return
+        name = os.path.basename(self.final)
+        import tempfile
+
+        self.tmp = tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=os.path.dirname(self.final))
+        _build(self.tmp, self.tree)
+        _check_links(self.tmp, self.tree)
+
+    def commit(self) -> bool:
+        """Rename the built tree into place; True if anything changed."""
+        if self.unchanged:
+            return False
+        assert self.tmp is not None, "build() first"
+        tmp, self.tmp = self.tmp, None
+        parent, name = os.path.split(self.final)
+        try:
+            if self.exists:
+                import tempfile
+
+                old = tempfile.mkdtemp(prefix=f".{name}.old-", dir=parent)
+                os.rename(self.final, old)  # onto an empty directory: allowed by rename(2)
+                try:
+                    os.rename(tmp, self.final)
+                except BaseException:
+                    os.rename(old, self.final)
+                    raise
+                import shutil
+
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.rename(tmp, self.final)
+        except BaseException:
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return True
+
+    def discard(self) -> None:
+        if self.tmp is not None:
+            import shutil
+
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            self.tmp = None
+
+
+def _check_links(root: str, tree: _Tree) -> None:
+    """Every link written for a plan entry reaches what its target reaches.
+
+    The temp directory is OUT's sibling, so a link that resolves here resolves the same
+    from OUT. The loader model checked the plan with absolute targets; this checks that
+    the relative texts written for them lead to the same places.
+    """
+    for rel, target in tree.entry_links:
+        if not os.path.exists(os.path.join(root, rel)) and os.path.exists(target):
+            raise UsageError(f"{os.path.join(root, rel)}: the link written for {rel} ({tree.nodes[rel].link}) "
+                             "leads nowhere; was a root moved or removed while the venv was written?")
+
+
 def write_venv(out: Path, entries: list[PlanEntry], *, python: str, link_mode: str = "symlink",
                entry_points: Sequence[tuple[str, str, str]] = ()) -> bool:
     """Write the venv at OUT; True if anything changed (an identical OUT is left untouched)."""
-    if link_mode not in LINK_MODES:
-        raise UsageError(f"link mode {link_mode!r}: expected one of {', '.join(LINK_MODES)}")
-    info = python_info(python)
-    final, exists = check_destination(out)
-    name = os.path.basename(final)
-    tree = _describe(final, entries, info, link_mode, entry_points)
-    if exists and _matches(final, tree):
-        return False
-
-    parent_real = os.path.dirname(final)
-    tmp = tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=parent_real)
+    pending = PendingVenv(out, entries, python=python, link_mode=link_mode, entry_points=entry_points)
     try:
-        _build(tmp, tree)
-        if exists:
-            old = tempfile.mkdtemp(prefix=f".{name}.old-", dir=parent_real)
-            os.rename(final, old)  # onto an empty directory: allowed by rename(2)
-            try:
-                os.rename(tmp, final)
-            except BaseException:
-                os.rename(old, final)
-                raise
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return True
+        pending.build()
+        return pending.commit()
+    finally:
+        pending.discard()

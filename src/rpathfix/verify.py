@@ -21,8 +21,7 @@ from __future__ import annotations
 import posixpath
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from rpathfix.environment import Environment, NativeFile, collect
 from rpathfix.errors import FormatError
@@ -31,11 +30,10 @@ from rpathfix.model import ElfInfo
 from rpathfix.resolution import Attempt, LoadResult, Resolution
 
 if TYPE_CHECKING:
-    from rpathfix.loader_glibc import GlibcOptions
+    from rpathfix.loader_glibc import GlibcOptions, GlibcProcess
 
 
-@dataclass(frozen=True)
-class Finding:
+class Finding(NamedTuple):
     level: str  # "error" or "warning"
     code: str
     file: str
@@ -44,8 +42,7 @@ class Finding:
     trace: tuple[Attempt, ...] = ()
 
 
-@dataclass(frozen=True)
-class LoaderOptions:
+class LoaderOptions(NamedTuple):
     """What the simulated process looks like: interpreter, LD_LIBRARY_PATH, cache root."""
 
     interpreter: str | None = None
@@ -54,10 +51,12 @@ class LoaderOptions:
     use_cache: bool = True
 
 
-@dataclass
 class Report:
-    environment: Environment
-    findings: list[Finding]
+    __slots__ = ("environment", "findings")
+
+    def __init__(self, environment: Environment, findings: list[Finding]) -> None:
+        self.environment = environment
+        self.findings = findings
 
     @property
     def errors(self) -> list[Finding]:
@@ -69,8 +68,14 @@ class Report:
 
 
 def verify(tree: FileTree, paths: Sequence[str], options: LoaderOptions) -> Report:
+    """Walk the environment at `paths`, then check every native file in it."""
     tree = as_cached(tree)  # the walk and every simulation ask the same questions: answer each once
-    env = collect(tree, list(paths))
+    return check_environment(tree, collect(tree, list(paths)), options)
+
+
+def check_environment(tree: FileTree, env: Environment, options: LoaderOptions) -> Report:
+    """Load every native file of an already collected environment with the loader models."""
+    tree = as_cached(tree)
     interpreter = options.interpreter or env.interpreter
     sim = _Simulator(tree, options, interpreter)
     inside = _Inside(env)
@@ -178,6 +183,7 @@ class _Simulator:
         self.options = options
         self.interpreter = interpreter or sys.executable
         self._glibc: GlibcOptions | None = None
+        self._host: GlibcProcess | None = None
 
     def load(self, f: NativeFile) -> LoadResult | None:
         try:
@@ -190,8 +196,9 @@ class _Simulator:
             return None  # not loadable here (another architecture, no slice we simulate)
 
     def _load_elf(self, f: NativeFile) -> LoadResult:
-        """The interpreter dlopen()s the file by path, as an import (or a preload) does."""
-        from rpathfix.loader_glibc import load_elf
+        """The interpreter dlopen()s the file by path, as an import (or a preload) does: one
+        started interpreter, forked for each file."""
+        from rpathfix.loader_glibc import load_elf, started
 
         if self._glibc is None:
             from rpathfix.ldcache import load_cache
@@ -202,7 +209,9 @@ class _Simulator:
                 cache = load_cache(posixpath.join(self.options.cache_root or "/", "etc/ld.so.cache"))
             self._glibc = host_options(ld_library_path=self.options.ld_library_path, cache=cache,
                                        executable=self.interpreter)
-        return load_elf(self.tree, f.path, self._glibc)
+        if self._host is None:
+            self._host = started(self.tree, self._glibc)  # FormatError: no interpreter to load into
+        return load_elf(self.tree, f.path, self._glibc, host=self._host)
 
     def _load_macho(self, f: NativeFile) -> LoadResult:
         """No macOS interpreter to load into here: the file is the main image (LOADERS.md rule 30)."""
