@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from rpathfix.fstree import RealTree
-from rpathfix.loader_glibc import GlibcProcess, host_options, load_elf, parse_hwcaps_help
+from rpathfix.fstree import CachedTree, RealTree
+from rpathfix.loader_glibc import GlibcProcess, host_options, load_elf, parse_hwcaps_help, started
 from rpathfix.resolution import LoadResult
 
 
@@ -97,6 +97,34 @@ def test_merged_layout_finds_everything_through_rpath(stub_tree: Path, tmp_path:
     rows = agree(ext)
     assert all(p is not None for _, p in rows)
     assert ("libxcublasLt.so.13", str(site / "torchstub/lib/../../nvidia/cu13/lib/libxcublasLt.so.13")) in rows
+
+
+def test_forked_interpreter_answers_as_a_fresh_process(stub_tree: Path, tmp_path: Path) -> None:
+    """verify starts the interpreter once and forks it per module, sharing search results
+    between forks: every module's load must still equal a fresh process's, in any order
+    (no fork may see what another one loaded)."""
+    site = tmp_path / "site-packages"
+    for dist in ("torchstub", "nvidia_xcublas", "nvidia_xcuda_runtime", "nvidia_xnvjitlink", "onnxstub"):
+        shutil.copytree(stub_tree / dist, site, dirs_exist_ok=True, symlinks=True)
+    libs = [str(p) for p in sorted(site.rglob("*.so*")) if p.read_bytes()[:4] == b"\x7fELF"]
+    assert len(libs) >= 8
+    options = host_options(executable=sys.executable)
+    tree = CachedTree(RealTree())
+    host = started(tree, options)
+    for lib in libs + libs[::-1]:
+        shared = load_elf(tree, lib, options, host=host)
+        fresh = load_elf(RealTree(), lib, options)
+        assert (shared.objects, shared.resolutions) == (fresh.objects, fresh.resolutions), lib
+    # The control: loading every module into one process (what a leak between forks would
+    # amount to) answers differently for some module, so the comparison above can fail.
+    proc = started(RealTree(), options)
+    differ = 0
+    for lib in libs:
+        skip = len(proc.resolutions)
+        proc.dlopen(lib)
+        fresh = load_elf(RealTree(), lib, options)
+        differ += proc.resolutions[skip:] != fresh.resolutions
+    assert differ > 0
 
 
 # ------------------------------------------------------------------ search-order rules

@@ -58,11 +58,13 @@ def planned_tree(out: str, plan: Plan, kind_dirs: dict[str, str], python: str,
 
 def check_plan(tree: CachedTree, out: str, plan: Plan, kind_dirs: dict[str, str], python: str,
                entry_points: Sequence[tuple[str, str, str]], options: LoaderOptions) -> Report:
-    """Load every native file the plan places, in the planned venv, with the loader model."""
+    """Import every extension module the plan places, in the planned venv, with the loader
+    model: what decides whether the venv works. (`rpathfix verify OUT` also loads every
+    other library, for its warnings.)"""
     view = CachedTree(planned_tree(out, plan, kind_dirs, python, entry_points, tree), memo=tree.memo)
     site = kind_dirs["site-packages"]
     env = environment_of(view, site, options.interpreter, [f"{site}/{b.rel}" for b in plan.binaries])
-    return check_environment(view, env, options)
+    return check_environment(view, env, options, modules_only=True)
 
 
 def scripts_without_bin(tree: FileTree, roots: Sequence[Root]) -> list[tuple[str, str, str]]:

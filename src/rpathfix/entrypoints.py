@@ -15,6 +15,8 @@ SCRIPT_GROUPS = ("console_scripts", "gui_scripts")
 
 def parse_entry_points(text: str) -> list[tuple[str, str, str]]:
     """(group, name, "module:attr") for the script groups, in file order."""
+    if not any(g in text for g in SCRIPT_GROUPS):
+        return []  # most entry_points.txt files hold plugins only: no parser needed
     import configparser
 
     cp = configparser.ConfigParser(delimiters=("=",), interpolation=None, strict=False)

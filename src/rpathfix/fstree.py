@@ -31,6 +31,8 @@ class Node(NamedTuple):
     kind: Kind
     target: str | None = None  # symlink target, verbatim
     mode: int = 0
+    size: int = 0  # of a regular file on disk (0 in a planned tree)
+    mtime_ns: int = 0
 
 
 class FileTree(Protocol):
@@ -65,7 +67,7 @@ class RealTree:
         if stat.S_ISDIR(st.st_mode):
             return Node("dir", None, st.st_mode)
         if stat.S_ISREG(st.st_mode):
-            return Node("file", None, st.st_mode)
+            return Node("file", None, st.st_mode, st.st_size, st.st_mtime_ns)
         return Node("other", None, st.st_mode)
 
     def listdir(self, path: str) -> list[str]:
@@ -273,8 +275,9 @@ class CachedTree:
     """A FileTree that remembers every answer of the tree below it.
 
     A verify asks the same questions thousands of times (the walk, then every simulated
-    load), and building a venv asks them again after writing: one cache serves them all.
-    forget() drops what is known under a directory that was just rewritten.
+    load), and building a venv asks them of the roots for the plan and again for the check
+    of the planned venv: one cache serves them all. It assumes the tree does not change
+    while it is used.
     """
 
     def __init__(self, base: FileTree, memo: dict[tuple[str, str], object] | None = None) -> None:
@@ -352,16 +355,6 @@ class CachedTree:
             target = node.target if node.target.startswith("/") else posixpath.join(rp, node.target)
             return self.resolve(target.rstrip("/") or "/")
         return cand
-
-    def forget(self, top: str) -> None:
-        """Drop every cached answer about `top` and below (and every resolution, which may pass through it)."""
-        prefix = top.rstrip("/") + "/"
-        for cache in (self._lstat, self._scan):
-            for k in [k for k in cache if k == top or k.startswith(prefix)]:
-                del cache[k]
-        for mk in [mk for mk in self.memo if mk[1] == top or mk[1].startswith(prefix)]:
-            del self.memo[mk]
-        self._resolve.clear()
 
 
 def as_cached(tree: FileTree) -> CachedTree:

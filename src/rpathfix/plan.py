@@ -95,8 +95,9 @@ def make_plan(tree: FileTree, roots: Sequence[Root], *, precedence: Sequence[str
         force: dict[str, list[str]] = {}
         copies: dict[str, str] = {}
         if kind == "site-packages":
-            for dist, site in sorted(dirs.items()):
-                binaries += find_binaries(tree, dist, site)
+            for r in sorted(roots, key=lambda r: r.dist):
+                if r.dist in dirs:
+                    binaries += find_binaries(tree, r.dist, dirs[r.dist], r.path)
             _native_requirements(tree, dirs, binaries, force, copies, notes)
         _emit(tree, kind, dirs, "", force, copies, precedence, entries, real_dirs, notes)
     entries.sort(key=lambda e: (KIND_ORDER[e.kind], e.venv_path))
@@ -140,19 +141,56 @@ def _children(tree: FileTree, dirs: dict[str, str]) -> dict[str, _Node]:
 # ---------------------------------------------------------------- native files
 
 
-def find_binaries(tree: FileTree, dist: str, site: str) -> list[Binary]:
+def find_binaries(tree: FileTree, dist: str, site: str, root: str | None = None) -> list[Binary]:
     """The native files of one root's site-packages, in path order.
 
     A candidate is named like a library, or has no dot in its name and an exec bit (an
-    executable), and is confirmed by its headers. Candidates come from the RECORD of the
-    root's one .dist-info; a root without a readable RECORD (or holding several
-    distributions) is walked instead.
+    executable), and is confirmed by its headers. The root's index (natives.py, written by
+    `rpathfix unpack`) answers first, for every file it describes unchanged; without one,
+    candidates come from the RECORD of the root's one .dist-info, and a root without a
+    readable RECORD (or holding several distributions) is walked.
     """
+    if root is not None and site == f"{root}/site-packages":
+        indexed = _from_index(tree, dist, site, root)
+        if indexed is not None:
+            return indexed
     rels = _record_rels(tree, site)
     if rels is None:
         rels = _walk_rels(tree, site)
+    return _confirm(tree, dist, site, sorted(set(rels)))
+
+
+def _from_index(tree: FileTree, dist: str, site: str, root: str) -> list[Binary] | None:
+    """The binaries the root's index lists: headers from the index while a file's size and
+    mtime match it, read again otherwise. None without a usable index."""
+    from rpathfix.natives import read_index
+
+    entries = read_index(tree, root)
+    if entries is None:
+        return None
+    memo = getattr(tree, "memo", None)
     out: list[Binary] = []
-    for rel in sorted(set(rels)):
+    for rel, size, mtime_ns, info in entries:
+        real = resolve(tree, f"{site}/{rel}")
+        node = tree.lstat(real) if real is not None else None
+        if real is None or node is None or node.kind != "file":
+            continue
+        if node.size == size and node.mtime_ns == mtime_ns:
+            if memo is not None:
+                memo.setdefault(("binary", real), info)  # the loader model reads it from here
+        else:
+            fresh = read_binary_in(tree, real)
+            if fresh is None:
+                continue
+            info = fresh
+        out.append(Binary(dist, rel, real, info))
+    return out
+
+
+def _confirm(tree: FileTree, dist: str, site: str, rels: list[str]) -> list[Binary]:
+    """The candidates that are native files, with their headers."""
+    out: list[Binary] = []
+    for rel in rels:
         name = rel[rel.rfind("/") + 1:]
         if not may_be_native(name):
             continue

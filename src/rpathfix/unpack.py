@@ -9,7 +9,9 @@ normalized (0755 for files the wheel marks executable and for scripts, 0644 othe
 source paths, and with SOURCE_DATE_EPOCH set every mtime in the root is set to it.
 
 A marker file, <root>/.rpathfix-wheel, names the wheel, its sha256 and the install
-options; a second unpack of the same wheel with the same options writes nothing.
+options; a second unpack of the same wheel with the same options writes nothing. An
+index, <root>/.rpathfix-natives.json, lists the root's native files and their headers,
+so that planning a venv need not find and read them again (natives.py).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ SCHEME_DIRS = {
 _FILE_MODE = 0o644
 _EXEC_MODE = 0o755
 _DIR_MODE = 0o755
+_ZIP_EPOCH = 315532800  # 1980-01-01 00:00 UTC, the earliest time a zip entry can carry
 
 
 def resolve_python(python: str | None) -> str:
@@ -72,7 +75,7 @@ def _sha256(path: str) -> str:
 
 def _marker_text(wheel: str, digest: str, python: str, compile_bytecode: bool) -> str:
     return (f"wheel: {os.path.basename(wheel)}\nsha256: {digest}\npython: {python}\n"
-            f"bytecode: {'checked-hash' if compile_bytecode else 'none'}\n")
+            f"bytecode: {'checked-hash' if compile_bytecode else 'none'}\nnatives-index: 1\n")
 
 
 def _read_text(path: str) -> str | None:
@@ -208,6 +211,38 @@ def _normalize_tree(top: str) -> None:
             os.utime(dirpath, (epoch, epoch))
 
 
+def _write_index(top: str) -> None:
+    """<top>/.rpathfix-natives.json: the root's native files and their headers, with the size
+    and mtime each file has, so `rpathfix venv` need not read them again while they match.
+
+    Native files get a fixed mtime (SOURCE_DATE_EPOCH, else 1980-01-01, the zip epoch) so
+    the index is the same bytes for the same wheel; a file patched later gets a new mtime
+    and is read again. The index file and `top` follow the mode and mtime rules of the rest.
+    """
+    from rpathfix.fstree import RealTree
+    from rpathfix.natives import INDEX, index_json
+    from rpathfix.plan import find_binaries
+
+    site = os.path.join(top, "site-packages")
+    if not os.path.isdir(site):
+        return
+    epoch_s = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
+    epoch = int(epoch_s) if epoch_s.isdigit() else None
+    stamp = epoch if epoch is not None else _ZIP_EPOCH
+    entries = []
+    for b in find_binaries(RealTree(), "", site):
+        os.utime(b.real, (stamp, stamp))
+        st = os.stat(b.real)
+        entries.append((b.rel, st.st_size, st.st_mtime_ns, b.info))
+    path = os.path.join(top, INDEX)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(index_json(entries))
+    os.chmod(path, _FILE_MODE)
+    if epoch is not None:
+        os.utime(path, (epoch, epoch))
+        os.utime(top, (epoch, epoch))
+
+
 def _remove(path: str) -> None:
     if os.path.isdir(path) and not os.path.islink(path):
         shutil.rmtree(path, ignore_errors=True)
@@ -284,6 +319,7 @@ def unpack_wheel(wheel: str, into: str, *, python: str | None = None,
         with open(os.path.join(tmp_root, MARKER), "w", encoding="utf-8") as f:
             f.write(marker)
         _normalize_tree(tmp_root)
+        _write_index(tmp_root)
         _swap_in(tmp_root, root, name, into)
     except BaseException:
         _remove(tmp_root)

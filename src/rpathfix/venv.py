@@ -19,7 +19,6 @@ import os
 import posixpath
 import stat
 import sys
-import sysconfig
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Literal, NamedTuple
 
@@ -41,15 +40,13 @@ class PythonInfo(NamedTuple):
     base_executable: str  # a real interpreter, not inside a venv
     version: str  # "3.11.7"
     version_short: str  # "3.11"
-    ext_suffix: str
 
 
 _PROBE = (
-    "import json, sys, sysconfig\n"
+    "import json, sys\n"
     "print(json.dumps({'executable': sys.executable,"
     " 'base': getattr(sys, '_base_executable', None) or sys.executable,"
-    " 'version': list(sys.version_info[:3]),"
-    " 'ext_suffix': sysconfig.get_config_var('EXT_SUFFIX') or ''}))\n"
+    " 'version': list(sys.version_info[:3])}))\n"
 )
 
 
@@ -80,12 +77,11 @@ def _info_from(python: str, raw: dict[str, object]) -> PythonInfo:
         executable = str(raw["executable"])
         base = str(raw["base"])
         ver = [int(v) for v in raw["version"]]  # type: ignore[attr-defined]
-        ext = str(raw["ext_suffix"])
         version = ".".join(str(v) for v in ver[:3])
         short = f"{ver[0]}.{ver[1]}"
     except (KeyError, TypeError, ValueError, IndexError) as e:
         raise UsageError(f"{python}: not a runnable Python interpreter: unexpected answer ({e})") from None
-    return PythonInfo(executable, _base_interpreter(python, executable, base, short), version, short, ext)
+    return PythonInfo(executable, _base_interpreter(python, executable, base, short), version, short)
 
 
 @functools.lru_cache(maxsize=8)
@@ -96,7 +92,6 @@ def python_info(python: str) -> PythonInfo:
             "executable": sys.executable,
             "base": getattr(sys, "_base_executable", None) or sys.executable,
             "version": list(sys.version_info[:3]),
-            "ext_suffix": sysconfig.get_config_var("EXT_SUFFIX") or "",
         })
     import json
     import subprocess
@@ -370,7 +365,7 @@ def _matches(out: str, tree: _Tree) -> bool:
 
 # Creating an entry is one system call that can wait on the disk (hundreds of µs on a
 # busy VM); the calls release the GIL, so a few threads overlap the waits.
-_WRITERS = 4
+_WRITERS = 8
 
 
 def _build(root: str, tree: _Tree) -> None:
@@ -488,9 +483,7 @@ class PendingVenv:
             self.unchanged = True
             return
         name = os.path.basename(self.final)
-        import tempfile
-
-        self.tmp = tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=os.path.dirname(self.final))
+        self.tmp = _fresh_dir(os.path.dirname(self.final), f".{name}.tmp-")
         _build(self.tmp, self.tree)
         _check_links(self.tmp, self.tree)
 
@@ -503,9 +496,7 @@ class PendingVenv:
         parent, name = os.path.split(self.final)
         try:
             if self.exists:
-                import tempfile
-
-                old = tempfile.mkdtemp(prefix=f".{name}.old-", dir=parent)
+                old = _fresh_dir(parent, f".{name}.old-")
                 os.rename(self.final, old)  # onto an empty directory: allowed by rename(2)
                 try:
                     os.rename(tmp, self.final)
@@ -530,6 +521,19 @@ class PendingVenv:
 
             shutil.rmtree(self.tmp, ignore_errors=True)
             self.tmp = None
+
+
+def _fresh_dir(parent: str, prefix: str) -> str:
+    """A new empty directory parent/prefix<random> (tempfile.mkdtemp without importing
+    tempfile, random and shutil at every start)."""
+    for _ in range(100):
+        path = os.path.join(parent, prefix + os.urandom(6).hex())
+        try:
+            os.mkdir(path, 0o700)
+            return path
+        except FileExistsError:
+            continue
+    raise UsageError(f"{parent}: cannot create a temporary directory {prefix}*")
 
 
 def _check_links(root: str, tree: _Tree) -> None:

@@ -52,11 +52,12 @@ class LoaderOptions(NamedTuple):
 
 
 class Report:
-    __slots__ = ("environment", "findings")
+    __slots__ = ("checked", "environment", "findings")
 
-    def __init__(self, environment: Environment, findings: list[Finding]) -> None:
+    def __init__(self, environment: Environment, findings: list[Finding], checked: int | None = None) -> None:
         self.environment = environment
         self.findings = findings
+        self.checked = len(environment.files) if checked is None else checked  # files loaded
 
     @property
     def errors(self) -> list[Finding]:
@@ -73,14 +74,20 @@ def verify(tree: FileTree, paths: Sequence[str], options: LoaderOptions) -> Repo
     return check_environment(tree, collect(tree, list(paths)), options)
 
 
-def check_environment(tree: FileTree, env: Environment, options: LoaderOptions) -> Report:
-    """Load every native file of an already collected environment with the loader models."""
+def check_environment(tree: FileTree, env: Environment, options: LoaderOptions, *,
+                      modules_only: bool = False) -> Report:
+    """Load every native file of an already collected environment with the loader models.
+
+    modules_only loads only the extension modules (what decides whether the environment
+    works: Python imports them); every file still counts as a provider in the messages.
+    """
     tree = as_cached(tree)
     interpreter = options.interpreter or env.interpreter
     sim = _Simulator(tree, options, interpreter)
     inside = _Inside(env)
     findings: list[Finding] = []
-    for f in env.files:
+    loaded = [f for f in env.files if f.is_extension] if modules_only else list(env.files)
+    for f in loaded:
         result = sim.load(f)
         if result is None:
             continue
@@ -112,7 +119,7 @@ def check_environment(tree: FileTree, env: Environment, options: LoaderOptions) 
         unique.setdefault((x.level, x.code, x.name, x.file), x)  # the first trace of a name is enough
     findings = list(unique.values())
     findings.sort(key=lambda x: (x.level != "error", x.file, x.name or "", x.code))
-    return Report(env, findings)
+    return Report(env, findings, len(loaded))
 
 
 def _missing(f: NativeFile, r: Resolution, providers: list[str], *, extension: bool) -> Finding:
@@ -231,7 +238,7 @@ def report_to_json(report: Report) -> dict[str, object]:
     return {
         "schema": "rpathfix.verify/1",
         "site_dirs": list(report.environment.site_dirs),
-        "checked": len(report.environment.files),
+        "checked": report.checked,
         "errors": [one(x) for x in report.errors],
         "warnings": [one(x) for x in report.warnings],
     }
@@ -246,6 +253,6 @@ def format_report(report: Report, *, trace_errors: bool = True) -> str:
                 src = f" from {a.contributor}" if a.contributor else ""
                 entry = f" ({a.entry})" if a.entry else ""
                 lines.append(f"    tried {a.path}  [{a.rule}{src}{entry}] {a.result}")
-    n = len(report.environment.files)
+    n = report.checked
     lines.append(f"{n} native file(s) checked: {len(report.errors)} error(s), {len(report.warnings)} warning(s)")
     return "\n".join(lines)
