@@ -356,29 +356,18 @@ def test_renamed_out_still_works(world: Path) -> None:
     assert run([str(dest / "bin" / "python"), "-c", "import beta; print(beta.VALUE)"]) == "beta\n"
 
 
-class _FakePending:
-    """Stands in for PendingVenv in _ChildBuild: builds in the forked child."""
 
-    def __init__(self, tmp_dir: Path, fail: bool) -> None:
-        self.tmp: str | None = None
-        self.unchanged = False
-        self._dir, self._fail = tmp_dir, fail
+def test_a_destination_that_cannot_be_written_is_one_line(tmp_path: Path) -> None:
+    """The file system refusing (here /proc, where nothing can be created) is a one-line
+    error with exit code 2, never a traceback, and leaves nothing behind."""
+    from conftest import rpathfix
 
-    def build(self) -> None:
-        if self._fail:
-            raise PermissionError(13, "Permission denied", str(self._dir / "x"))
-        (self._dir / "built").mkdir()
-        self.tmp = str(self._dir / "built")
-
-
-def test_child_build_hands_its_result_to_the_parent(tmp_path: Path) -> None:
-    from rpathfix.build_venv import _ChildBuild
-
-    ok = _FakePending(tmp_path, fail=False)
-    _ChildBuild(ok).wait()  # type: ignore[arg-type]
-    assert ok.tmp == str(tmp_path / "built") and (tmp_path / "built").is_dir()  # built by the child
-    bad = _FakePending(tmp_path, fail=True)
-    child = _ChildBuild(bad)  # type: ignore[arg-type]
-    with pytest.raises(UsageError, match=r"^\S+/x: Permission denied$"):
-        child.wait()
-    assert bad.tmp is None
+    site = tmp_path / "alpha" / "site-packages"
+    (site / "alpha").mkdir(parents=True)
+    (site / "alpha" / "__init__.py").write_text("")
+    (site / "alpha-1.0.dist-info").mkdir()
+    (site / "alpha-1.0.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: alpha\nVersion: 1.0\n")
+    proc = rpathfix("venv", "/proc/rpathfix-cannot-be-here", str(tmp_path / "alpha"))
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert proc.stderr.startswith("rpathfix venv: error: /proc/")

@@ -6,26 +6,23 @@ layout in which an extension module would not load is refused before anything is
 place. The plan names every native file it places, so the check loads those files
 without walking the planned tree again.
 
-Writing is system calls (one per link, slow on some file systems) and checking is
-Python; the venv is built beside OUT in a thread while the check runs, and renamed into
-place only when the check passes. A refused plan leaves nothing behind.
+Nothing is written before the check passes; then the venv is built beside OUT and
+renamed into place, so a refused plan, or a failed write, leaves nothing behind.
 """
 
 from __future__ import annotations
 
-import os
 import posixpath
 import threading
 from collections.abc import Callable, Sequence
 
 from rpathfix.entrypoints import root_entry_points
 from rpathfix.environment import environment_of
-from rpathfix.errors import UsageError
 from rpathfix.fstree import CachedTree, FileTree, OverlayTree, Planned, RealTree
 from rpathfix.names import canonicalize_name
 from rpathfix.plan import Plan, make_plan
 from rpathfix.roots import Root, load_root
-from rpathfix.venv import PendingVenv
+from rpathfix.venv import write_venv
 from rpathfix.verify import LoaderOptions, Report, check_environment, format_report
 
 
@@ -96,25 +93,14 @@ def build_venv(out: str, root_paths: Sequence[str], *, python: str, link_mode: s
     scripts = scripts_without_bin(tree, roots)
     result = BuildResult(entries=len(plan.entries), real_dirs=len(plan.real_dirs))
     result.warnings += [f"note: {n}" for n in plan.notes]
-    pending = PendingVenv(out, list(plan.entries), python=python, link_mode=link_mode, entry_points=scripts)
-    writer = _ChildBuild(pending) if verify_layout and hasattr(os, "fork") else None
-    try:
-        if verify_layout:
-            options = LoaderOptions(interpreter=posixpath.join(out, "bin", "python"), ld_library_path=ld_library_path)
-            report = check_plan(tree, out, plan, venv_kind_dirs(out, info), info.base_executable, scripts, options)
-            if report.errors:
-                result.refused = format_report(report)
-                return result
-            result.warnings += _warning_lines(report)
-        if writer is not None:
-            writer.wait()
-        else:
-            pending.build()
-        result.changed = pending.commit()
-    finally:
-        if writer is not None:
-            writer.wait(reraise=False)
-        pending.discard()
+    if verify_layout:
+        options = LoaderOptions(interpreter=posixpath.join(out, "bin", "python"), ld_library_path=ld_library_path)
+        report = check_plan(tree, out, plan, venv_kind_dirs(out, info), info.base_executable, scripts, options)
+        if report.errors:
+            result.refused = format_report(report)
+            return result
+        result.warnings += _warning_lines(report)
+    result.changed = write_venv(out, list(plan.entries), python=python, link_mode=link_mode, entry_points=scripts)
     return result
 
 
@@ -137,54 +123,6 @@ class _Background:
         if reraise and self._error is not None:
             error, self._error = self._error, None
             raise error
-
-
-class _ChildBuild:
-    """PendingVenv.build() in a forked child: the child's system calls run on one core while
-    the parent's loader model runs on the other, with no GIL between them (writer threads
-    in this process would wait up to the GIL's switch interval after every call). The
-    child only builds the temp directory; the parent renames it into place or removes it.
-    """
-
-    def __init__(self, pending: PendingVenv) -> None:
-        self.pending = pending
-        read_end, write_end = os.pipe()
-        self.pid = os.fork()
-        if self.pid == 0:  # the child: build, report one line, exit without cleanup handlers
-            os.close(read_end)
-            code = 0
-            try:
-                pending.build()
-                msg = f"ok\0{pending.tmp or ''}\0{int(pending.unchanged)}"
-            except BaseException as e:  # reported to the parent as one line
-                code = 1
-                msg = f"error\0{e.strerror if isinstance(e, OSError) and e.strerror else e}\0" \
-                      f"{getattr(e, 'filename', '') or ''}"
-            try:
-                os.write(write_end, msg.encode("utf-8", "surrogateescape"))
-            finally:
-                os._exit(code)
-        os.close(write_end)
-        self._read = read_end
-        self._done = False
-
-    def wait(self, *, reraise: bool = True) -> None:
-        if self._done:
-            return
-        self._done = True
-        chunks = []
-        while chunk := os.read(self._read, 65536):
-            chunks.append(chunk)
-        os.close(self._read)
-        os.waitpid(self.pid, 0)
-        kind, _, rest = b"".join(chunks).decode("utf-8", "surrogateescape").partition("\0")
-        first, _, second = rest.partition("\0")
-        if kind == "ok":
-            self.pending.tmp = first or None
-            self.pending.unchanged = second == "1"
-        elif reraise:
-            where = f"{second}: " if second else ""
-            raise UsageError(f"{where}{first or 'the venv writer stopped without a word'}")
 
 
 def _warning_lines(report: Report) -> list[str]:

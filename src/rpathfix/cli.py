@@ -72,8 +72,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RpathfixError as e:
         print(f"rpathfix {args.command}: error: {e}", file=sys.stderr)
         return e.exit_code
+    except BrokenPipeError:
+        return 0
+    except OSError as e:  # the environment refused (disk full, permission denied): one line, not a traceback
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"rpathfix {args.command}: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("rpathfix: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:
-        return 0

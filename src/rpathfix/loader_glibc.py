@@ -125,8 +125,10 @@ def parse_hwcaps_help(text: str) -> tuple[str, ...]:
 
 def host_options(**kw: object) -> GlibcOptions:
     """Options describing this machine: its ld.so.cache and hwcaps subdirectories."""
-    kw.setdefault("cache", load_cache())
-    kw.setdefault("hwcap_subdirs", host_hwcap_subdirs())
+    if "cache" not in kw:  # not setdefault: that would parse the cache even when one is given
+        kw["cache"] = load_cache()
+    if "hwcap_subdirs" not in kw:
+        kw["hwcap_subdirs"] = host_hwcap_subdirs()
     return GlibcOptions(**kw)  # type: ignore[arg-type]
 
 

@@ -459,70 +459,6 @@ def check_destination(out: Path | str) -> tuple[str, bool]:
     return final, True
 
 
-class PendingVenv:
-    """A venv described, then built beside OUT, then renamed into place (or discarded).
-
-    The three steps are separate so that `rpathfix venv` can build (system calls, which
-    release the GIL) in a thread while the loader model checks the plan, and rename only
-    when the check passes: a refused plan still leaves nothing behind.
-    """
-
-    def __init__(self, out: Path | str, entries: list[PlanEntry], *, python: str, link_mode: str = "symlink",
-                 entry_points: Sequence[tuple[str, str, str]] = ()) -> None:
-        if link_mode not in LINK_MODES:
-            raise UsageError(f"link mode {link_mode!r}: expected one of {', '.join(LINK_MODES)}")
-        info = python_info(python)
-        self.final, self.exists = check_destination(out)
-        self.tree = _describe(self.final, entries, info, link_mode, entry_points)
-        self.tmp: str | None = None
-        self.unchanged = False
-
-    def build(self) -> None:
-        """Write the tree into a temp directory beside OUT (nothing when OUT already holds it)."""
-        if self.exists and _matches(self.final, self.tree):
-            self.unchanged = True
-            return
-        name = os.path.basename(self.final)
-        self.tmp = _fresh_dir(os.path.dirname(self.final), f".{name}.tmp-")
-        _build(self.tmp, self.tree)
-        _check_links(self.tmp, self.tree)
-
-    def commit(self) -> bool:
-        """Rename the built tree into place; True if anything changed."""
-        if self.unchanged:
-            return False
-        assert self.tmp is not None, "build() first"
-        tmp, self.tmp = self.tmp, None
-        parent, name = os.path.split(self.final)
-        try:
-            if self.exists:
-                old = _fresh_dir(parent, f".{name}.old-")
-                os.rename(self.final, old)  # onto an empty directory: allowed by rename(2)
-                try:
-                    os.rename(tmp, self.final)
-                except BaseException:
-                    os.rename(old, self.final)
-                    raise
-                import shutil
-
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.rename(tmp, self.final)
-        except BaseException:
-            import shutil
-
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return True
-
-    def discard(self) -> None:
-        if self.tmp is not None:
-            import shutil
-
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            self.tmp = None
-
-
 def _fresh_dir(parent: str, prefix: str) -> str:
     """A new empty directory parent/prefix<random> (tempfile.mkdtemp without importing
     tempfile, random and shutil at every start)."""
@@ -549,12 +485,43 @@ def _check_links(root: str, tree: _Tree) -> None:
                              "leads nowhere; was a root moved or removed while the venv was written?")
 
 
-def write_venv(out: Path, entries: list[PlanEntry], *, python: str, link_mode: str = "symlink",
+def write_venv(out: Path | str, entries: list[PlanEntry], *, python: str, link_mode: str = "symlink",
                entry_points: Sequence[tuple[str, str, str]] = ()) -> bool:
-    """Write the venv at OUT; True if anything changed (an identical OUT is left untouched)."""
-    pending = PendingVenv(out, entries, python=python, link_mode=link_mode, entry_points=entry_points)
+    """Write the venv at OUT; True if anything changed (an identical OUT is left untouched).
+
+    The tree is built in a temp directory beside OUT and renamed into place: a reader never
+    sees a half-written OUT, and a failed build leaves nothing behind.
+    """
+    if link_mode not in LINK_MODES:
+        raise UsageError(f"link mode {link_mode!r}: expected one of {', '.join(LINK_MODES)}")
+    info = python_info(python)
+    final, exists = check_destination(out)
+    tree = _describe(final, entries, info, link_mode, entry_points)
+    if exists and _matches(final, tree):
+        return False
+    parent, name = os.path.split(final)
+    tmp = _fresh_dir(parent, f".{name}.tmp-")
     try:
-        pending.build()
-        return pending.commit()
-    finally:
-        pending.discard()
+        _build(tmp, tree)
+        _check_links(tmp, tree)
+        if exists:
+            old = _fresh_dir(parent, f".{name}.old-")
+            os.rename(final, old)  # onto an empty directory: allowed by rename(2)
+            try:
+                os.rename(tmp, final)
+            except BaseException:
+                os.rename(old, final)
+                raise
+            _remove_tree(old)
+        else:
+            os.rename(tmp, final)
+    except BaseException:
+        _remove_tree(tmp)
+        raise
+    return True
+
+
+def _remove_tree(path: str) -> None:
+    import shutil  # not at start-up: it pulls in bz2 and lzma
+
+    shutil.rmtree(path, ignore_errors=True)
