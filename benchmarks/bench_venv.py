@@ -33,6 +33,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_verify import pip_venv
 
 PY = sys.executable
+# The command a user types: the console script beside this interpreter (no runpy), else -m.
+_SCRIPT = Path(PY).parent / "rpathfix"
+RPATHFIX = [str(_SCRIPT)] if _SCRIPT.exists() else [PY, "-m", "rpathfix"]
 LOAD_CUDA = "import ctypes, sys; ctypes.CDLL(sys.argv[1]); print('libtorch_cuda.so loaded')"
 CHECKS = ("import sys, torch; print('torch', torch.__version__, 'cuda build', torch.version.cuda, "
           "'| .pth ran:', '_distutils_hack' in sys.modules)")
@@ -93,7 +96,7 @@ def main() -> int:
     def rpathfix_venv(*extra: str, dest: Path = out) -> float:
         shutil.rmtree(dest, ignore_errors=True)  # outside the timing, as for uv
         t = time.perf_counter()
-        p = run([PY, "-m", "rpathfix", "venv", str(dest), *roots, *extra])
+        p = run([*RPATHFIX, "venv", str(dest), *roots, *extra])
         took = time.perf_counter() - t
         assert p.returncode == 0, p.stderr
         return took
@@ -120,7 +123,7 @@ def main() -> int:
     t_build = statistics.median(r for _, r in rounds)
     t_noverify = statistics.median(rpathfix_venv("--no-verify") for _ in range(a.repeat))
     rpathfix_venv()
-    t_noop = best(lambda: run([PY, "-m", "rpathfix", "venv", str(out), *roots]), a.repeat)
+    t_noop = best(lambda: run([*RPATHFIX, "venv", str(out), *roots]), a.repeat)
     print(f"3. {a.rounds} alternating rounds, medians: uv venv + uv pip install (warm cache) {t_uv:.3f} s; "
           f"rpathfix venv {t_build:.3f} s (checked before writing); rpathfix / uv per round: median "
           f"{statistics.median(ratios):.2f}, range {ratios[0]:.2f}-{ratios[-1]:.2f} (target <= 0.25)")

@@ -371,3 +371,23 @@ def test_a_destination_that_cannot_be_written_is_one_line(tmp_path: Path) -> Non
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert proc.stderr.startswith("rpathfix venv: error: /proc/")
+
+
+def test_a_link_text_that_leads_nowhere_is_caught_before_out_exists(world: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The written links are followed before the rename: a wrong relative text (here one
+    `..` short) is an error, and OUT is not created. The control: the right text passes."""
+    import rpathfix.venv as venv_mod
+
+    build(world, world / "good")
+    right = venv_mod._Tree.link_to
+
+    def one_short(self: venv_mod._Tree, rel: str, target: str):  # type: ignore[no-untyped-def]
+        node = right(self, rel, target)
+        return node._replace(link=node.link.replace("../", "", 1)) if node.link else node
+
+    monkeypatch.setattr(venv_mod._Tree, "link_to", one_short)
+    with pytest.raises(UsageError, match="leads nowhere"):
+        build(world, world / "bad")
+    assert not (world / "bad").exists()
+    assert [p.name for p in world.iterdir() if p.name.startswith(".bad")] == []  # no temp left

@@ -12,8 +12,9 @@ renamed into place, so a refused plan, or a failed write, leaves nothing behind.
 
 from __future__ import annotations
 
+import os
 import posixpath
-import threading
+import sys
 from collections.abc import Callable, Sequence
 
 from rpathfix.entrypoints import root_entry_points
@@ -77,18 +78,21 @@ def scripts_without_bin(tree: FileTree, roots: Sequence[Root]) -> list[tuple[str
 def build_venv(out: str, root_paths: Sequence[str], *, python: str, link_mode: str = "symlink",
                prefer: Sequence[str] = (), verify_layout: bool = True,
                ld_library_path: str | None = None) -> BuildResult:
-    from rpathfix.loader_glibc import host_hwcap_subdirs
+    from rpathfix.loader_glibc import start_hwcap_probe
     from rpathfix.venv import check_destination, python_info
     from rpathfix.venv import kind_dirs as venv_kind_dirs
 
     check_destination(out)
-    # Two questions answered by other programs (`ld.so --help`, and the venv's interpreter
-    # when it is not this one): asked in a thread, while the plan is made.
-    probes = _Background(lambda: (python_info(python), host_hwcap_subdirs() if verify_layout else ()))
+    # Two questions answered by other programs, started now and answered while the plan is
+    # made: `ld.so --help` (for the check), and the venv's interpreter when it is not this one.
+    if verify_layout:
+        start_hwcap_probe()
+    probe = _Background(lambda: python_info(python)) if os.path.abspath(python) != sys.executable else None
     tree = CachedTree(RealTree())  # shared by the plan and the check: each root file is read once
     roots = [load_root(tree, r) for r in root_paths]
     plan = make_plan(tree, roots, precedence=[canonicalize_name(p) for p in prefer])
-    probes.wait()
+    if probe is not None:
+        probe.wait()
     info = python_info(python)
     scripts = scripts_without_bin(tree, roots)
     result = BuildResult(entries=len(plan.entries), real_dirs=len(plan.real_dirs))
@@ -108,6 +112,8 @@ class _Background:
     """Run one function in a thread; wait() joins it and re-raises what it raised."""
 
     def __init__(self, fn: Callable[[], object]) -> None:
+        import threading
+
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, args=(fn,), name="rpathfix-writer", daemon=True)
         self._thread.start()

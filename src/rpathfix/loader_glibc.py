@@ -20,7 +20,6 @@ import functools
 import os
 import posixpath
 import re
-import subprocess
 from typing import NamedTuple, Optional
 
 from rpathfix.errors import FormatError
@@ -29,6 +28,7 @@ from rpathfix.ldcache import LdCache, load_cache
 from rpathfix.model import ElfInfo
 from rpathfix.resolution import Attempt, LoadedObject, LoadResult, Resolution
 from rpathfix.sniff import read_binary_in
+from rpathfix.spawn import Output
 
 # GPU driver libraries come with the kernel driver, never with a wheel: a simulation on a
 # build machine without a GPU must call them "provided by the driver", not missing.
@@ -65,17 +65,24 @@ class GlibcOptions(NamedTuple):
     driver_libs: bool = True
 
 
+_hwcaps_probe: Output | None = None
+
+
+def start_hwcap_probe() -> None:
+    """Start `ld.so --help` now, so host_hwcap_subdirs() has the answer when it is needed."""
+    global _hwcaps_probe
+    if _hwcaps_probe is None:
+        interp = next((i for i in DEFAULT_INTERP.values() if os.path.exists(i)), None)
+        if interp is not None:
+            _hwcaps_probe = Output([interp, "--help"])
+
+
 @functools.lru_cache(maxsize=1)
 def host_hwcap_subdirs() -> tuple[str, ...]:
     """This machine's search subdirectories, from `ld.so --help` (rule 20: never hard-coded)."""
-    for interp in DEFAULT_INTERP.values():
-        if os.path.exists(interp):
-            try:
-                text = subprocess.run([interp, "--help"], capture_output=True, text=True, timeout=10).stdout
-            except (OSError, subprocess.TimeoutExpired):
-                return ()
-            return parse_hwcaps_help(text)
-    return ()
+    start_hwcap_probe()
+    text = _hwcaps_probe.text() if _hwcaps_probe is not None else None
+    return parse_hwcaps_help(text) if text else ()
 
 
 def parse_hwcaps_help(text: str) -> tuple[str, ...]:

@@ -473,14 +473,23 @@ def _fresh_dir(parent: str, prefix: str) -> str:
 
 
 def _check_links(root: str, tree: _Tree) -> None:
-    """Every link written for a plan entry reaches what its target reaches.
+    """The links written for plan entries lead where their targets are.
 
-    The temp directory is OUT's sibling, so a link that resolves here resolves the same
-    from OUT. The loader model checked the plan with absolute targets; this checks that
-    the relative texts written for them lead to the same places.
+    The loader model checked the plan with absolute targets; this checks that the relative
+    texts written for them lead to the same places. The temp directory is OUT's sibling,
+    so a link that resolves here resolves the same from OUT. Siblings linking into one
+    directory share their text up to the name, so one of each group is followed.
     """
+    seen: set[tuple[str, str]] = set()
     for rel, target in tree.entry_links:
-        if not os.path.exists(os.path.join(root, rel)) and os.path.exists(target):
+        # Siblings linking into one directory share their text up to the name: one of them
+        # reaching its target shows the shared part is right.
+        group = (posixpath.dirname(rel), posixpath.dirname(target))
+        if group in seen:
+            continue
+        if os.path.exists(os.path.join(root, rel)):
+            seen.add(group)
+        elif os.path.exists(target):
             raise UsageError(f"{os.path.join(root, rel)}: the link written for {rel} ({tree.nodes[rel].link}) "
                              "leads nowhere; was a root moved or removed while the venv was written?")
 
