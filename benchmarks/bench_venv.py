@@ -8,8 +8,8 @@ Steps, each printed with its result:
 2. Control: in the split layout (roots on PYTHONPATH) libtorch_cuda.so does not load with ctypes.
 3. `rpathfix venv OUT ROOTS` against uv (`uv venv` + `uv pip install --no-index --find-links
    WHEELS torch==2.14.1` into a fresh venv from a warm cache; uv installed into
-   benchmarks/work/uvtool), in alternating rounds (--rounds), fresh outputs each time, the
-   removal of the previous output not timed; also --no-verify, a no-op re-run, and with
+   benchmarks/work/uvtool), in alternating rounds (--rounds), each into a new directory,
+   nothing deleted until all rounds are done; also --no-verify, a no-op re-run, and with
    --tmpfs both again with their outputs (and uv's cache) on /dev/shm.
 4. Through OUT/bin/python, LD_LIBRARY_PATH unset: libtorch_cuda.so loads, `import torch` works,
    setuptools' distutils-precedence.pth ran, bin/torchrun runs, `rpathfix verify OUT` passes.
@@ -68,6 +68,7 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--rounds", type=int, default=15, help="alternating uv / rpathfix rounds")
     ap.add_argument("--tmpfs", action="store_true", help="also time both with outputs (and uv's cache) on /dev/shm")
+    ap.add_argument("--timing-only", action="store_true", help="stop after step 3 (repeat runs across the day)")
     a = ap.parse_args()
     work = a.work.resolve()
     wheels = sorted(str(p) for p in a.wheels.resolve().glob("*.whl"))
@@ -94,7 +95,7 @@ def main() -> int:
     target = work / "uvvenv"
 
     def rpathfix_venv(*extra: str, dest: Path = out) -> float:
-        shutil.rmtree(dest, ignore_errors=True)  # outside the timing, as for uv
+        shutil.rmtree(dest, ignore_errors=True)
         t = time.perf_counter()
         p = run([*RPATHFIX, "venv", str(dest), *roots, *extra])
         took = time.perf_counter() - t
@@ -110,20 +111,30 @@ def main() -> int:
                        env=env)
         return time.perf_counter() - t
 
-    uv_install()  # warm uv's cache
-    rpathfix_venv()
-    # This VM's file system answers a create in 10 us to 800 us depending on the moment, and
-    # uv creates 16,000 hard links and 1,300 directories where rpathfix creates 400 entries:
-    # the two are timed in alternation, round by round, and compared round by round.
+    # Every timed run writes a fresh directory and nothing is deleted until all are done.
+    # This ext4 has no journal, and without one ext4 does not reuse an inode deleted in the
+    # last 60 s (300 s while its inode-table block is dirty): each new inode (a symlink, a
+    # directory) first skips every recently deleted one. Deleting a venv (uv's holds 1,300
+    # directories) right before the next run would slow that run's creations more and more.
+    # The two tools still alternate, round by round, and are compared round by round.
+    rounds_dir = work / "rounds"
+    rounds_dir.mkdir(exist_ok=True)
+    rounds_dir = Path(tempfile.mkdtemp(dir=rounds_dir))  # a leftover of an interrupted run is not touched
     rounds = []
-    for _ in range(a.rounds):
-        rounds.append((uv_install(), rpathfix_venv()))
+    try:
+        uv_install(rounds_dir / "uv-warm")  # warm uv's cache
+        rpathfix_venv(dest=rounds_dir / "rf-warm")
+        for i in range(a.rounds):
+            rounds.append((uv_install(rounds_dir / f"uv-{i}"), rpathfix_venv(dest=rounds_dir / f"rf-{i}")))
+        t_noverify = statistics.median(rpathfix_venv("--no-verify", dest=rounds_dir / f"nv-{i}")
+                                       for i in range(a.repeat))
+        rf_done = rounds_dir / "rf-0"
+        t_noop = best(lambda: run([*RPATHFIX, "venv", str(rf_done), *roots]), a.repeat)
+    finally:
+        shutil.rmtree(rounds_dir, ignore_errors=True)
     ratios = sorted(r / u for u, r in rounds)
     t_uv = statistics.median(u for u, _ in rounds)
     t_build = statistics.median(r for _, r in rounds)
-    t_noverify = statistics.median(rpathfix_venv("--no-verify") for _ in range(a.repeat))
-    rpathfix_venv()
-    t_noop = best(lambda: run([*RPATHFIX, "venv", str(out), *roots]), a.repeat)
     print(f"3. {a.rounds} alternating rounds, medians: uv venv + uv pip install (warm cache) {t_uv:.3f} s; "
           f"rpathfix venv {t_build:.3f} s (checked before writing); rpathfix / uv per round: median "
           f"{statistics.median(ratios):.2f}, range {ratios[0]:.2f}-{ratios[-1]:.2f} (target <= 0.25)")
@@ -136,12 +147,14 @@ def main() -> int:
         try:
             uv_env = {**os.environ, "UV_CACHE_DIR": str(shm_out / "uvcache")}
             uv_install(shm_out / "uvvenv", uv_env)  # fills the tmpfs cache
-            tm = [(uv_install(shm_out / "uvvenv", uv_env), rpathfix_venv(dest=shm_out / "rfvenv"))
-                  for _ in range(a.repeat)]
+            tm = [(uv_install(shm_out / f"uv-{i}", uv_env), rpathfix_venv(dest=shm_out / f"rf-{i}"))
+                  for i in range(a.repeat)]
             print(f"   on tmpfs (no disk latency), medians of {a.repeat}: uv {statistics.median(u for u, _ in tm):.3f} s;"
                   f" rpathfix venv {statistics.median(r for _, r in tm):.3f} s")
         finally:
             shutil.rmtree(shm_out, ignore_errors=True)
+    if a.timing_only:
+        return 0
     rpathfix_venv()
     py = str(out / "bin" / "python")
     site = next(out.glob("lib/python*/site-packages"))

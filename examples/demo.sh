@@ -42,7 +42,7 @@ $RF why "$OUT"/roots/torchstub/site-packages/torchstub/lib/libxtorch_cuda.so lib
 step "rpathfix plan: which directories must be real, which can be one symlink"
 $RF plan $ROOTS | grep -E '^real' || true
 
-step "rpathfix venv: write the per-binary venv (verified before and after)"
+step "rpathfix venv: write the per-binary venv (its extension modules checked before writing)"
 $RF venv "$OUT/venv" $ROOTS
 
 step "the same import through the venv's interpreter, LD_LIBRARY_PATH unset"

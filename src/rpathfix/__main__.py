@@ -1,5 +1,5 @@
 """`python -m rpathfix` is the same as the `rpathfix` console script."""
 
-from rpathfix.cli import main
+from rpathfix.cli import console
 
-raise SystemExit(main())
+console()

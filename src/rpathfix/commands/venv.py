@@ -1,4 +1,4 @@
-"""`rpathfix venv`: write the per-binary venv of distribution roots, verified before and after."""
+"""`rpathfix venv`: write the per-binary venv of distribution roots, checked before writing."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-HELP = "write a relocatable venv merging distribution roots (verified before and after)"
+HELP = "write a relocatable venv merging distribution roots (checked before writing)"
 DESCRIPTION = """\
 Plan the merged site-packages of the distribution ROOTs (see `rpathfix plan`), check
 with the loader model that every extension module will load, and write OUT:
@@ -14,8 +14,9 @@ pyvenv.cfg, bin/python -> PY, lib/pythonX.Y/site-packages/ of relative symlinks 
 directories where $ORIGIN/.. must climb), console scripts that work when OUT moves.
 
 Refuses (exit 1, printing the report) when an extension module would not load, unless
---no-verify. Atomic (built beside OUT, then renamed) and idempotent: a run that changes
-nothing writes nothing."""
+--no-verify; nothing is written then. `rpathfix verify OUT` loads every other native
+library too (plugins, preloaded libraries) for its warnings. Atomic (built beside OUT,
+then renamed) and idempotent: a run that changes nothing writes nothing."""
 
 
 def register(p: argparse.ArgumentParser) -> None:
