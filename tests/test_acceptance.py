@@ -182,6 +182,15 @@ def test_refuses_a_layout_that_cannot_load(roots: list[Path], tmp_path: Path) ->
     proc = rpathfix("venv", str(out), *map(str, torch_only))
     assert proc.returncode == 1 and "libxcudart.so.13" in proc.stderr
     assert not out.exists(), "nothing is written when verification fails"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".venv")] == []  # nor left beside it
+    # An existing venv is left exactly as it was.
+    good = rpathfix("venv", str(out), *map(str, roots))
+    assert good.returncode == 0, good.stderr
+    before = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+    again = rpathfix("venv", str(out), *map(str, torch_only))
+    assert again.returncode == 1
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".venv")] == []
 
 
 def test_refuses_to_replace_a_directory_that_is_not_a_venv(roots: list[Path], tmp_path: Path) -> None:

@@ -391,3 +391,59 @@ def test_a_link_text_that_leads_nowhere_is_caught_before_out_exists(world: Path,
         build(world, world / "bad")
     assert not (world / "bad").exists()
     assert [p.name for p in world.iterdir() if p.name.startswith(".bad")] == []  # no temp left
+
+
+def _report(errors: int):  # type: ignore[no-untyped-def]
+    from rpathfix.environment import Environment
+    from rpathfix.verify import Finding, Report
+
+    findings = [Finding("error", "missing-library", "/x/_C.so", "libx.so", "libx.so not found")] * errors
+    findings.append(Finding("warning", "shadowed", "/x/y.so", "liby.so", "resolves elsewhere"))
+    return Report(Environment((), None, ()), findings, 1)
+
+
+def test_child_check_verdicts_cross_the_pipe() -> None:
+    from rpathfix.build_venv import _ChildCheck
+
+    parent = os.getpid()
+    ran_here: list[int] = []
+
+    def fn(errors: int):  # type: ignore[no-untyped-def]
+        if os.getpid() == parent:
+            ran_here.append(errors)
+        return _report(errors)
+
+    refused, lines = _ChildCheck(lambda: fn(1)).result()
+    assert refused is not None and "libx.so not found" in refused and lines == []
+    refused, lines = _ChildCheck(lambda: fn(0)).result()
+    assert refused is None and lines == ["warning [shadowed] /x/y.so: resolves elsewhere"]
+    assert ran_here == []  # both ran in the child
+
+
+def test_child_check_that_fails_runs_again_here() -> None:
+    from rpathfix.build_venv import _ChildCheck
+
+    parent = os.getpid()
+
+    def fn():  # type: ignore[no-untyped-def]
+        if os.getpid() != parent:
+            raise RuntimeError("the child fails")
+        return _report(1)
+
+    refused, _ = _ChildCheck(fn).result()
+    assert refused is not None and "libx.so not found" in refused
+
+
+def test_child_check_is_stopped_when_the_build_fails() -> None:
+    import time
+
+    from rpathfix.build_venv import _ChildCheck
+
+    def slow():  # type: ignore[no-untyped-def]
+        time.sleep(30)
+        return _report(0)
+
+    t = time.monotonic()
+    _ChildCheck(slow).abandon()
+    assert time.monotonic() - t < 5
+

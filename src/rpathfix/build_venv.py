@@ -6,12 +6,14 @@ layout in which an extension module would not load is refused before anything is
 place. The plan names every native file it places, so the check loads those files
 without walking the planned tree again.
 
-Nothing is written before the check passes; then the venv is built beside OUT and
-renamed into place, so a refused plan, or a failed write, leaves nothing behind.
+The check runs in a forked child on the other core (Linux), while this process builds
+the venv beside OUT; the build is renamed into place only when the check passes, so a
+refused plan, or a failed write, leaves nothing behind.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import posixpath
 import sys
@@ -23,7 +25,7 @@ from rpathfix.fstree import CachedTree, FileTree, OverlayTree, Planned, RealTree
 from rpathfix.names import canonicalize_name
 from rpathfix.plan import Plan, make_plan
 from rpathfix.roots import Root, load_root
-from rpathfix.venv import write_venv
+from rpathfix.venv import PendingVenv, write_venv
 from rpathfix.verify import LoaderOptions, Report, check_environment, format_report
 
 
@@ -98,12 +100,31 @@ def build_venv(out: str, root_paths: Sequence[str], *, python: str, link_mode: s
     result = BuildResult(entries=len(plan.entries), real_dirs=len(plan.real_dirs))
     result.warnings += [f"note: {n}" for n in plan.notes]
     if verify_layout:
+        from rpathfix.loader_glibc import host_hwcap_subdirs
+
+        host_hwcap_subdirs()  # ld.so --help is this process's child: read its answer before forking
         options = LoaderOptions(interpreter=posixpath.join(out, "bin", "python"), ld_library_path=ld_library_path)
-        report = check_plan(tree, out, plan, venv_kind_dirs(out, info), info.base_executable, scripts, options)
-        if report.errors:
-            result.refused = format_report(report)
-            return result
-        result.warnings += _warning_lines(report)
+        check = _ChildCheck(lambda: check_plan(tree, out, plan, venv_kind_dirs(out, info), info.base_executable,
+                                               scripts, options))
+        pending: PendingVenv | None = None
+        try:
+            try:
+                pending = PendingVenv(out, list(plan.entries), python=python, link_mode=link_mode,
+                                      entry_points=scripts)
+                pending.build()  # beside OUT, while the child checks
+            except BaseException:
+                check.abandon()
+                raise
+            refused, lines = check.result()
+            if refused is not None:
+                result.refused = refused
+                return result
+            result.warnings += lines
+            result.changed = pending.commit()
+        finally:
+            if pending is not None:
+                pending.discard()
+        return result
     result.changed = write_venv(out, list(plan.entries), python=python, link_mode=link_mode, entry_points=scripts)
     return result
 
@@ -129,6 +150,73 @@ class _Background:
         if reraise and self._error is not None:
             error, self._error = self._error, None
             raise error
+
+
+class _ChildCheck:
+    """check_plan in a forked child, on the other core, while this process writes the venv
+    beside OUT; its verdict decides whether that is renamed into place or removed.
+
+    Only on Linux (fork without exec is unsafe with some macOS system libraries), and only
+    while this process runs no other thread. If the child fails, the check runs here, so a
+    bug surfaces as it would without the fork.
+    """
+
+    def __init__(self, fn: Callable[[], Report]) -> None:
+        self._fn = fn
+        self._pid = -1
+        self._read = -1
+        if sys.platform.startswith("linux") and threading_count() == 1:
+            read_end, write_end = os.pipe()
+            self._pid = os.fork()
+            if self._pid == 0:
+                os.close(read_end)
+                code = 1
+                try:
+                    report = fn()
+                    text = format_report(report) if report.errors else "\n".join(_warning_lines(report))
+                    data = (("R" if report.errors else "W") + text).encode("utf-8", "surrogateescape")
+                    while data:
+                        data = data[os.write(write_end, data):]
+                    code = 0
+                finally:
+                    os._exit(code)
+            os.close(write_end)
+            self._read = read_end
+
+    def result(self) -> tuple[str | None, list[str]]:
+        """(the refusal report, or None; the warning lines)."""
+        if self._pid > 0:
+            chunks = []
+            while chunk := os.read(self._read, 1 << 16):
+                chunks.append(chunk)
+            data = b"".join(chunks).decode("utf-8", "surrogateescape")
+            status = self._reap()
+            if status == 0 and data:
+                return (data[1:], []) if data[0] == "R" else (None, data[1:].splitlines())
+        report = self._fn()  # no child, or it failed: check here (an error is raised here)
+        if report.errors:
+            return format_report(report), []
+        return None, _warning_lines(report)
+
+    def abandon(self) -> None:
+        """Stop the child (this process is failing or interrupted) and reap it."""
+        if self._pid > 0:
+            with contextlib.suppress(OSError):
+                os.kill(self._pid, 9)
+            self._reap()
+
+    def _reap(self) -> int:
+        os.close(self._read)
+        _, status = os.waitpid(self._pid, 0)
+        self._pid = -1
+        return status
+
+
+def threading_count() -> int:
+    """Threads alive in this process (forking with others running is unsafe); 1 when the
+    threading module was never imported, without importing it."""
+    threading = sys.modules.get("threading")
+    return threading.active_count() if threading is not None else 1
 
 
 def _warning_lines(report: Report) -> list[str]:

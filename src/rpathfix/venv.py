@@ -494,6 +494,58 @@ def _check_links(root: str, tree: _Tree) -> None:
                              "leads nowhere; was a root moved or removed while the venv was written?")
 
 
+class PendingVenv:
+    """write_venv in steps: describe (here), build() beside OUT, then commit() (rename into
+    place) or discard(). A caller can build while it checks the plan elsewhere."""
+
+    def __init__(self, out: Path | str, entries: list[PlanEntry], *, python: str, link_mode: str = "symlink",
+                 entry_points: Sequence[tuple[str, str, str]] = ()) -> None:
+        if link_mode not in LINK_MODES:
+            raise UsageError(f"link mode {link_mode!r}: expected one of {', '.join(LINK_MODES)}")
+        info = python_info(python)
+        self.final, self.exists = check_destination(out)
+        self.tree = _describe(self.final, entries, info, link_mode, entry_points)
+        self.tmp: str | None = None
+        self.unchanged = False
+
+    def build(self) -> None:
+        if self.exists and _matches(self.final, self.tree):
+            self.unchanged = True
+            return
+        parent, name = os.path.split(self.final)
+        self.tmp = _fresh_dir(parent, f".{name}.tmp-")
+        _build(self.tmp, self.tree)
+        _check_links(self.tmp, self.tree)
+
+    def commit(self) -> bool:
+        if self.unchanged:
+            return False
+        assert self.tmp is not None, "build() first"
+        tmp, self.tmp = self.tmp, None
+        parent, name = os.path.split(self.final)
+        try:
+            if self.exists:
+                old = _fresh_dir(parent, f".{name}.old-")
+                os.rename(self.final, old)  # onto an empty directory: allowed by rename(2)
+                try:
+                    os.rename(tmp, self.final)
+                except BaseException:
+                    os.rename(old, self.final)
+                    raise
+                _remove_tree(old)
+            else:
+                os.rename(tmp, self.final)
+        except BaseException:
+            _remove_tree(tmp)
+            raise
+        return True
+
+    def discard(self) -> None:
+        if self.tmp is not None:
+            _remove_tree(self.tmp)
+            self.tmp = None
+
+
 def write_venv(out: Path | str, entries: list[PlanEntry], *, python: str, link_mode: str = "symlink",
                entry_points: Sequence[tuple[str, str, str]] = ()) -> bool:
     """Write the venv at OUT; True if anything changed (an identical OUT is left untouched).
@@ -501,33 +553,12 @@ def write_venv(out: Path | str, entries: list[PlanEntry], *, python: str, link_m
     The tree is built in a temp directory beside OUT and renamed into place: a reader never
     sees a half-written OUT, and a failed build leaves nothing behind.
     """
-    if link_mode not in LINK_MODES:
-        raise UsageError(f"link mode {link_mode!r}: expected one of {', '.join(LINK_MODES)}")
-    info = python_info(python)
-    final, exists = check_destination(out)
-    tree = _describe(final, entries, info, link_mode, entry_points)
-    if exists and _matches(final, tree):
-        return False
-    parent, name = os.path.split(final)
-    tmp = _fresh_dir(parent, f".{name}.tmp-")
+    pending = PendingVenv(out, entries, python=python, link_mode=link_mode, entry_points=entry_points)
     try:
-        _build(tmp, tree)
-        _check_links(tmp, tree)
-        if exists:
-            old = _fresh_dir(parent, f".{name}.old-")
-            os.rename(final, old)  # onto an empty directory: allowed by rename(2)
-            try:
-                os.rename(tmp, final)
-            except BaseException:
-                os.rename(old, final)
-                raise
-            _remove_tree(old)
-        else:
-            os.rename(tmp, final)
-    except BaseException:
-        _remove_tree(tmp)
-        raise
-    return True
+        pending.build()
+        return pending.commit()
+    finally:
+        pending.discard()
 
 
 def _remove_tree(path: str) -> None:
