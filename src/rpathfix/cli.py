@@ -32,11 +32,36 @@ def _command_module(name: str) -> ModuleType | None:
         raise
 
 
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """argparse's formatter with the terminal width found as shutil finds it, without
+    importing shutil (and bz2, lzma, zlib with it) at every start: argparse asks for the
+    width each time it builds a parser, not only when it prints help."""
+
+    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
+                 width: int | None = None) -> None:
+        super().__init__(prog, indent_increment, max_help_position,
+                         width if width is not None else _terminal_columns() - 2)
+
+
+def _terminal_columns() -> int:
+    try:
+        columns = int(os.environ.get("COLUMNS", ""))
+    except ValueError:
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return columns if columns > 0 else 80
+
+
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The full parser, or with only= one subcommand (the others are not even imported)."""
     parser = argparse.ArgumentParser(
         prog="rpathfix",
         description="Find, explain and fix native libraries that will not load from Python wheels.",
+        formatter_class=_Formatter,
     )
     parser.add_argument("--version", action="version", version=f"rpathfix {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -47,7 +72,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         if mod is None:
             continue
         p = sub.add_parser(name, help=mod.HELP, description=getattr(mod, "DESCRIPTION", mod.HELP),
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+                           formatter_class=_Formatter)
         mod.register(p)
         p.set_defaults(_run=mod.run)
     return parser
