@@ -99,33 +99,31 @@ def build_venv(out: str, root_paths: Sequence[str], *, python: str, link_mode: s
     scripts = scripts_without_bin(tree, roots)
     result = BuildResult(entries=len(plan.entries), real_dirs=len(plan.real_dirs))
     result.warnings += [f"note: {n}" for n in plan.notes]
-    if verify_layout:
-        from rpathfix.loader_glibc import host_hwcap_subdirs
+    if not verify_layout:
+        result.changed = write_venv(out, list(plan.entries), python=python, link_mode=link_mode,
+                                    entry_points=scripts)
+        return result
+    from rpathfix.loader_glibc import host_hwcap_subdirs
 
-        host_hwcap_subdirs()  # ld.so --help is this process's child: read its answer before forking
-        options = LoaderOptions(interpreter=posixpath.join(out, "bin", "python"), ld_library_path=ld_library_path)
-        check = _ChildCheck(lambda: check_plan(tree, out, plan, venv_kind_dirs(out, info), info.base_executable,
-                                               scripts, options))
-        pending: PendingVenv | None = None
+    host_hwcap_subdirs()  # ld.so --help is this process's child: read its answer before forking
+    options = LoaderOptions(interpreter=posixpath.join(out, "bin", "python"), ld_library_path=ld_library_path)
+    check = _ChildCheck(lambda: check_plan(tree, out, plan, venv_kind_dirs(out, info), info.base_executable,
+                                           scripts, options))
+    pending: PendingVenv | None = None
+    try:
         try:
-            try:
-                pending = PendingVenv(out, list(plan.entries), python=python, link_mode=link_mode,
-                                      entry_points=scripts)
-                pending.build()  # beside OUT, while the child checks
-            except BaseException:
-                check.abandon()
-                raise
-            refused, lines = check.result()
-            if refused is not None:
-                result.refused = refused
-                return result
+            pending = PendingVenv(out, list(plan.entries), python=python, link_mode=link_mode, entry_points=scripts)
+            pending.build()  # beside OUT, while the child checks
+        except BaseException:
+            check.abandon()
+            raise
+        result.refused, lines = check.result()
+        if result.refused is None:
             result.warnings += lines
             result.changed = pending.commit()
-        finally:
-            if pending is not None:
-                pending.discard()
-        return result
-    result.changed = write_venv(out, list(plan.entries), python=python, link_mode=link_mode, entry_points=scripts)
+    finally:
+        if pending is not None:
+            pending.discard()  # after a refusal, or a failure: nothing stays beside OUT
     return result
 
 
@@ -136,7 +134,7 @@ class _Background:
         import threading
 
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, args=(fn,), name="rpathfix-writer", daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(fn,), name="rpathfix-probe", daemon=True)
         self._thread.start()
 
     def _run(self, fn: Callable[[], object]) -> None:
