@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from rpathfix.fstree import CachedTree, RealTree
-from rpathfix.loader_glibc import GlibcProcess, host_options, load_elf, parse_hwcaps_help, started
+from rpathfix.hwcaps import parse_hwcaps_help
+from rpathfix.loader_glibc import GlibcProcess, host_options, load_elf, started
 from rpathfix.resolution import LoadResult
 
 

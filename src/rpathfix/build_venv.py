@@ -18,15 +18,17 @@ import os
 import posixpath
 import sys
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from rpathfix.entrypoints import root_entry_points
-from rpathfix.environment import environment_of
 from rpathfix.fstree import CachedTree, FileTree, OverlayTree, Planned, RealTree
 from rpathfix.names import canonicalize_name
 from rpathfix.plan import Plan, make_plan
 from rpathfix.roots import Root, load_root
 from rpathfix.venv import PendingVenv, write_venv
-from rpathfix.verify import LoaderOptions, Report, check_environment, format_report
+
+if TYPE_CHECKING:
+    from rpathfix.verify import LoaderOptions, Report
 
 
 class BuildResult:
@@ -61,6 +63,11 @@ def check_plan(tree: CachedTree, out: str, plan: Plan, kind_dirs: dict[str, str]
     """Import every extension module the plan places, in the planned venv, with the loader
     model: what decides whether the venv works. (`rpathfix verify OUT` also loads every
     other library, for its warnings.)"""
+    # The loader model is imported here, not at the top: `venv` runs this in a forked child,
+    # so the parent, which writes meanwhile, never pays for those imports.
+    from rpathfix.environment import environment_of
+    from rpathfix.verify import check_environment
+
     view = CachedTree(planned_tree(out, plan, kind_dirs, python, entry_points, tree), memo=tree.memo)
     site = kind_dirs["site-packages"]
     env = environment_of(view, site, options.interpreter, [f"{site}/{b.rel}" for b in plan.binaries])
@@ -80,7 +87,7 @@ def scripts_without_bin(tree: FileTree, roots: Sequence[Root]) -> list[tuple[str
 def build_venv(out: str, root_paths: Sequence[str], *, python: str, link_mode: str = "symlink",
                prefer: Sequence[str] = (), verify_layout: bool = True,
                ld_library_path: str | None = None) -> BuildResult:
-    from rpathfix.loader_glibc import start_hwcap_probe
+    from rpathfix.hwcaps import host_hwcap_subdirs, start_hwcap_probe
     from rpathfix.venv import check_destination, python_info
     from rpathfix.venv import kind_dirs as venv_kind_dirs
 
@@ -103,21 +110,24 @@ def build_venv(out: str, root_paths: Sequence[str], *, python: str, link_mode: s
         result.changed = write_venv(out, list(plan.entries), python=python, link_mode=link_mode,
                                     entry_points=scripts)
         return result
-    from rpathfix.loader_glibc import host_hwcap_subdirs
-
     host_hwcap_subdirs()  # ld.so --help is this process's child: read its answer before forking
-    options = LoaderOptions(interpreter=posixpath.join(out, "bin", "python"), ld_library_path=ld_library_path)
-    check = _ChildCheck(lambda: check_plan(tree, out, plan, venv_kind_dirs(out, info), info.base_executable,
-                                           scripts, options))
+
+    def check() -> Report:
+        from rpathfix.verify import LoaderOptions
+
+        options = LoaderOptions(interpreter=posixpath.join(out, "bin", "python"), ld_library_path=ld_library_path)
+        return check_plan(tree, out, plan, venv_kind_dirs(out, info), info.base_executable, scripts, options)
+
+    child = _ChildCheck(check)
     pending: PendingVenv | None = None
     try:
         try:
             pending = PendingVenv(out, list(plan.entries), python=python, link_mode=link_mode, entry_points=scripts)
             pending.build()  # beside OUT, while the child checks
         except BaseException:
-            check.abandon()
+            child.abandon()
             raise
-        result.refused, lines = check.result()
+        result.refused, lines = child.result()
         if result.refused is None:
             result.warnings += lines
             result.changed = pending.commit()
@@ -170,6 +180,8 @@ class _ChildCheck:
                 os.close(read_end)
                 code = 1
                 try:
+                    from rpathfix.verify import format_report
+
                     report = fn()
                     text = format_report(report) if report.errors else "\n".join(_warning_lines(report))
                     data = (("R" if report.errors else "W") + text).encode("utf-8", "surrogateescape")
@@ -191,6 +203,8 @@ class _ChildCheck:
             status = self._reap()
             if status == 0 and data:
                 return (data[1:], []) if data[0] == "R" else (None, data[1:].splitlines())
+        from rpathfix.verify import format_report
+
         report = self._fn()  # no child, or it failed: check here (an error is raised here)
         if report.errors:
             return format_report(report), []

@@ -16,19 +16,17 @@ see the interpreter's DT_RPATH; rule 1: a dlopen()ed object has no l_loader).
 
 from __future__ import annotations
 
-import functools
-import os
 import posixpath
 import re
 from typing import NamedTuple, Optional
 
 from rpathfix.errors import FormatError
 from rpathfix.fstree import CachedTree, FileTree, as_cached
+from rpathfix.hwcaps import DEFAULT_INTERP, host_hwcap_subdirs
 from rpathfix.ldcache import LdCache, load_cache
 from rpathfix.model import ElfInfo
 from rpathfix.resolution import Attempt, LoadedObject, LoadResult, Resolution
 from rpathfix.sniff import read_binary_in
-from rpathfix.spawn import Output
 
 # GPU driver libraries come with the kernel driver, never with a wheel: a simulation on a
 # build machine without a GPU must call them "provided by the driver", not missing.
@@ -40,7 +38,6 @@ DRIVER_LIBS = re.compile(
 MULTIARCH = {"x86_64": "x86_64-linux-gnu", "aarch64": "aarch64-linux-gnu", "i386": "i386-linux-gnu",
              "ppc64le": "powerpc64le-linux-gnu", "s390x": "s390x-linux-gnu", "arm": "arm-linux-gnueabihf",
              "riscv64": "riscv64-linux-gnu"}
-DEFAULT_INTERP = {"x86_64": "/lib64/ld-linux-x86-64.so.2", "aarch64": "/lib/ld-linux-aarch64.so.1"}
 MAX_OBJECTS = 10_000
 DST = re.compile(r"\$(?:\{([A-Za-z0-9_]+)\}|([A-Za-z0-9_]+))")
 
@@ -63,71 +60,6 @@ class GlibcOptions(NamedTuple):
     secure: bool = False  # AT_SECURE (rules 22-24)
     executable: str | None = None  # main program that dlopen()s the root (a Python interpreter)
     driver_libs: bool = True
-
-
-_hwcaps_probe: Output | None = None
-
-
-def start_hwcap_probe() -> None:
-    """Start `ld.so --help` now, so host_hwcap_subdirs() has the answer when it is needed."""
-    global _hwcaps_probe
-    if _hwcaps_probe is None:
-        interp = next((i for i in DEFAULT_INTERP.values() if os.path.exists(i)), None)
-        if interp is not None:
-            _hwcaps_probe = Output([interp, "--help"])
-
-
-@functools.lru_cache(maxsize=1)
-def host_hwcap_subdirs() -> tuple[str, ...]:
-    """This machine's search subdirectories, from `ld.so --help` (rule 20: never hard-coded)."""
-    start_hwcap_probe()
-    text = _hwcaps_probe.text() if _hwcaps_probe is not None else None
-    return parse_hwcaps_help(text) if text else ()
-
-
-def parse_hwcaps_help(text: str) -> tuple[str, ...]:
-    """The subdirectory sequence ld.so tries in each search directory (before the directory itself).
-
-    glibc-hwcaps levels first, in priority order, then the legacy subdirectories that glibc
-    <= 2.36 still searches (rule 20): legacy names combine as ld.so's _dl_important_hwcaps
-    does, from the most specific (tls/platform/x86_64) down to single names.
-    """
-    out: list[str] = []
-    legacy: list[str] = []
-    section = ""
-    for line in text.splitlines():
-        if line.startswith("Subdirectories of glibc-hwcaps"):
-            section = "hwcaps"
-            continue
-        if line.startswith("Legacy HWCAP subdirectories"):
-            section = "legacy"
-            continue
-        if not line.startswith("  "):
-            section = "" if line.strip() == "" else section
-            continue
-        name, _, rest = line.strip().partition(" ")
-        if "searched" not in rest:
-            continue
-        if section == "hwcaps":
-            out.append(f"glibc-hwcaps/{name}")
-        elif section == "legacy":
-            legacy.append(name)
-    if legacy:
-        # ld.so: tls first, then the platform, then hwcap names; every subset, most specific first.
-        tls = "tls" in legacy
-        names = [n for n in legacy if n != "tls"]
-        combos: list[list[str]] = []
-        n = len(names)
-        for mask in range((1 << n) - 1, 0, -1):
-            combos.append([names[i] for i in range(n) if mask & (1 << (n - 1 - i))])
-        for c in combos:
-            if tls:
-                out.append("/".join(["tls", *c]))
-        if tls:
-            out.append("tls")
-        for c in combos:
-            out.append("/".join(c))
-    return tuple(out)
 
 
 def host_options(**kw: object) -> GlibcOptions:

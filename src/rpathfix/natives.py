@@ -9,7 +9,9 @@ what it learnt from each wheel: <root>/.rpathfix-natives.json.
 An entry is trusted only while the file it describes is unchanged: same size and same
 modification time, as a build tool's cache would check. A library patched in place
 (patchelf, `rpathfix` rewriting an RPATH) is read again; an index that is unreadable,
-from another rpathfix version or malformed is ignored as a whole.
+from another rpathfix version or malformed is ignored as a whole. A file added to a root
+after it was unpacked is not in its index, as it would not be in its RECORD: roots are
+written once (atomically) and then only read.
 """
 
 from __future__ import annotations
