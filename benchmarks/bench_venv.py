@@ -69,6 +69,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=15, help="alternating uv / rpathfix rounds")
     ap.add_argument("--tmpfs", action="store_true", help="also time both with outputs (and uv's cache) on /dev/shm")
     ap.add_argument("--timing-only", action="store_true", help="stop after step 3 (repeat runs across the day)")
+    ap.add_argument("--baseline-src", type=Path, help="also time an older rpathfix in the rounds: the src/ of a "
+                    "checkout, e.g. `git archive 2c30b56 src | tar -x -C /tmp/old` then /tmp/old/src")
     a = ap.parse_args()
     work = a.work.resolve()
     wheels = sorted(str(p) for p in a.wheels.resolve().glob("*.whl"))
@@ -124,8 +126,15 @@ def main() -> int:
     try:
         uv_install(rounds_dir / "uv-warm")  # warm uv's cache
         rpathfix_venv(dest=rounds_dir / "rf-warm")
+        baseline: list[float] = []
         for i in range(a.rounds):
             rounds.append((uv_install(rounds_dir / f"uv-{i}"), rpathfix_venv(dest=rounds_dir / f"rf-{i}")))
+            if a.baseline_src:
+                t = time.perf_counter()
+                p = run([PY, "-m", "rpathfix", "venv", str(rounds_dir / f"base-{i}"), *roots],
+                        env={**os.environ, "PYTHONPATH": str(a.baseline_src.resolve())})
+                assert p.returncode == 0, p.stderr
+                baseline.append((time.perf_counter() - t) / rounds[-1][0])
         t_noverify = statistics.median(rpathfix_venv("--no-verify", dest=rounds_dir / f"nv-{i}")
                                        for i in range(a.repeat))
         rf_done = rounds_dir / "rf-0"
@@ -140,6 +149,8 @@ def main() -> int:
           f"{statistics.median(ratios):.2f}, range {ratios[0]:.2f}-{ratios[-1]:.2f} (target <= 0.25)")
     print(f"   rpathfix venv --no-verify {t_noverify:.3f} s (median of {a.repeat}); re-run with nothing to do "
           f"{t_noop:.3f} s (best of {a.repeat})")
+    if baseline:
+        print(f"   baseline {a.baseline_src} / uv per round: median {statistics.median(baseline):.2f}")
     shm = Path("/dev/shm")
     if a.tmpfs and shm.is_dir():
         # Without the disk: OUT, and uv's cache and venv, on tmpfs (the roots stay where they are).
