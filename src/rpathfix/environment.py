@@ -126,10 +126,7 @@ def collect(tree: FileTree, paths: list[str]) -> Environment:
                         mode = node.mode if node is not None else 0
                     if not mode & 0o111:
                         continue
-                info = read_binary_in(tree, real)
-                if info is not None:
-                    seen_real.add(real)
-                    files.append(NativeFile(path, real, info, site))
+                _take(tree, files, seen_real, path, real, site)
     files.sort(key=lambda f: f.path)
     return Environment(tuple(dirs), interpreter, tuple(files))
 
@@ -144,14 +141,19 @@ def environment_of(tree: FileTree, site_dir: str, interpreter: str | None, paths
     seen_real: set[str] = set()
     for path in paths:
         real = resolve(tree, path)
-        if real is None or real in seen_real:
-            continue
-        info = read_binary_in(tree, real)
-        if info is not None:
-            seen_real.add(real)
-            files.append(NativeFile(path, real, info, site_dir))
+        if real is not None and real not in seen_real:
+            _take(tree, files, seen_real, path, real, site_dir)
     files.sort(key=lambda f: f.path)
     return Environment((site_dir,), interpreter, tuple(files))
+
+
+def _take(tree: FileTree, files: list[NativeFile], seen_real: set[str], path: str, real: str, site: str) -> None:
+    """Add the file at `path` (physical `real`) when it is ELF or Mach-O: once per physical file,
+    under the first path Python reaches it by."""
+    info = read_binary_in(tree, real)
+    if info is not None:
+        seen_real.add(real)
+        files.append(NativeFile(path, real, info, site))
 
 
 def pyvenv_home(tree: FileTree, venv: str) -> str | None:
