@@ -173,7 +173,7 @@ class _ChildCheck:
         self._fn = fn
         self._pid = -1
         self._read = -1
-        if sys.platform.startswith("linux") and threading_count() == 1:
+        if sys.platform.startswith("linux") and _threads_alive() == 1:
             read_end, write_end = os.pipe()
             self._pid = os.fork()
             if self._pid == 0:
@@ -224,7 +224,7 @@ class _ChildCheck:
         return status
 
 
-def threading_count() -> int:
+def _threads_alive() -> int:
     """Threads alive in this process (forking with others running is unsafe); 1 when the
     threading module was never imported, without importing it."""
     threading = sys.modules.get("threading")
