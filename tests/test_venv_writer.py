@@ -447,3 +447,47 @@ def test_child_check_is_stopped_when_the_build_fails() -> None:
     _ChildCheck(slow).abandon()
     assert time.monotonic() - t < 5
 
+
+
+def test_long_link_texts_go_through_hub_links(tmp_path: Path) -> None:
+    """A link text of 60 bytes or more costs ext4 a data block; such links go through one
+    hub per target directory (OUT/.r/<n>) and still reach the very same files. The control:
+    with short paths nothing goes through a hub."""
+    deep = tmp_path / ("d" * 40) / "roots" / "alpha"
+    for name in ("one.py", "two.py"):
+        _write(deep / "site-packages" / "alpha" / "sub" / name, f"X = {name!r}\n")
+    targets = {f"alpha/sub/{n}": deep / "site-packages" / "alpha" / "sub" / n for n in ("one.py", "two.py")}
+    plan = [PlanEntry("site-packages", rel, str(t), "alpha") for rel, t in targets.items()]
+    out = tmp_path / "venv"
+    assert write_venv(out, plan, python=sys.executable) is True
+    site = next(out.glob("lib/python*/site-packages"))
+    for rel, target in targets.items():
+        text = os.readlink(site / rel)
+        assert len(text) < 60 and "/.r/" in text, text
+        assert os.path.samefile(site / rel, target)
+    hubs = sorted(p.name for p in (out / ".r").iterdir())
+    assert hubs == ["0"] and not os.path.isabs(os.readlink(out / ".r" / "0"))  # one hub, relative
+    moved = tmp_path / "moved"
+    os.rename(out, moved)  # relocatable: OUT moves, the roots stay where they are relative to it
+    assert (moved / site.relative_to(out) / "alpha/sub/one.py").read_text() == "X = 'one.py'\n"
+    # Control: short paths, direct links, no hub.
+    near = tmp_path / "r" / "a"
+    _write(near / "one.py", "X = 1\n")
+    out2 = tmp_path / "v"
+    assert write_venv(out2, [PlanEntry("site-packages", "one.py", str(near / "one.py"), "a")],
+                      python=sys.executable) is True
+    assert not (out2 / ".r").exists()
+    assert "/.r/" not in os.readlink(next(out2.glob("lib/python*/site-packages")) / "one.py")
+
+
+def test_a_distribution_that_ships_the_hub_name_keeps_direct_links(tmp_path: Path) -> None:
+    deep = tmp_path / ("d" * 60) / "alpha"
+    _write(deep / "site-packages" / "alpha.py", "X = 1\n")
+    _write(deep / "data" / ".r" / "notes.txt", "mine\n")
+    plan = [PlanEntry("site-packages", "alpha.py", str(deep / "site-packages" / "alpha.py"), "alpha"),
+            PlanEntry("data", ".r", str(deep / "data" / ".r"), "alpha")]
+    out = tmp_path / "venv"
+    assert write_venv(out, plan, python=sys.executable) is True
+    assert (out / ".r" / "notes.txt").read_text() == "mine\n"
+    link = os.readlink(next(out.glob("lib/python*/site-packages")) / "alpha.py")
+    assert "/.r/" not in link and len(link) >= 60

@@ -4,7 +4,9 @@ Layout: pyvenv.cfg, bin/python -> the base interpreter (the only absolute link: 
 interpreter lives outside anything that is moved), bin/python3 and bin/pythonX.Y ->
 python, and the entries under their kinds' directories. Every other link is relative,
 computed from OUT's final real location, so OUT can be moved together with its roots
-kept in place relative to it (Bazel output trees, runfiles).
+kept in place relative to it (Bazel output trees, runfiles). A link whose text would be 60
+bytes or more goes through a hub, OUT/.r/<n> -> its target's directory, so that ext4 can
+keep every text in the inode (see _shorten_links); `readlink -f` shows the final file.
 
 The whole tree is described first (a dict of relative path -> node), compared with an
 existing OUT (identical: nothing is written), else built in a temp directory beside OUT
@@ -248,6 +250,35 @@ def _expand_dir(tree: _Tree, rel: str, top: str, sub: str, how: Literal["hardlin
             _expand(tree, dst, src, how, why, stack)
 
 
+# ext4 keeps a symlink's text in the inode when it is shorter than 60 bytes; a longer one
+# needs a data block, which makes creating it two to three times slower.
+_INLINE_LINK = 60
+_HUBS = ".r"
+
+
+def _shorten_links(tree: _Tree) -> None:
+    """Route the links whose text would not fit in the inode through one hub link per target
+    directory, OUT/.r/<n> -> that directory in its root: `nvidia/cu13/lib/libcublas.so.13 ->
+    ../../../../../../.r/7/libcublas.so.13`. Still relative, still one place per file."""
+    if _HUBS in tree.nodes:
+        return  # a distribution ships OUT/.r itself: keep every link direct
+    hubs: dict[str, int] = {}
+    for rel, target in tree.entry_links:
+        node = tree.nodes[rel]
+        if node.link is None or len(node.link) < _INLINE_LINK:
+            continue
+        head, name = posixpath.split(os.path.abspath(target))
+        n = hubs.get(head, len(hubs))
+        up = "../" * rel.count("/")
+        text = f"{up}{_HUBS}/{n}/{name}"
+        if len(text) >= len(node.link):
+            continue
+        hubs[head] = n
+        tree.nodes[rel] = node._replace(link=text)
+    for head, n in hubs.items():
+        tree.add(f"{_HUBS}/{n}", tree.link_to(f"{_HUBS}/{n}", head), "hub link")
+
+
 def _entry_point(value: str, why: str) -> tuple[str, str]:
     spec = value.split("[", 1)[0].strip()  # drop extras: "mod:func [extra]"
     module, sep, attr = spec.partition(":")
@@ -294,6 +325,9 @@ def _describe(final: str, entries: Sequence[PlanEntry], info: PythonInfo, link_m
             tree.entry_links.append((rel, e.target))
         else:
             _expand(tree, rel, e.target, "hardlink" if link_mode == "hardlink" else "copy", why)
+
+    if link_mode == "symlink":
+        _shorten_links(tree)
 
     for group, name, value in sorted(entry_points, key=lambda t: (t[1], t[0], t[2])):
         if group not in SCRIPT_GROUPS:
