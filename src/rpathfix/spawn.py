@@ -54,9 +54,12 @@ class Output:
                 break
             chunks.append(data)
         os.close(self._fd)
-        if not finished:
-            os.kill(self._pid, 9)
-        os.waitpid(self._pid, 0)
+        try:
+            if not finished:
+                os.kill(self._pid, 9)
+            os.waitpid(self._pid, 0)
+        except (ChildProcessError, ProcessLookupError):
+            pass  # asked from a forked copy of the process that started it: its parent reaps it
         self._pid = None
         self._text = b"".join(chunks).decode("utf-8", "replace") if finished else None
         return self._text
