@@ -238,12 +238,17 @@ def exists(tree: FileTree, path: str) -> bool:
     return resolve(tree, path) is not None
 
 
-def is_file(tree: FileTree, path: str) -> bool:
+def regular_file(tree: FileTree, path: str) -> tuple[str, Node] | None:
+    """(physical path, its lstat) when `path` names a regular file, following every link."""
     real = resolve(tree, path)
     if real is None:
-        return False
+        return None
     node = tree.lstat(real)
-    return node is not None and node.kind == "file"
+    return (real, node) if node is not None and node.kind == "file" else None
+
+
+def is_file(tree: FileTree, path: str) -> bool:
+    return regular_file(tree, path) is not None
 
 
 def is_dir(tree: FileTree, path: str) -> bool:
@@ -256,13 +261,10 @@ def is_dir(tree: FileTree, path: str) -> bool:
 
 def read_small(tree: FileTree, path: str, limit: int) -> bytes | None:
     """The whole content of a regular file of at most `limit` bytes, else None."""
-    real = resolve(tree, path)
-    if real is None:
+    found = regular_file(tree, path)
+    if found is None:
         return None
-    node = tree.lstat(real)
-    if node is None or node.kind != "file":
-        return None
-    src = tree.open(real)
+    src = tree.open(found[0])
     try:
         if src.size > limit:
             return None

@@ -21,7 +21,7 @@ import re
 from typing import NamedTuple, Optional
 
 from rpathfix.errors import FormatError
-from rpathfix.fstree import CachedTree, FileTree, as_cached
+from rpathfix.fstree import CachedTree, FileTree, as_cached, regular_file
 from rpathfix.hwcaps import DEFAULT_INTERP, host_hwcap_subdirs
 from rpathfix.ldcache import LdCache, load_cache
 from rpathfix.model import ElfInfo
@@ -382,11 +382,11 @@ class GlibcProcess:
                attempts: list[Attempt]) -> tuple[str, ElfInfo] | str | None:
         """Open one candidate: (real path, headers) when it is the one, an error message for a
         hard error that stops the load, None to go on searching. Records the attempt."""
-        real = self.tree.resolve(self._abs(path))
-        node = self.tree.lstat(real) if real is not None else None
-        if real is None or node is None or node.kind != "file":
+        found = regular_file(self.tree, self._abs(path))
+        if found is None:
             attempts.append(Attempt(path, rule, "missing", raw, cpath))
             return None
+        real = found[0]
         hdr = _header(self.tree, real)
         if hdr is None:
             # Rule 11: any bad header other than class/machine stops the whole load.

@@ -32,12 +32,12 @@ from collections.abc import Sequence
 from typing import Literal, NamedTuple
 
 from rpathfix.errors import PlanError
-from rpathfix.fstree import FileTree, read_small, resolve
+from rpathfix.fstree import FileTree, read_small, regular_file, resolve
 from rpathfix.fstree import scan as fs_scan
 from rpathfix.model import BinaryInfo, ElfInfo, PlanEntry
 from rpathfix.record import MAX_RECORD_BYTES, record_paths
 from rpathfix.roots import KIND_DIRS, Root
-from rpathfix.sniff import looks_like_library, may_be_native, read_binary_in
+from rpathfix.sniff import looks_like_library, may_be_native, read_binary_in, remember_binary
 
 KIND_ORDER = {k: i for i, (k, _) in enumerate(KIND_DIRS)}
 _ORIGIN = re.compile(r"^\$(ORIGIN|\{ORIGIN\})(?=/|$)")
@@ -168,16 +168,14 @@ def _from_index(tree: FileTree, dist: str, site: str, root: str) -> list[Binary]
     entries = read_index(tree, root)
     if entries is None:
         return None
-    memo = getattr(tree, "memo", None)
     out: list[Binary] = []
     for rel, size, mtime_ns, info in entries:
-        real = resolve(tree, f"{site}/{rel}")
-        node = tree.lstat(real) if real is not None else None
-        if real is None or node is None or node.kind != "file":
+        found = regular_file(tree, f"{site}/{rel}")
+        if found is None:
             continue
+        real, node = found
         if node.size == size and node.mtime_ns == mtime_ns:
-            if memo is not None:
-                memo.setdefault(("binary", real), info)  # the loader model reads it from here
+            remember_binary(tree, real, info)  # the loader model reads it from there
         else:
             fresh = read_binary_in(tree, real)
             if fresh is None:
@@ -188,18 +186,16 @@ def _from_index(tree: FileTree, dist: str, site: str, root: str) -> list[Binary]
 
 
 def _confirm(tree: FileTree, dist: str, site: str, rels: list[str]) -> list[Binary]:
-    """The candidates that are native files, with their headers."""
+    """The candidates (paths whose names may_be_native) that are native files, with their headers."""
     out: list[Binary] = []
     for rel in rels:
         name = rel[rel.rfind("/") + 1:]
-        if not may_be_native(name):
-            continue
         # A root's file may itself be a symlink (Bazel's sandbox and runfiles are made of
         # them): the binary is what it points to; its place in the venv is still `rel`.
-        real = resolve(tree, f"{site}/{rel}")
-        node = tree.lstat(real) if real is not None else None
-        if real is None or node is None or node.kind != "file":
+        found = regular_file(tree, f"{site}/{rel}")
+        if found is None:
             continue
+        real, node = found
         if not (node.mode & 0o111 or looks_like_library(name)):
             continue
         info = read_binary_in(tree, real)
@@ -209,7 +205,8 @@ def _confirm(tree: FileTree, dist: str, site: str, rels: list[str]) -> list[Bina
 
 
 def _record_rels(tree: FileTree, site: str) -> list[str] | None:
-    """Candidate paths under `site` from its one RECORD, normalized; None without one."""
+    """Candidate paths (names that may_be_native) under `site` from its one RECORD,
+    normalized; None without one."""
     infos = [n for n in tree.listdir(site) if n.endswith(".dist-info")]
     if len(infos) != 1:
         return None
@@ -218,8 +215,7 @@ def _record_rels(tree: FileTree, site: str) -> list[str] | None:
         return None
     out = []
     for rel in record_paths(data.decode("utf-8", "replace")):
-        name = rel[rel.rfind("/") + 1:]
-        if "." in name and ".so" not in name and not name.endswith((".dylib", ".bundle")):
+        if not may_be_native(rel[rel.rfind("/") + 1:]):
             continue  # the common case, decided before any normalization
         if not rel or rel[0] in "./" or "/." in rel or "//" in rel:
             rel = posixpath.normpath(rel)
@@ -230,7 +226,8 @@ def _record_rels(tree: FileTree, site: str) -> list[str] | None:
 
 
 def _walk_rels(tree: FileTree, site: str) -> list[str]:
-    """Every non-directory path under `site` (symlinked directories are not entered)."""
+    """Every candidate path under `site`: the non-directories whose names may_be_native
+    (symlinked directories are not entered)."""
     out: list[str] = []
     stack = [""]
     budget = MAX_WALK_ENTRIES
@@ -241,7 +238,10 @@ def _walk_rels(tree: FileTree, site: str) -> list[str]:
             if budget < 0:
                 raise PlanError(f"{site}: more than {MAX_WALK_ENTRIES} entries; is there a symlink loop?")
             child = f"{rel}/{name}" if rel else name
-            (stack if kind == "dir" else out).append(child)
+            if kind == "dir":
+                stack.append(child)
+            elif may_be_native(name):
+                out.append(child)
     return out
 
 

@@ -16,6 +16,8 @@ if TYPE_CHECKING:
 LIBRARY_NAME_PATTERN = r"\.so(\.[0-9][0-9A-Za-z_]*)*$|\.dylib$|\.bundle$"
 
 HEAD_SIZE = 8
+# The key under which a CachedTree's memo holds a file's parsed headers: (_MEMO_KIND, real path).
+_MEMO_KIND = "binary"
 
 _DIGITS = frozenset("0123456789")
 
@@ -91,7 +93,7 @@ def read_binary_in(tree: FileTree, real: str) -> BinaryInfo | None:
     from rpathfix.errors import FormatError
 
     memo = getattr(tree, "memo", None)
-    key = ("binary", real)
+    key = (_MEMO_KIND, real)
     if memo is not None and key in memo:
         cached: BinaryInfo | None = memo[key]
         return cached
@@ -110,3 +112,13 @@ def read_binary_in(tree: FileTree, real: str) -> BinaryInfo | None:
     if memo is not None:
         memo[key] = info
     return info
+
+
+def remember_binary(tree: FileTree, real: str, info: BinaryInfo) -> None:
+    """Tell a CachedTree the headers of `real` known from elsewhere (a root's index), so
+    read_binary_in answers without reading the file."""
+    memo = getattr(tree, "memo", None)
+    if memo is not None:
+        memo.setdefault((_MEMO_KIND, real), info)
+
+
