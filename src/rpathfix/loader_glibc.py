@@ -82,16 +82,15 @@ def _header(tree: CachedTree, real: str) -> ElfInfo | None:
 class _Obj:
     """One loaded object of a simulated process (identity matters: a plain class)."""
 
-    __slots__ = ("first_name", "info", "is_main", "loader", "names", "origin", "path", "real")
+    __slots__ = ("first_name", "info", "is_main", "loader", "origin", "path", "real")
 
     def __init__(self, path: str, real: str, origin: str, info: ElfInfo, loader: _Obj | None,
-                 names: set[str] | None = None, is_main: bool = False, first_name: str | None = None) -> None:
+                 is_main: bool = False, first_name: str | None = None) -> None:
         self.path = path  # l_name: the string that was opened
         self.real = real
         self.origin = origin  # $ORIGIN
         self.info = info
         self.loader = loader
-        self.names = names if names is not None else set()
         self.is_main = is_main
         self.first_name = first_name  # the name it was first requested under (what ldd prints)
 
@@ -139,7 +138,7 @@ class GlibcProcess:
         child._subdirs, child._searches = self._subdirs, self._searches
         copies: dict[int, _Obj] = {}
         for o in self.objects:
-            copies[id(o)] = _Obj(o.path, o.real, o.origin, o.info, None, set(o.names), o.is_main, o.first_name)
+            copies[id(o)] = _Obj(o.path, o.real, o.origin, o.info, None, o.is_main, o.first_name)
         for o in self.objects:
             if o.loader is not None:
                 copies[id(o)].loader = copies.get(id(o.loader), o.loader)
@@ -181,8 +180,8 @@ class GlibcProcess:
         self.arch = info.arch
         p = self._abs(main_path)
         origin = posixpath.dirname(p) if as_ldd else posixpath.dirname(real)
-        main = _Obj(p, real, origin, info, None, {main_path}, True)
-        self._add(main)
+        main = _Obj(p, real, origin, info, None, True)
+        self._add(main, (main_path,))
         self.main = main
         self._preload_interp(info)
         self._load_deps(main)
@@ -196,12 +195,8 @@ class GlibcProcess:
         if real is None or real in self.by_real:
             return
         hdr = _header(self.tree, real)
-        names = {interp, posixpath.basename(interp)}
         if hdr is not None:
-            obj = _Obj(interp, real, posixpath.dirname(interp), hdr, None, names)
-            if hdr.soname:
-                names.add(hdr.soname)
-            self._add(obj)
+            self._add(_Obj(interp, real, posixpath.dirname(interp), hdr, None), (interp, posixpath.basename(interp)))
 
     def dlopen(self, path: str, caller: _Obj | None = None) -> tuple[Resolution, _Obj | None]:
         """dlopen(path) from `caller` (default: the main program): the Python import of a module."""
@@ -218,20 +213,20 @@ class GlibcProcess:
 
     # ------------------------------------------------------------------ loading
 
-    def _add(self, obj: _Obj) -> None:
+    def _add(self, obj: _Obj, names: tuple[str, ...] = ()) -> None:
+        """A newly mapped object, answering to its l_name, `names` and its SONAME (rule 3)."""
         if len(self.objects) >= MAX_OBJECTS:
             raise FormatError(obj.path, f"more than {MAX_OBJECTS} objects in one closure")
         self.objects.append(obj)
         self.by_real[obj.real] = obj
         self._name(obj, obj.path)
-        for n in obj.names:
+        for n in names:
             self._name(obj, n)
         if obj.info.soname is not None and "/" not in obj.info.soname:
             self._name(obj, obj.info.soname)
 
     def _name(self, obj: _Obj, name: str) -> None:
         """Record that `obj` answers to `name` (rule 3); an earlier object keeps a name it has."""
-        obj.names.add(name)
         self._by_name.setdefault(name, obj)
 
     def _load_deps(self, first: _Obj) -> None:
@@ -409,8 +404,8 @@ class GlibcProcess:
             return existing
         loader = None if is_dlopen else requester  # rule 1
         # l_name is the string opened; $ORIGIN of a relative one is prefixed with getcwd() (rule 17).
-        obj = _Obj(path, real, posixpath.dirname(self._abs(path)), hdr, loader, {name}, first_name=name)
-        self._add(obj)
+        obj = _Obj(path, real, posixpath.dirname(self._abs(path)), hdr, loader, first_name=name)
+        self._add(obj, (name,))
         return obj
 
     def _expand(self, raw: str, origin: str, for_main: bool) -> str | None:
