@@ -380,13 +380,13 @@ def test_a_link_text_that_leads_nowhere_is_caught_before_out_exists(world: Path,
     import rpathfix.venv as venv_mod
 
     build(world, world / "good")
-    right = venv_mod._Tree.link_to
+    right = venv_mod._Tree._link
 
-    def one_short(self: venv_mod._Tree, rel: str, target: str):  # type: ignore[no-untyped-def]
-        node = right(self, rel, target)
+    def one_short(self: venv_mod._Tree, rel: str, head: str, name: str):  # type: ignore[no-untyped-def]
+        node = right(self, rel, head, name)
         return node._replace(link=node.link.replace("../", "", 1)) if node.link else node
 
-    monkeypatch.setattr(venv_mod._Tree, "link_to", one_short)
+    monkeypatch.setattr(venv_mod._Tree, "_link", one_short)
     with pytest.raises(UsageError, match="leads nowhere"):
         build(world, world / "bad")
     assert not (world / "bad").exists()
@@ -491,3 +491,30 @@ def test_a_distribution_that_ships_the_hub_name_keeps_direct_links(tmp_path: Pat
     assert (out / ".r" / "notes.txt").read_text() == "mine\n"
     link = os.readlink(next(out.glob("lib/python*/site-packages")) / "alpha.py")
     assert "/.r/" not in link and len(link) >= 60
+
+
+def test_writer_threads_build_the_same_tree_and_hand_back_a_failure(world: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """With every entry written from threads (each taking whole directories), the tree is
+    the one a single writer makes; and when one creation fails in a thread, that error
+    reaches the caller after every writer has stopped, and neither OUT nor a temp
+    directory is left. The control for the failure: the same build without it succeeds."""
+    import rpathfix.venv as venv_mod
+
+    single = listing(build(world, world / "single"))
+    monkeypatch.setattr(venv_mod, "_WRITERS", 3)
+    monkeypatch.setattr(venv_mod, "_THREADED", 0)
+    assert listing(build(world, world / "threaded")) == single
+
+    real_create = venv_mod._create
+
+    def failing(p: str, node: object) -> None:
+        if p.endswith("/pyvenv.cfg"):
+            raise OSError(28, "No space left on device", p)
+        real_create(p, node)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(venv_mod, "_create", failing)
+    with pytest.raises(OSError, match="No space left"):
+        build(world, world / "broken")
+    assert not (world / "broken").exists()
+    assert [p.name for p in world.iterdir() if p.name.startswith(".broken")] == []

@@ -18,16 +18,17 @@ import os
 import posixpath
 import sys
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
 
 from rpathfix.entrypoints import root_entry_points
-from rpathfix.fstree import CachedTree, FileTree, OverlayTree, Planned, RealTree
+from rpathfix.fstree import CachedTree, OverlayTree, Planned, RealTree
 from rpathfix.names import canonicalize_name
 from rpathfix.plan import Plan, make_plan
 from rpathfix.roots import Root, load_root
+from rpathfix.static import TYPE_CHECKING
 from rpathfix.venv import PendingVenv, write_venv
 
 if TYPE_CHECKING:
+    from rpathfix.fstree import FileTree
     from rpathfix.verify import LoaderOptions, Report
 
 

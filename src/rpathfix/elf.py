@@ -15,7 +15,10 @@ import struct
 
 from rpathfix.errors import FormatError
 from rpathfix.model import ElfInfo
-from rpathfix.source import ByteSource
+from rpathfix.static import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rpathfix.source import ByteSource
 
 ELF_MAGIC = b"\x7fELF"
 

@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import posixpath
 
-from rpathfix.fstree import FileTree, read_small
+from rpathfix.fstree import read_small
+from rpathfix.static import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rpathfix.fstree import FileTree
 
 SCRIPT_GROUPS = ("console_scripts", "gui_scripts")
 

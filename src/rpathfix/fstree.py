@@ -15,11 +15,16 @@ from __future__ import annotations
 import os
 import posixpath
 import stat
-from typing import Literal, NamedTuple, Protocol
 
-from rpathfix.source import ByteSource, FileSource
+from rpathfix.source import FileSource
+from rpathfix.static import TYPE_CHECKING, NamedTuple
 
-Kind = Literal["file", "dir", "link", "other"]
+if TYPE_CHECKING:
+    from typing import Literal, Protocol
+
+    from rpathfix.source import ByteSource
+
+    Kind = Literal["file", "dir", "link", "other"]
 
 # Linux gives ELOOP after 40 symlinks in one resolution.
 MAX_SYMLINKS = 40
@@ -35,20 +40,22 @@ class Node(NamedTuple):
     mtime_ns: int = 0
 
 
-class FileTree(Protocol):
-    """The read-only questions the loader and planner ask of a tree of files."""
+if TYPE_CHECKING:  # an interface for the type checker; nothing subclasses it (static.py)
 
-    def lstat(self, path: str) -> Node | None:
-        """The entry at an absolute path whose parent directories are already resolved."""
-        ...
+    class FileTree(Protocol):
+        """The read-only questions the loader and planner ask of a tree of files."""
 
-    def listdir(self, path: str) -> list[str]:
-        """Names in a resolved directory, sorted."""
-        ...
+        def lstat(self, path: str) -> Node | None:
+            """The entry at an absolute path whose parent directories are already resolved."""
+            ...
 
-    def open(self, path: str) -> ByteSource:
-        """A byte source for a resolved regular file."""
-        ...
+        def listdir(self, path: str) -> list[str]:
+            """Names in a resolved directory, sorted."""
+            ...
+
+        def open(self, path: str) -> ByteSource:
+            """A byte source for a resolved regular file."""
+            ...
 
 
 class RealTree:

@@ -32,9 +32,9 @@ import os
 import struct
 import sys
 from collections.abc import Sequence
-from typing import NamedTuple
 
 from rpathfix.errors import FormatError
+from rpathfix.static import NamedTuple
 
 OLD_MAGIC = b"ld.so-1.7.0"
 NEW_MAGIC = b"glibc-ld.so.cache1.1"

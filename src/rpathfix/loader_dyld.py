@@ -37,13 +37,16 @@ from __future__ import annotations
 
 import posixpath
 from collections import deque
-from typing import NamedTuple
 
 from rpathfix.errors import FormatError
-from rpathfix.fstree import FileTree, resolve
+from rpathfix.fstree import resolve
 from rpathfix.macho import read_macho
 from rpathfix.model import MachoInfo, MachoSlice
 from rpathfix.resolution import Attempt, LoadedObject, LoadResult, Resolution
+from rpathfix.static import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:
+    from rpathfix.fstree import FileTree
 
 # Bounds: a hostile or huge tree cannot make the simulation loop or grow without limit.
 MAX_IMAGES = 10_000

@@ -18,15 +18,18 @@ from __future__ import annotations
 
 import posixpath
 import re
-from typing import NamedTuple, Optional
 
 from rpathfix.errors import FormatError
-from rpathfix.fstree import CachedTree, FileTree, as_cached, regular_file
+from rpathfix.fstree import CachedTree, as_cached, regular_file
 from rpathfix.hwcaps import DEFAULT_INTERP, host_hwcap_subdirs
 from rpathfix.ldcache import LdCache, load_cache
 from rpathfix.model import ElfInfo
 from rpathfix.resolution import Attempt, LoadedObject, LoadResult, Resolution
 from rpathfix.sniff import read_binary_in
+from rpathfix.static import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:
+    from rpathfix.fstree import FileTree
 
 # GPU driver libraries come with the kernel driver, never with a wheel: a simulation on a
 # build machine without a GPU must call them "provided by the driver", not missing.
@@ -101,7 +104,7 @@ class _Obj:
 
 
 # A search's outcome: (path opened, real path, headers, found_via, attempts, hard error).
-_Found = tuple[Optional[str], Optional[str], Optional[ElfInfo], Optional[str], tuple[Attempt, ...], Optional[str]]
+_Found = tuple[str | None, str | None, ElfInfo | None, str | None, tuple[Attempt, ...], str | None]
 
 
 def _found(path: str, probe: tuple[str, ElfInfo] | str | None, rule: str, attempts: list[Attempt]) -> _Found:

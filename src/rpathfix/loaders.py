@@ -6,12 +6,15 @@ ldd, why and verify call these, so the ELF/Mach-O split lives in one place.
 from __future__ import annotations
 
 import posixpath
-from typing import NamedTuple
 
 from rpathfix.errors import FormatError, UsageError
-from rpathfix.fstree import FileTree, resolve
+from rpathfix.fstree import resolve
 from rpathfix.resolution import LoadResult, Resolution
 from rpathfix.sniff import HEAD_SIZE, binary_format
+from rpathfix.static import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:
+    from rpathfix.fstree import FileTree
 
 
 class ProcessSpec(NamedTuple):

@@ -19,8 +19,12 @@ import posixpath
 import struct
 
 from rpathfix.errors import FormatError
-from rpathfix.model import DylibKind, DylibRef, MachoInfo, MachoSlice
-from rpathfix.source import ByteSource
+from rpathfix.model import DylibRef, MachoInfo, MachoSlice
+from rpathfix.static import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rpathfix.model import DylibKind
+    from rpathfix.source import ByteSource
 
 MH_MAGIC, MH_MAGIC_64 = 0xFEEDFACE, 0xFEEDFACF
 FAT_MAGIC, FAT_MAGIC_64 = 0xCAFEBABE, 0xCAFEBABF

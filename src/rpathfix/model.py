@@ -6,7 +6,13 @@ them, so a planned (not yet written) layout can be checked with the same code.
 
 from __future__ import annotations
 
-from typing import Literal, NamedTuple, Union
+from rpathfix.static import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:
+    from typing import Literal
+
+    DylibKind = Literal["load", "weak", "reexport", "lazy", "upward"]
+    PlanKind = Literal["site-packages", "bin", "include", "data"]
 
 # DT_FLAGS_1 bits the loader model needs.
 DF_1_NODEFLIB = 0x800
@@ -37,9 +43,6 @@ class ElfInfo(NamedTuple):
     @property
     def nodeflib(self) -> bool:
         return bool(self.flags_1 & DF_1_NODEFLIB)
-
-
-DylibKind = Literal["load", "weak", "reexport", "lazy", "upward"]
 
 
 class DylibRef(NamedTuple):
@@ -74,7 +77,7 @@ class MachoInfo(NamedTuple):
     slices: tuple[MachoSlice, ...]
 
 
-BinaryInfo = Union[ElfInfo, MachoInfo]
+BinaryInfo = ElfInfo | MachoInfo
 
 
 class ScanRecord(NamedTuple):
@@ -105,9 +108,6 @@ def split_path_list(value: str | None) -> tuple[str, ...]:
     if value is None or value == "":
         return ()
     return tuple(value.split(":"))
-
-
-PlanKind = Literal["site-packages", "bin", "include", "data"]
 
 
 class PlanEntry(NamedTuple):

@@ -17,11 +17,16 @@ written once (atomically) and then only read.
 from __future__ import annotations
 
 import json
-from typing import Any
 
 from rpathfix import __version__
-from rpathfix.fstree import FileTree, read_small
+from rpathfix.fstree import read_small
 from rpathfix.model import BinaryInfo, DylibRef, ElfInfo, MachoInfo, MachoSlice
+from rpathfix.static import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing import Any
+
+    from rpathfix.fstree import FileTree
 
 INDEX = ".rpathfix-natives.json"
 SCHEMA = "rpathfix.natives/1"

@@ -29,15 +29,20 @@ from __future__ import annotations
 import posixpath
 import re
 from collections.abc import Sequence
-from typing import Literal, NamedTuple
 
 from rpathfix.errors import PlanError
-from rpathfix.fstree import FileTree, read_small, regular_file, resolve
+from rpathfix.fstree import read_small, regular_file, resolve
 from rpathfix.fstree import scan as fs_scan
 from rpathfix.model import BinaryInfo, ElfInfo, PlanEntry
 from rpathfix.record import MAX_RECORD_BYTES, record_paths
 from rpathfix.roots import KIND_DIRS, Root
 from rpathfix.sniff import looks_like_library, may_be_native, read_binary_in, remember_binary
+from rpathfix.static import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:
+    from typing import Literal
+
+    from rpathfix.fstree import FileTree
 
 KIND_ORDER = {k: i for i, (k, _) in enumerate(KIND_DIRS)}
 _ORIGIN = re.compile(r"^\$(ORIGIN|\{ORIGIN\})(?=/|$)")
@@ -294,8 +299,12 @@ def _native_requirements(tree: FileTree, sites: dict[str, str], binaries: list[B
 
     def provided_by(target: str) -> set[str]:
         if target not in providers:
+            # A site can hold site/a/b only if `a` is in its listing (which _emit reads
+            # anyway): 29 torch roots, but two or three hold `nvidia`.
+            top = target.split("/", 1)[0]
             providers[target] = {d for d, site in sites.items()
-                                 if resolve(tree, f"{site}/{target}" if target else site) is not None}
+                                 if not target or (any(n == top for n, _ in fs_scan(tree, site))
+                                                   and resolve(tree, f"{site}/{target}") is not None)}
         return providers[target]
 
     for b in sorted(binaries, key=lambda b: (b.rel, b.dist)):

@@ -7,7 +7,8 @@ on the search path": the answer a user needs to fix the layout.
 from __future__ import annotations
 
 import os
-from typing import NamedTuple
+
+from rpathfix.static import NamedTuple
 
 
 class Provider(NamedTuple):

@@ -6,7 +6,7 @@ ldd, why and verify print and serialize one shape for ELF and Mach-O alike.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from rpathfix.static import NamedTuple
 
 # found_via / rule vocabulary (JSON values of rpathfix.ldd/1 "found_via"):
 #   glibc: "rpath", "ld_library_path", "runpath", "cache", "default", "loaded", "direct", "driver"

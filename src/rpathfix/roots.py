@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import os
 import posixpath
-from typing import NamedTuple
 
 from rpathfix.errors import UsageError
-from rpathfix.fstree import FileTree, is_dir
+from rpathfix.fstree import is_dir
 from rpathfix.names import canonicalize_name, parse_dist_info_dirname
+from rpathfix.static import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:
+    from rpathfix.fstree import FileTree
 
 # venv kinds and the directory of a root each one is read from.
 KIND_DIRS = (("site-packages", "site-packages"), ("bin", "bin"), ("include", "include"), ("data", "data"))

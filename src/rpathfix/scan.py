@@ -13,7 +13,6 @@ import posixpath
 import stat
 from collections.abc import Callable, Iterator
 from operator import attrgetter
-from typing import TYPE_CHECKING, NamedTuple
 
 from rpathfix.errors import FormatError, UsageError
 from rpathfix.model import BinaryInfo, ElfInfo, MachoInfo, ScanRecord, split_path_list
@@ -21,6 +20,7 @@ from rpathfix.names import parse_dist_info_dirname, parse_wheel_filename
 from rpathfix.record import all_plain, read_record_text, record_paths
 from rpathfix.sniff import HEAD_SIZE, binary_format, looks_like_library, read_binary
 from rpathfix.source import FileSource
+from rpathfix.static import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
     from rpathfix.source import ByteSource

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from rpathfix.static import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from rpathfix.fstree import FileTree

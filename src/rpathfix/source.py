@@ -8,30 +8,33 @@ once, and a short read becomes a FormatError: readers never see partial data.
 from __future__ import annotations
 
 import os
-from typing import IO, TYPE_CHECKING, Protocol
 
 from rpathfix.errors import FormatError
+from rpathfix.static import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import zipfile  # imported where used: scanning a directory never needs it
+    from typing import IO, Protocol
 
 # The largest single read any reader may request. Anything bigger comes from a
 # corrupt count or size field; refusing it keeps memory independent of file size.
 MAX_READ = 16 * 1024 * 1024
 
 
-class ByteSource(Protocol):
-    """What readers need: a name for messages, a size and bounded reads at offsets."""
+if TYPE_CHECKING:  # an interface for the type checker; nothing subclasses it (static.py)
 
-    @property
-    def name(self) -> str: ...
+    class ByteSource(Protocol):
+        """What readers need: a name for messages, a size and bounded reads at offsets."""
 
-    @property
-    def size(self) -> int: ...
+        @property
+        def name(self) -> str: ...
 
-    def read_at(self, offset: int, size: int) -> bytes: ...
+        @property
+        def size(self) -> int: ...
 
-    def close(self) -> None: ...
+        def read_at(self, offset: int, size: int) -> bytes: ...
+
+        def close(self) -> None: ...
 
 
 def _check(name: str, total: int, offset: int, size: int) -> None:

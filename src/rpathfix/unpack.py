@@ -27,10 +27,13 @@ import tempfile
 import zipfile
 import zlib
 from collections.abc import Iterator
-from typing import Any, BinaryIO
 
 from rpathfix.errors import FormatError, UsageError
 from rpathfix.names import parse_wheel_filename
+from rpathfix.static import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing import Any, BinaryIO
 
 MARKER = ".rpathfix-wheel"
 INSTALLER_NAME = b"rpathfix\n"

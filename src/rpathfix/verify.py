@@ -21,15 +21,16 @@ from __future__ import annotations
 import posixpath
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, NamedTuple
 
 from rpathfix.environment import Environment, NativeFile, collect
 from rpathfix.errors import FormatError
-from rpathfix.fstree import FileTree, as_cached
+from rpathfix.fstree import as_cached
 from rpathfix.model import ElfInfo
 from rpathfix.resolution import Attempt, LoadResult, Resolution
+from rpathfix.static import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
+    from rpathfix.fstree import FileTree
     from rpathfix.loader_glibc import GlibcOptions, GlibcProcess
 
 

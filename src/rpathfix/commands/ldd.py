@@ -6,7 +6,8 @@ import argparse
 import json
 import os
 import sys
-from typing import TYPE_CHECKING
+
+from rpathfix.static import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from rpathfix.resolution import LoadResult
