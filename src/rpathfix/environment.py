@@ -15,12 +15,13 @@ import posixpath
 from rpathfix.errors import UsageError
 from rpathfix.fstree import is_dir, is_file, read_small, resolve
 from rpathfix.fstree import scan as fs_scan
-from rpathfix.model import BinaryInfo, ElfInfo, MachoInfo
+from rpathfix.model import ElfInfo, MachoInfo
 from rpathfix.sniff import looks_like_library, may_be_native, read_binary_in
 from rpathfix.static import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
     from rpathfix.fstree import FileTree
+    from rpathfix.model import BinaryInfo
 
 # A bound on the walk, so a hostile or accidental loop cannot make it run forever.
 MAX_ENTRIES = 2_000_000

@@ -103,8 +103,9 @@ class _Obj:
         return None if self.info.runpath is not None else self.info.rpath
 
 
-# A search's outcome: (path opened, real path, headers, found_via, attempts, hard error).
-_Found = tuple[str | None, str | None, ElfInfo | None, str | None, tuple[Attempt, ...], str | None]
+if TYPE_CHECKING:
+    # A search's outcome: (path opened, real path, headers, found_via, attempts, hard error).
+    _Found = tuple[str | None, str | None, ElfInfo | None, str | None, tuple[Attempt, ...], str | None]
 
 
 def _found(path: str, probe: tuple[str, ElfInfo] | str | None, rule: str, attempts: list[Attempt]) -> _Found:

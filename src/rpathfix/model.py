@@ -77,7 +77,8 @@ class MachoInfo(NamedTuple):
     slices: tuple[MachoSlice, ...]
 
 
-BinaryInfo = ElfInfo | MachoInfo
+if TYPE_CHECKING:  # an alias for annotations only (Python 3.9 has no `type | type` at run time)
+    BinaryInfo = ElfInfo | MachoInfo
 
 
 class ScanRecord(NamedTuple):

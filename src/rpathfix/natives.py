@@ -20,13 +20,14 @@ import json
 
 from rpathfix import __version__
 from rpathfix.fstree import read_small
-from rpathfix.model import BinaryInfo, DylibRef, ElfInfo, MachoInfo, MachoSlice
+from rpathfix.model import DylibRef, ElfInfo, MachoInfo, MachoSlice
 from rpathfix.static import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from typing import Any
 
     from rpathfix.fstree import FileTree
+    from rpathfix.model import BinaryInfo
 
 INDEX = ".rpathfix-natives.json"
 SCHEMA = "rpathfix.natives/1"
@@ -34,7 +35,8 @@ MAX_INDEX_BYTES = 16 * 1024 * 1024
 # The index stores records as field lists: another field list is another format.
 _FORMAT = [SCHEMA, __version__, list(ElfInfo._fields), list(MachoSlice._fields)]
 
-Entry = tuple[str, int, int, BinaryInfo]  # (path under site-packages, size, mtime_ns, headers)
+if TYPE_CHECKING:
+    Entry = tuple[str, int, int, BinaryInfo]  # (path under site-packages, size, mtime_ns, headers)
 
 
 def index_json(entries: list[Entry]) -> str:

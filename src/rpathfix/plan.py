@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from rpathfix.errors import PlanError
 from rpathfix.fstree import read_small, regular_file, resolve
 from rpathfix.fstree import scan as fs_scan
-from rpathfix.model import BinaryInfo, ElfInfo, PlanEntry
+from rpathfix.model import ElfInfo, PlanEntry
 from rpathfix.record import MAX_RECORD_BYTES, record_paths
 from rpathfix.roots import KIND_DIRS, Root
 from rpathfix.sniff import looks_like_library, may_be_native, read_binary_in, remember_binary
@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from typing import Literal
 
     from rpathfix.fstree import FileTree
+    from rpathfix.model import BinaryInfo
 
 KIND_ORDER = {k: i for i, (k, _) in enumerate(KIND_DIRS)}
 _ORIGIN = re.compile(r"^\$(ORIGIN|\{ORIGIN\})(?=/|$)")

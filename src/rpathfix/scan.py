@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from operator import attrgetter
 
 from rpathfix.errors import FormatError, UsageError
-from rpathfix.model import BinaryInfo, ElfInfo, MachoInfo, ScanRecord, split_path_list
+from rpathfix.model import ElfInfo, MachoInfo, ScanRecord, split_path_list
 from rpathfix.names import parse_dist_info_dirname, parse_wheel_filename
 from rpathfix.record import all_plain, read_record_text, record_paths
 from rpathfix.sniff import HEAD_SIZE, binary_format, looks_like_library, read_binary
@@ -23,6 +23,7 @@ from rpathfix.source import FileSource
 from rpathfix.static import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
+    from rpathfix.model import BinaryInfo
     from rpathfix.source import ByteSource
 
 # zipfile, csv and io are imported only where a wheel or a quoted RECORD needs them:

@@ -410,7 +410,7 @@ def _matches(out: str, tree: _Tree) -> bool:
 # directory's lock, and on a file system that is slow to allocate inodes (ext4 without a
 # journal skips inodes deleted in the last minutes) a call waits in the kernel. So a writer
 # thread per core, each given whole directories: on 2 cores, 2 such writers build the torch
-# venv 3-5 ms faster than 8 threads taking entries in turn, and 50 ms faster than one
+# venv 3-5 ms faster than 8 threads taking entries in turn, and 20-50 ms faster than one
 # thread right after a large delete (benchmarks/README.md).
 _WRITERS = max(1, min(4, os.cpu_count() or 1))
 _THREADED = 64  # entries from which threads pay for themselves
