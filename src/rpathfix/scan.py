@@ -202,41 +202,33 @@ _SCANDIR_FD = os.scandir in os.supports_fd and hasattr(os, "O_DIRECTORY")
 _BY_NAME = attrgetter("name")
 
 
-def _walk(top: str) -> Iterator[tuple[str, str | None, list[os.DirEntry[str]]]]:
+def _walk(top: str) -> Iterator[tuple[str, str, list[os.DirEntry[str]]]]:
     """Directories in sorted order with their entries; symlinked directories are not entered.
 
     Yields (directory, prefix, entries): an entry's path is prefix + entry.name (what
-    os.scandir(directory) would give as entry.path), or entry.path when prefix is None.
-    The entries' stat() is valid only until the next directory is requested.
+    os.scandir(directory) gives as entry.path). Where the platform allows, a directory is
+    listed through an fd, so that each entry's stat() is relative to it; the entries' stat()
+    is then valid only until the next directory is requested.
     """
     stack = [top]
     while stack:
         d = stack.pop()
-        if not _SCANDIR_FD:
-            try:
-                with os.scandir(d) as it:
-                    entries = sorted(it, key=_BY_NAME)
-            except OSError:
-                continue
-            yield d, None, entries
-            stack.extend(e.path for e in reversed(entries) if e.is_dir(follow_symlinks=False))
-            continue
         prefix = d if d.endswith("/") else d + "/"
         try:
-            fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+            fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY) if _SCANDIR_FD else -1
         except OSError:
             continue
         try:
             try:
-                with os.scandir(fd) as it:
+                with os.scandir(d if fd < 0 else fd) as it:
                     entries = sorted(it, key=_BY_NAME)
             except OSError:
                 continue
             yield d, prefix, entries
-            subdirs = [prefix + e.name for e in reversed(entries) if e.is_dir(follow_symlinks=False)]
+            stack.extend(prefix + e.name for e in reversed(entries) if e.is_dir(follow_symlinks=False))
         finally:
-            os.close(fd)
-        stack.extend(subdirs)
+            if fd >= 0:
+                os.close(fd)
 
 
 def scan_dir(top: str, all_files: bool = False, progress: Progress | None = None) -> ScanResult:
@@ -261,11 +253,11 @@ def scan_dir(top: str, all_files: bool = False, progress: Progress | None = None
                 continue
             if S_ISLNK(mode):
                 if all_files or looks_like_library(name):
-                    candidates.append((e.path if prefix is None else prefix + name, True))
+                    candidates.append((prefix + name, True))
             elif S_ISREG(mode) and (all_files or mode & 0o111 or (
                     # most names hold none of these, which every library name needs
                     (".so" in name or ".dylib" in name or ".bundle" in name) and looks_like_library(name))):
-                candidates.append((e.path if prefix is None else prefix + name, False))
+                candidates.append((prefix + name, False))
     files: list[ScanRecord] = []
     links: list[LinkRecord] = []
     for n, (path, is_link) in enumerate(candidates):
