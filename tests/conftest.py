@@ -31,6 +31,15 @@ def zig_available() -> bool:
     return bool(_builder().zig_available())
 
 
+def zig_cc(cwd: Path, target: str, *args: str, check: bool = True) -> bool:
+    """`python -m ziglang cc -target TARGET ARGS` in cwd: True when it linked. With check, a
+    failure fails the test with the linker's message; without, it is the caller's answer."""
+    cmd = [sys.executable, "-m", "ziglang", "cc", "-target", target, *args]
+    r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0 or not check, r.stderr
+    return r.returncode == 0
+
+
 LIPO = next((p for p in (shutil.which(n) for n in ("llvm-lipo", "llvm-lipo-14", "lipo")) if p), None)
 
 

@@ -11,12 +11,11 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import LIPO, zig_available
+from conftest import LIPO, zig_available, zig_cc
 from rpathfix.errors import FormatError
 from rpathfix.fstree import RealTree
 from rpathfix.loader_dyld import NO_RPATH_ERROR, DyldOptions, explain, load_macho
@@ -35,17 +34,11 @@ SOURCES = {
 }
 
 
-def _cc(cwd: Path, target: str, *args: str) -> None:
-    cmd = [sys.executable, "-m", "ziglang", "cc", "-target", target, *args]
-    r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr
-
-
 def _dylib(cwd: Path, target: str, out: str, src: str, install: str, rpaths: tuple[str, ...] = (),
            *link: str) -> Path:
     args = ["-shared", "-o", out, src, *link, f"-Wl,-install_name,{install}"]
     args += [f"-Wl,-rpath,{r}" for r in rpaths]
-    _cc(cwd, target, *args)
+    zig_cc(cwd, target, *args)
     return cwd / out
 
 
@@ -64,7 +57,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     out["top"] = _dylib(d, ARM, "libtop.dylib", "t.c", "@rpath/libtop.dylib",
                         ("@loader_path", "@loader_path/../../b/lib"), "./libxa.dylib")
     out["xw"] = _dylib(d, ARM, "libxw.dylib", "a.c", "@rpath/libxw.dylib", (), "-L.", "-Wl,-weak-lxb")
-    _cc(d, ARM, "-o", "python", "m.c", "-Wl,-rpath,@executable_path/../b/lib")
+    zig_cc(d, ARM, "-o", "python", "m.c", "-Wl,-rpath,@executable_path/../b/lib")
     out["exe"] = d / "python"
     # A file whose install name (@rpath/libxb.dylib) differs from the string its client
     # records: the client links a stub with install name @loader_path/libxb.dylib.

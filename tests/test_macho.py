@@ -10,7 +10,6 @@ from __future__ import annotations
 import shutil
 import struct
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import LIPO, zig_available
+from conftest import LIPO, zig_available, zig_cc
 from rpathfix.errors import FormatError
 from rpathfix.macho import arch_name, is_macho, read_macho
 from rpathfix.model import MachoInfo
@@ -36,12 +35,6 @@ SOURCES = {
 }
 
 
-def _cc(cwd: Path, target: str, *args: str) -> bool:
-    cmd = [sys.executable, "-m", "ziglang", "cc", "-target", target, *args]
-    r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600)
-    return r.returncode == 0
-
-
 @pytest.fixture(scope="session")
 def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("macho")
@@ -49,20 +42,20 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         (d / name).write_text(text)
     out: dict[str, Path] = {}
     arm = "aarch64-macos"
-    assert _cc(d, arm, "-shared", "-o", "libxa.dylib", "a.c", "-Wl,-install_name,@rpath/libxa.dylib",
+    assert zig_cc(d, arm, "-shared", "-o", "libxa.dylib", "a.c", "-Wl,-install_name,@rpath/libxa.dylib",
                "-Wl,-rpath,@loader_path/../lib", "-Wl,-rpath,@loader_path")
     out["libxa"] = d / "libxa.dylib"
-    assert _cc(d, arm, "-shared", "-o", "libxb.dylib", "b.c", "-L.", "-lxa",
+    assert zig_cc(d, arm, "-shared", "-o", "libxb.dylib", "b.c", "-L.", "-lxa",
                "-Wl,-install_name,@rpath/libxb.dylib", "-Wl,-rpath,@loader_path")
     out["libxb"] = d / "libxb.dylib"
-    if _cc(d, arm, "-shared", "-o", "libxw.dylib", "b.c", "-L.", "-Wl,-weak-lxa"):
+    if zig_cc(d, arm, "-shared", "-o", "libxw.dylib", "b.c", "-L.", "-Wl,-weak-lxa", check=False):
         out["libxw"] = d / "libxw.dylib"
-    assert _cc(d, arm, "-shared", "-o", "ext.so", "ext.c", "-Wl,-undefined,dynamic_lookup")
+    assert zig_cc(d, arm, "-shared", "-o", "ext.so", "ext.c", "-Wl,-undefined,dynamic_lookup")
     out["ext"] = d / "ext.so"
-    assert _cc(d, "x86_64-macos", "-shared", "-o", "libxa_x86.dylib", "a.c",
+    assert zig_cc(d, "x86_64-macos", "-shared", "-o", "libxa_x86.dylib", "a.c",
                "-Wl,-install_name,@rpath/libxa.dylib", "-Wl,-rpath,@loader_path")
     out["libxa_x86"] = d / "libxa_x86.dylib"
-    assert _cc(d, "x86_64-macos", "-shared", "-o", "ext_x86.so", "ext.c", "-Wl,-undefined,dynamic_lookup")
+    assert zig_cc(d, "x86_64-macos", "-shared", "-o", "ext_x86.so", "ext.c", "-Wl,-undefined,dynamic_lookup")
     # named ext.so inside its own directory: the module name comes from the file name
     (d / "x86").mkdir()
     shutil.move(str(d / "ext_x86.so"), d / "x86" / "ext.so")
