@@ -15,12 +15,17 @@ $(STAMP): pyproject.toml
 	$(VPY) -m compileall -q src  # PYTHONDONTWRITEBYTECODE=1 machines would recompile rpathfix at every start
 	touch $(STAMP)
 
-# Bazel (bazel-bootstrap works offline) for the rules/ tests. Installed only when missing
-# and when we may: CI and fresh machines run as root.
+# Debian packages the tests use: Bazel (bazel-bootstrap works offline) for the rules/ tests,
+# elfutils for eu-elflint (the patch tests' second opinion). Installed only when missing and
+# when we may: CI and fresh machines run as root.
+SYSTEM_TOOLS := bazel:bazel-bootstrap eu-elflint:elfutils
 system-deps:
-	@if ! command -v bazel >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
-	  echo "installing bazel-bootstrap (apt)"; \
-	  apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bazel-bootstrap >/dev/null; \
+	@missing=""; for pair in $(SYSTEM_TOOLS); do \
+	  command -v "$${pair%%:*}" >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; \
+	done; \
+	if [ -n "$$missing" ] && command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  echo "installing$$missing (apt)"; \
+	  apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
 stubs: setup

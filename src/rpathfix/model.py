@@ -13,6 +13,9 @@ if TYPE_CHECKING:
 
     DylibKind = Literal["load", "weak", "reexport", "lazy", "upward"]
     PlanKind = Literal["site-packages", "bin", "include", "data"]
+    EditOp = Literal["set-rpath", "add-rpath", "remove-rpath", "replace-rpath", "remove-all-rpaths",
+                     "rpath-tag", "set-soname", "replace-needed", "set-id", "change"]
+    PatchMethod = Literal["in-place", "grown", "unchanged"]
 
 # DT_FLAGS_1 bits the loader model needs.
 DF_1_NODEFLIB = 0x800
@@ -129,3 +132,40 @@ class PlanEntry(NamedTuple):
     dist: str
     method: Literal["symlink", "copy"] = "symlink"
     reason: str | None = None
+
+
+class Edit(NamedTuple):
+    """One requested change to a binary: an option of `rpathfix patch`, or a step of a repair.
+
+    `arg` is the value (a path list, an entry, a name, or "rpath"/"runpath"/"keep" for
+    rpath-tag); for the OLD=NEW operations (replace-rpath, replace-needed, change) `arg`
+    is OLD and `new` is NEW. Edits apply in the order given.
+    """
+
+    op: EditOp
+    arg: str = ""
+    new: str = ""
+
+
+class Change(NamedTuple):
+    """One change an edit makes, as `rpathfix.patch/1` reports it."""
+
+    what: str  # "rpath", "runpath", "soname", "needed", "id", "dylib", "lc_rpath"
+    before: str | None  # None: added
+    after: str | None  # None: removed
+    slice: str | None = None  # the Mach-O slice's arch; None for ELF
+
+
+class BytePatch(NamedTuple):
+    """A planned edit of one file, as bytes: pure data, checked before anything is written,
+    then applied in place, to a new copy, or while streaming the file into a wheel.
+
+    `writes` are (offset, bytes), in the order they must reach the file so that the file
+    is loadable after every one of them (the last one switches to the new state); offsets
+    at or beyond the original size append. `size` is the size after the edit.
+    """
+
+    writes: tuple[tuple[int, bytes], ...]
+    size: int
+    method: PatchMethod
+    changes: tuple[Change, ...]
