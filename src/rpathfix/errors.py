@@ -28,3 +28,10 @@ class FormatError(RpathfixError):
 
 class PlanError(RpathfixError):
     """The distributions cannot be merged into one site-packages (conflicts, two versions)."""
+
+
+class EditError(RpathfixError):
+    """A requested edit of a binary cannot be made (for example: Mach-O header padding too
+    small). Not bad input: the file is fine, the edit does not fit; exit code 1."""
+
+    exit_code = 1
