@@ -291,7 +291,8 @@ def test_elf_only_edits_are_usage_errors(inputs: dict[str, Path]) -> None:
                        ("rpath-tag", "--rpath-tag")):
         with pytest.raises(UsageError, match=option):
             plan(inputs["dylib-arm64"], Edit(op, "x", "y"))  # type: ignore[arg-type]
-    for edit in (Edit("add-rpath", ""), Edit("change", "", "x"), Edit("set-id", "a\0b"), Edit("set-rpath", "a::b")):
+    for edit in (Edit("add-rpath", ""), Edit("change", "", "x"), Edit("set-id", "a\0b"), Edit("set-rpath", "a::b"),
+                 Edit("add-rpath", "\ud800")):
         with pytest.raises(UsageError):
             plan(inputs["dylib-arm64"], edit)
 

@@ -366,6 +366,10 @@ def plan_resign(src: ByteSource, lcs: LoadCommands, edits: Sequence[tuple[int, b
     end = max(off + len(data) for off, data in edits)
     if end > sig.dataoff:
         raise FormatError(src.name, f"{lcs.arch}: an edit reaches into the code signature at {sig.dataoff}")
+    for cd in sig.directories:
+        if cd.code_limit > sig.dataoff:  # it would hash the signature itself (or the next slice)
+            raise FormatError(src.name, f"{lcs.arch}: the code signature covers {cd.code_limit} bytes but starts "
+                                        f"at {sig.dataoff}")
     blob = bytearray(sig.blob)
     slots: list[tuple[int, int]] = []  # (offset in the SuperBlob, size) of the hashes that changed
     for cd in sig.directories:
@@ -387,6 +391,8 @@ def plan_resign(src: ByteSource, lcs: LoadCommands, edits: Sequence[tuple[int, b
                 slots.append((slot, cd.hash_size))
     if not sig.adhoc:
         new = _as_adhoc(sig, bytes(blob))
+        if len(new) > sig.datasize:  # only when blobs overlapped or were shorter than their minimum
+            raise FormatError(src.name, f"{lcs.arch}: the code signature's blobs overlap; cannot re-sign it ad hoc")
         return [(lcs.offset + sig.dataoff, new + bytes(sig.datasize - len(new)))]
     writes: list[tuple[int, bytes]] = []  # whole hash slots; adjacent ones in one write
     for slot, size in sorted(slots):

@@ -107,11 +107,13 @@ def _check_edits(name: str, edits: Sequence[Edit]) -> None:
                              f"({ELF_ONLY[e.op]})")
         if e.op not in MACHO_OPS:
             raise UsageError(f"{name}: unknown edit {e.op!r}")
-        values = {"set-rpath": [e.arg], "add-rpath": [e.arg], "remove-rpath": [e.arg], "set-id": [e.arg],
-                  "replace-rpath": [e.arg, e.new], "change": [e.arg, e.new]}.get(e.op, [])
-        for v in values:
+        for v in (e.arg, e.new):
             if "\0" in v:
                 raise UsageError(f"{name}: --{e.op}: a name cannot contain a NUL byte")
+            try:
+                _enc(v)
+            except UnicodeEncodeError:
+                raise UsageError(f"{name}: --{e.op}: {v!r} cannot be written as bytes") from None
         if e.op == "set-rpath" and e.arg and "" in e.arg.split(":"):
             raise UsageError(f"{name}: --set-rpath {e.arg!r} has an empty entry (an LC_RPATH of nothing)")
         if (e.op in ("add-rpath", "set-id") and not e.arg) or \
