@@ -414,9 +414,9 @@ def test_child_check_verdicts_cross_the_pipe() -> None:
         return _report(errors)
 
     refused, lines = _ChildCheck(lambda: fn(1)).result()
-    assert refused is not None and "libx.so not found" in refused and lines == []
+    assert refused is not None and "[missing-library]" in refused and "libx.so" in refused and lines == []
     refused, lines = _ChildCheck(lambda: fn(0)).result()
-    assert refused is None and lines == ["warning [shadowed] /x/y.so: resolves elsewhere"]
+    assert refused is None and len(lines) == 1 and lines[0].startswith("warning [shadowed]") and "liby.so" in lines[0]
     assert ran_here == []  # both ran in the child
 
 
@@ -431,7 +431,7 @@ def test_child_check_that_fails_runs_again_here() -> None:
         return _report(1)
 
     refused, _ = _ChildCheck(fn).result()
-    assert refused is not None and "libx.so not found" in refused
+    assert refused is not None and "[missing-library]" in refused and "libx.so" in refused
 
 
 def test_child_check_is_stopped_when_the_build_fails() -> None:

@@ -33,9 +33,10 @@ if TYPE_CHECKING:
 
 
 class BuildResult:
-    """What `rpathfix venv` did: whether OUT changed, its size, or why it was refused."""
+    """What `rpathfix venv` did: whether OUT changed, its size, or why it was refused;
+    warnings (what matters, said once), and the planner's notes (said with -v)."""
 
-    __slots__ = ("changed", "entries", "real_dirs", "refused", "warnings")
+    __slots__ = ("changed", "entries", "notes", "real_dirs", "refused", "warnings")
 
     def __init__(self, entries: int = 0, real_dirs: int = 0) -> None:
         self.changed = False
@@ -43,6 +44,7 @@ class BuildResult:
         self.real_dirs = real_dirs
         self.refused: str | None = None
         self.warnings: list[str] = []
+        self.notes: list[str] = []
 
 
 def planned_tree(out: str, plan: Plan, kind_dirs: dict[str, str], python: str,
@@ -106,7 +108,7 @@ def build_venv(out: str, root_paths: Sequence[str], *, python: str, link_mode: s
     info = python_info(python)
     scripts = scripts_without_bin(tree, roots)
     result = BuildResult(entries=len(plan.entries), real_dirs=len(plan.real_dirs))
-    result.warnings += [f"note: {n}" for n in plan.notes]
+    result.notes = list(plan.notes)
     if not verify_layout:
         result.changed = write_venv(out, list(plan.entries), python=python, link_mode=link_mode,
                                     entry_points=scripts)
@@ -119,7 +121,7 @@ def build_venv(out: str, root_paths: Sequence[str], *, python: str, link_mode: s
         options = LoaderOptions(interpreter=posixpath.join(out, "bin", "python"), ld_library_path=ld_library_path)
         return check_plan(tree, out, plan, venv_kind_dirs(out, info), info.base_executable, scripts, options)
 
-    child = _ChildCheck(check)
+    child = _ChildCheck(check, tuple((r.dist, p) for r, p in zip(roots, root_paths)))
     pending: PendingVenv | None = None
     try:
         try:
@@ -170,8 +172,9 @@ class _ChildCheck:
     bug surfaces as it would without the fork.
     """
 
-    def __init__(self, fn: Callable[[], Report]) -> None:
+    def __init__(self, fn: Callable[[], Report], roots: tuple[tuple[str, str], ...] = ()) -> None:
         self._fn = fn
+        self._roots = roots  # (distribution, root as named): what the report's fix commands name
         self._pid = -1
         self._read = -1
         if sys.platform.startswith("linux") and _threads_alive() == 1:
@@ -181,10 +184,8 @@ class _ChildCheck:
                 os.close(read_end)
                 code = 1
                 try:
-                    from rpathfix.verify import format_report
-
                     report = fn()
-                    text = format_report(report) if report.errors else "\n".join(_warning_lines(report))
+                    text = _refusal(report, roots) if report.errors else "\n".join(_warning_lines(report, roots))
                     data = (("R" if report.errors else "W") + text).encode("utf-8", "surrogateescape")
                     while data:
                         data = data[os.write(write_end, data):]
@@ -204,12 +205,10 @@ class _ChildCheck:
             status = self._reap()
             if status == 0 and data:
                 return (data[1:], []) if data[0] == "R" else (None, data[1:].splitlines())
-        from rpathfix.verify import format_report
-
         report = self._fn()  # no child, or it failed: check here (an error is raised here)
         if report.errors:
-            return format_report(report), []
-        return None, _warning_lines(report)
+            return _refusal(report, self._roots), []
+        return None, _warning_lines(report, self._roots)
 
     def abandon(self) -> None:
         """Stop the child (this process is failing or interrupted) and reap it."""
@@ -232,5 +231,14 @@ def _threads_alive() -> int:
     return threading.active_count() if threading is not None else 1
 
 
-def _warning_lines(report: Report) -> list[str]:
-    return [f"warning [{w.code}] {w.file}: {w.message}" for w in report.warnings]
+def _refusal(report: Report, roots: Sequence[tuple[str, str]] = ()) -> str:
+    """The check's report, as `rpathfix verify` words it (same counts, same formatter)."""
+    from rpathfix.verify import format_report
+
+    return format_report(report, roots=roots, what="venv about to be written")
+
+
+def _warning_lines(report: Report, roots: Sequence[tuple[str, str]] = ()) -> list[str]:
+    from rpathfix.verify import format_warnings
+
+    return format_warnings(report, roots)

@@ -17,6 +17,7 @@ interpreter). Bytecode is hash-based (checked-hash) and compiled for --python;
 --no-compile skips it. A root already made from the same wheel with the same options
 is left alone ("up to date"); one made from another wheel is replaced.
 
+Quiet on success (-v names each root); on a terminal, progress goes to stderr.
 Exit codes: 0 ok, 2 bad arguments or a bad wheel."""
 
 
@@ -26,15 +27,23 @@ def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("--python", metavar="PY", default=None,
                    help="interpreter for launchers and bytecode (default: the one running rpathfix)")
     p.add_argument("--no-compile", action="store_true", help="do not write .pyc files")
+    p.add_argument("-v", "--verbose", action="store_true", help="say which root each wheel went to")
 
 
 def run(args: argparse.Namespace) -> int:
+    import os
+
+    from rpathfix.progress import Progress
     from rpathfix.unpack import unpack_wheel
 
-    for wheel in args.wheels:
-        root, changed = unpack_wheel(wheel, args.into, python=args.python, compile_bytecode=not args.no_compile)
-        if changed:
-            print(f"unpacked {wheel} -> {root}", flush=True)
-        else:
-            print(f"up to date: {root}", flush=True)
+    progress = Progress()
+    try:
+        for i, wheel in enumerate(args.wheels, 1):
+            progress.show(f"unpacking {i}/{len(args.wheels)}: {os.path.basename(wheel)}")
+            root, changed = unpack_wheel(wheel, args.into, python=args.python, compile_bytecode=not args.no_compile)
+            if args.verbose:
+                progress.done()
+                print(f"unpacked {wheel} -> {root}" if changed else f"up to date: {root}", flush=True)
+    finally:
+        progress.done()
     return 0

@@ -16,7 +16,10 @@ directories where $ORIGIN/.. must climb), console scripts that work when OUT mov
 Refuses (exit 1, printing the report) when an extension module would not load, unless
 --no-verify; nothing is written then. `rpathfix verify OUT` loads every other native
 library too (plugins, preloaded libraries) for its warnings. Atomic (built beside OUT,
-then renamed) and idempotent: a run that changes nothing writes nothing."""
+then renamed) and idempotent: a run that changes nothing writes nothing.
+
+Quiet on success: warnings that matter go to stderr, once each; -v also says what was
+written and the planner's notes."""
 
 
 def register(p: argparse.ArgumentParser) -> None:
@@ -29,6 +32,7 @@ def register(p: argparse.ArgumentParser) -> None:
                    help="when two distributions ship different files at one path, DIST wins")
     p.add_argument("--no-verify", action="store_true", help="write even if an extension module would not load")
     p.add_argument("--ld-library-path", metavar="P", help="LD_LIBRARY_PATH to assume when verifying (default: unset)")
+    p.add_argument("-v", "--verbose", action="store_true", help="say what was written, and the planner's notes")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -45,6 +49,11 @@ def run(args: argparse.Namespace) -> int:
         return 1
     for w in result.warnings:
         print(w, file=sys.stderr)
-    state = "wrote" if result.changed else "up to date:"
-    print(f"{state} {out} ({result.entries} entries, {result.real_dirs} real directories)")
+    if args.verbose:
+        from rpathfix.report import plan_note_lines
+
+        for n in plan_note_lines(result.notes, checked=not args.no_verify):
+            print(n, file=sys.stderr)
+        state = "wrote" if result.changed else "up to date:"
+        print(f"{state} {out} ({result.entries} entries, {result.real_dirs} real directories)")
     return 0

@@ -14,9 +14,14 @@ native library) of a Python environment, without executing anything.
 PATH is a venv (with pyvenv.cfg), a site-packages directory, or several directories
 that form a sys.path (for example one directory per wheel, as rules_python lays them out).
 
-Errors: an extension module whose libraries do not resolve; a library whose dependency
-nothing provides. Warnings: a library that resolves only by load order, a system
-library shadowing a wheel's copy, one SONAME provided by two files.
+Errors: an extension module whose libraries do not resolve; a package that a regular
+package of another sys.path directory hides (a split sys.path). Warnings: a library whose
+dependency nothing provides, a library that resolves only by load order, a system library
+shadowing a wheel's copy, one SONAME provided by two files.
+
+The report groups the findings by cause and says the command that fixes each
+(`rpathfix venv` for a split layout); --explain adds every directory the loader tried.
+--json keeps one entry per file and name (rpathfix.verify/1).
 Exit codes: 0 no errors, 1 errors, 2 bad input."""
 
 
@@ -27,6 +32,7 @@ def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ld-library-path", metavar="P", help="simulate this LD_LIBRARY_PATH (default: unset)")
     p.add_argument("--no-cache", action="store_true", help="ignore /etc/ld.so.cache")
     p.add_argument("--strict", action="store_true", help="treat warnings as errors")
+    p.add_argument("--explain", action="store_true", help="show every directory the loader tried")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -39,6 +45,8 @@ def run(args: argparse.Namespace) -> int:
         json.dump(report_to_json(report), sys.stdout, indent=1)
         sys.stdout.write("\n")
     else:
-        print(format_report(report))
+        from rpathfix.report import use_color
+
+        print(format_report(report, explain=args.explain, color=use_color(sys.stdout), named=args.paths))
     failed = bool(report.errors) or (args.strict and bool(report.warnings))
     return 1 if failed else 0
