@@ -101,13 +101,20 @@ class DistOwners:
         return self._single[site]
 
     def owner(self, path: str) -> tuple[str, str] | None:
+        """The distribution of a file, or of a directory (by the files its RECORD lists in it)."""
         site = self.site_of(path)
         if site is None:
             return None
         single = self.sole(site)
         if single is not None:
             return single
-        return self._records.get(site, {}).get(posixpath.normpath(path))
+        records = self._records.get(site, {})
+        norm = posixpath.normpath(path)
+        found = records.get(norm)
+        if found is None:
+            prefix = norm + "/"
+            found = next((d for p, d in records.items() if p.startswith(prefix)), None)
+        return found
 
     def label(self, path: str | None) -> str | None:
         """"name version" of the file's distribution, or None."""
@@ -122,6 +129,7 @@ class Context:
         self.tree: CachedTree = as_cached(tree)
         self.env = env
         self.owners = owners or DistOwners(self.tree, env.site_dirs)
+        self.versions: dict[str, str | None] = {}  # system library -> its version (system_version)
         self.by_path: dict[str, NativeFile] = {f.path: f for f in env.files}
         self.by_name: dict[str, list[NativeFile]] = {}
         self.needers: dict[str, list[NativeFile]] = {}
@@ -288,10 +296,10 @@ def _shadowed(ctx: Context, x: VerifyFinding) -> Problem:
     dist, version = ctx.dist(x.file)
     detail = ""
     if system is not None and provider is not None:
-        sys_version = system_version(ctx.tree, system)
+        sys_version = system_version(ctx.tree, system, ctx.versions)
         wheel = ctx.owners.label(provider.path) or posixpath.basename(provider.path)
-        detail = (f"{x.name}: {system}{f' ({sys_version})' if sys_version else ''} is loaded, "
-                  f"not the copy of {wheel}")
+        detail = (f"{x.name}: {system}{f' ({sys_version})' if sys_version else ''} loads, "
+                  f"not {provider.path} ({wheel})")
     return Problem("shadowed", x.level, x.file, dist, version, x.name, provider.path if provider else None,
                    ctx.owners.label(provider.path) if provider else None, None, detail,
                    cause if cause in ("split-layout", "no-path-to-provider", "runpath-not-transitive") else None,
@@ -314,17 +322,22 @@ def _passed(ctx: Context, x: VerifyFinding) -> Problem:
                    None, x.trace)
 
 
-def system_version(tree: FileTree, path: str) -> str | None:
+def system_version(tree: FileTree, path: str, memo: dict[str, str | None] | None = None) -> str | None:
     """The version of a library outside the environment, when it can be read."""
     real = resolve(tree, path) or path
+    if memo is not None and real in memo:
+        return memo[real]
     m = _VERSIONED.search(posixpath.basename(real))
     if m and "." in m.group(1):
-        return m.group(1)
-    listed = _listed_version(tree, real)
-    if listed is not None:
-        return listed
-    t = _TOOLKIT.search(real)
-    return f"CUDA toolkit {t.group(1)}" if t else None
+        found: str | None = m.group(1)
+    else:
+        found = _listed_version(tree, real)
+        if found is None:
+            t = _TOOLKIT.search(real)
+            found = f"CUDA toolkit {t.group(1)}" if t else None
+    if memo is not None:
+        memo[real] = found
+    return found
 
 
 def _listed_version(tree: FileTree, real: str) -> str | None:
@@ -345,7 +358,10 @@ def _listed_version(tree: FileTree, real: str) -> str | None:
                 data = read_small(tree, f"{holder}/{n}/RECORD", MAX_RECORD_BYTES)
                 if data is None:
                     continue
-                for line in data.decode("utf-8", "replace").splitlines():
+                text = data.decode("utf-8", "replace")
+                if base not in text:
+                    continue
+                for line in text.splitlines():
                     path, _, rest = line.partition(",")
                     if posixpath.basename(path) == base and rest.rsplit(",", 1)[-1] == str(size):
                         return f"{parsed[0]} {parsed[1]}"
@@ -368,7 +384,8 @@ def fix_context(ctx: Context, named: Sequence[str] = (), roots: Sequence[tuple[s
     path is one sys.path directory, else by the directories themselves; `roots` adds
     distribution roots known otherwise."""
     sites = list(ctx.env.site_dirs)
-    paths = list(named) if named and len(named) == len(sites) else sites
+    # A venv is named by its directory; what a command takes is its site-packages.
+    paths = list(named) if named and len(named) == len(sites) and ctx.env.interpreter is None else sites
     known = list(roots)
     for site, path in zip(sites, paths):
         found = ctx.owners.sole(site)

@@ -80,8 +80,8 @@ print({PROBE_MARK!r} + json.dumps({{
 
 # Things not found that still mean "fails": the causes the loader model's misses get.
 NOT_FOUND = frozenset({"split-layout", "no-path-to-provider", "runpath-not-transitive", "missing-library"})
-_LOADER_CALL = re.compile(r"\b(CDLL|LoadLibrary|dlopen|load_nvidia_dynamic_lib|preload_dlls|_preload_cuda_deps|"
-                          r"load_library|PyDLL)\b")
+_LOADER_CALLS = (b"CDLL", b"LoadLibrary", b"dlopen", b"load_nvidia_dynamic_lib", b"preload_dlls",
+                 b"_preload_cuda_deps", b"load_library", b"PyDLL")
 _CUDA_NAME = re.compile(r"(?:^|-)(?:cu|cuda)(\d{2})x?(?:-|$)")
 _CUDA_LOCAL = re.compile(r"\+cu(\d{2})\d")
 _CUDA_DIR = re.compile(r"/nvidia/cu(\d{2})/")
@@ -144,19 +144,33 @@ def probe_python(python: str) -> PythonInfo:
         raise UsageError(f"{python}: not a runnable Python interpreter: unexpected answer ({e})") from None
 
 
-def sys_path_dirs(info: PythonInfo) -> list[str]:
-    """The sys.path entries worth checking: directories, not the standard library, not the
-    working directory the probe ran in."""
+def sys_path_dirs(info: PythonInfo) -> tuple[list[str], list[str]]:
+    """(the sys.path entries to check, those skipped). Checked: directories that are site
+    directories or hold an installed distribution (a .dist-info or .egg-info), in sys.path
+    order. Skipped: the standard library, and directories with no installed distribution
+    (the working directory, a source tree), whose every file would otherwise be read."""
     std = [os.path.normpath(s) for s in info.stdlib]
+    sites = {os.path.normpath(s) for s in info.site_dirs}
     out: list[str] = []
+    skipped: list[str] = []
     for p in info.sys_path:
         if not p or not os.path.isabs(p) or not os.path.isdir(p):
             continue
         n = os.path.normpath(p)
-        if any(n == s or n.startswith(s + os.sep + "lib-dynload") for s in std) or n in out:
+        if any(n == s or n.startswith(s + os.sep + "lib-dynload") for s in std) or n in out or n in skipped:
             continue
-        out.append(n)
-    return out
+        if n in sites or _holds_distribution(n):
+            out.append(n)
+        else:
+            skipped.append(n)
+    return out, skipped
+
+
+def _holds_distribution(d: str) -> bool:
+    try:
+        return any(name.endswith((".dist-info", ".egg-info")) for name in os.listdir(d))
+    except OSError:
+        return False
 
 
 class Diagnosis(NamedTuple):
@@ -167,6 +181,7 @@ class Diagnosis(NamedTuple):
     interpreter: str  # the program that imports the modules, in the simulation
     ld_library_path: str | None
     ld_preload: str | None
+    skipped: tuple[str, ...] = ()  # sys.path entries not checked (no installed distribution)
 
 
 def diagnose(tree: FileTree, paths: Sequence[str], *, python: PythonInfo | None, interpreter: str,
@@ -200,8 +215,10 @@ def diagnose(tree: FileTree, paths: Sequence[str], *, python: PythonInfo | None,
     fixes = fix_context(ctx, named)
     if python is not None:
         sites = {os.path.normpath(s) for s in site_dirs}
-        loose = tuple(p for p in env.site_dirs if os.path.normpath(p) not in sites)
-        fixes = fixes._replace(paths=loose, sites=loose, split=len(loose) > 1, python=python.python,
+        # What a venv merges: the directories on sys.path that are not site directories and
+        # hold one installed wheel each (a source tree or an egg stays as it is).
+        loose = tuple(p for p in env.site_dirs if os.path.normpath(p) not in sites and ctx.owners.sole(p))
+        fixes = fixes._replace(paths=loose, split=len(loose) > 1, python=python.python,
                                roots=tuple((d, p) for d, p in fixes.roots if p in loose))
     if progress:
         progress.done()
@@ -277,55 +294,53 @@ class _PreloadSources:
         if not texts:
             return {}
         found: dict[str, str] = {}
-        for name, files in self.ctx.by_name.items():
+        for name, files in sorted(self.ctx.by_name.items()):
             stem = _stem(name)
             if not stem or name in found:
                 continue
-            pattern = re.compile(rf"(?<![A-Za-z0-9_])(?:lib)?{re.escape(stem)}(?![A-Za-z0-9_])")
             for rel, text in texts:
-                m = pattern.search(text)
-                if m is None:
+                at = _named_at(text, stem)
+                if at is None:
                     continue
-                line = text.count("\n", 0, m.start()) + 1
-                where = f"{rel}:{line} loads it" if _stem(name) == stem else f"{rel}:{line}"
+                line = text.count("\n", 0, at) + 1
                 for covered in self._closure(files):
-                    found.setdefault(covered, where if covered == name else f"{rel}:{line} loads {name}, "
-                                                                           f"which needs it")
+                    found.setdefault(covered, f"{rel}:{line} loads it" if covered == name else
+                                     f"{rel}:{line} loads {name}, which needs it")
                 break
         return found
 
     def _loader_texts(self, package: str) -> list[tuple[str, str]]:
-        """(path relative to the site directory, text) of the package's .py files, at most two
-        directories deep, that call a library loader."""
+        """(path relative to the site directory, text) of the package's .py files (its own
+        and those one directory down) that call a library loader."""
         tree = self.ctx.tree
         site = posixpath.dirname(package)
         out: list[tuple[str, str]] = []
         budget_files, budget_bytes = MAX_SOURCE_FILES, MAX_SOURCE_BYTES
-        stack = [(package, 0)]
+        candidates: list[str] = []
         if is_file(tree, package + ".py"):
-            stack = []
-            data = read_small(tree, package + ".py", 4 << 20)
-            if data is not None and _LOADER_CALL.search(data.decode("utf-8", "replace")):
-                out.append((posixpath.basename(package) + ".py", data.decode("utf-8", "replace")))
+            candidates.append(package + ".py")
+        stack = [(package, 0)]
         while stack:
             d, depth = stack.pop()
             real = resolve(tree, d)
-            if real is None:
+            if real is None or real == package + ".py":
                 continue
             for name, kind in scan(tree, real):
                 p = f"{d}/{name}"
-                if kind == "dir" and depth < 2 and name != "__pycache__" and not name.startswith("."):
+                if kind == "dir" and depth < 1 and name != "__pycache__" and not name.startswith("."):
                     stack.append((p, depth + 1))
-                elif name.endswith(".py") and budget_files > 0 and budget_bytes > 0:
-                    data = read_small(tree, p, 4 << 20)
-                    if data is None:
-                        continue
-                    budget_files -= 1
-                    budget_bytes -= len(data)
-                    text = data.decode("utf-8", "replace")
-                    if _LOADER_CALL.search(text):
-                        out.append((p[len(site) + 1:], text))
-        out.sort()
+                elif name.endswith(".py"):
+                    candidates.append(p)
+        for p in sorted(candidates):
+            if budget_files <= 0 or budget_bytes <= 0:
+                break
+            data = read_small(tree, p, 4 << 20)
+            if data is None:
+                continue
+            budget_files -= 1
+            budget_bytes -= len(data)
+            if any(call in data for call in _LOADER_CALLS):
+                out.append((p[len(site) + 1:], data.decode("utf-8", "replace")))
         return out
 
     def _closure(self, files: list[NativeFile]) -> list[str]:
@@ -348,12 +363,31 @@ class _PreloadSources:
         return list(dict.fromkeys(names))
 
 
+def _named_at(text: str, stem: str) -> int | None:
+    """Where `text` first names the library: `stem` (cublas) or lib+stem (libcublas, as in
+    'libcublas.so.*[0-9]') as a whole word."""
+    start = 0
+    while True:
+        i = text.find(stem, start)
+        if i < 0:
+            return None
+        begin = i - 3 if i >= 3 and text.startswith("lib", i - 3) else i
+        end = i + len(stem)
+        if (begin == 0 or not _is_word(text[begin - 1])) and (end == len(text) or not _is_word(text[end])):
+            return begin
+        start = i + 1
+
+
+def _is_word(ch: str) -> bool:
+    return ch.isalnum() or ch == "_"
+
+
 def _stem(name: str) -> str:
     """libcublasLt.so.13 -> cublasLt; a name too short or generic to search for gives ""."""
     base = posixpath.basename(name)
     stem = base.split(".so")[0].split(".dylib")[0]
     stem = stem[3:] if stem.startswith("lib") else stem
-    return stem if len(stem) >= 4 and re.fullmatch(r"[A-Za-z0-9_+-]+", stem) else ""
+    return stem if len(stem) >= 4 and re.fullmatch(r"\w+", stem) else ""
 
 
 def _pth_problems(ctx: Context, env: Environment, site_dirs: Sequence[str]) -> list[Problem]:
@@ -362,7 +396,8 @@ def _pth_problems(ctx: Context, env: Environment, site_dirs: Sequence[str]) -> l
         dist, version = ctx.dist(pth.path)
         says = []
         if pth.imports:
-            says.append("its import lines will not run: " + ", ".join(pth.imports))
+            says.append("its import lines will not run: "
+                        + ", ".join(i if len(i) <= 40 else i[:37] + "..." for i in pth.imports))
         if pth.adds:
             says.append("will not add " + ", ".join(pth.adds) + " to sys.path")
         base = posixpath.basename(pth.path)
@@ -437,10 +472,13 @@ def header_lines(diag: Diagnosis) -> tuple[str, ...]:
     llp = f"LD_LIBRARY_PATH={diag.ld_library_path}" if diag.ld_library_path else "LD_LIBRARY_PATH unset"
     pre = f"LD_PRELOAD={diag.ld_preload}" if diag.ld_preload else "LD_PRELOAD unset"
     if info is None:
-        return (f"python: {diag.interpreter} (simulated; without PATH, --python PY asks a real one); "
+        return (f"python: {diag.interpreter}, simulated for the PATHs given (--python PY alone asks a real one); "
                 f"{llp}; {pre}",)
     glibc = f", {info.glibc}" if info.glibc else ""
-    return (f"python: {info.python} ({info.executable}, Python {info.version}{glibc}); {llp}; {pre}",)
+    lines = [f"python: {info.python} ({info.executable}, Python {info.version}{glibc}); {llp}; {pre}"]
+    if diag.skipped:
+        lines.append(f"not checked (on sys.path, no installed distribution): {', '.join(diag.skipped)}")
+    return tuple(lines)
 
 
 def doctor_json(diag: Diagnosis) -> dict[str, object]:
@@ -465,6 +503,7 @@ def doctor_json(diag: Diagnosis) -> dict[str, object]:
         "ld_library_path": diag.ld_library_path,
         "ld_preload": diag.ld_preload,
         "paths": list(diag.env.site_dirs),
+        "skipped": list(diag.skipped),
         "checked": len(diag.env.files),
         "extension_modules": sum(1 for f in diag.env.files if f.is_extension),
         "errors": c["error"], "warnings": c["warning"], "info": c["info"],

@@ -113,9 +113,9 @@ def _repair_fix(problems: Sequence[Problem], ctx: FixContext) -> str | None:
         return None
     siblings: list[str] = []
     for p in problems:
-        if p.provider is None:
-            continue
         pdist = p.provider_dist.split(" ")[0] if p.provider_dist else None
+        if p.provider is None or pdist == first.dist:
+            continue  # a library of the wheel itself: repair finds it without being told
         where = ctx.root_of(pdist) or _site_of(p.provider, ctx)
         if where is not None and where not in siblings:
             siblings.append(where)
@@ -151,11 +151,14 @@ class Cause(NamedTuple):
     fix: builds the command from the group's problems (None: no command fixes it).
     who: how the files concerned are introduced ("needed by libtorch_cuda.so"); None when
     the details already name them.
+    show: "providers" lists the names with the wheels that provide them; "details" lists
+    each problem's own line (a shadowed library: which copy loads, with both versions).
     """
 
     title: str
     fix: Callable[[Sequence[Problem], FixContext], str | None] | None = None
     who: str | None = "in"
+    show: str = "providers"
 
 
 _LIBS = "{n} {library|libraries} that {dist} needs"
@@ -165,7 +168,7 @@ CAUSES: dict[str, Cause] = {
     "split-layout": Cause(_LIBS + " {is in another wheel|are in other wheels}, not on its RPATH", _venv_fix,
                           _NEEDED),
     "no-path-to-provider": Cause(
-        _LIBS + " {is in another wheel|are in other wheels}, and no search path of its own leads there",
+        _LIBS + " {is|are} in this environment, but no search path of its own leads there",
         _repair_fix, _NEEDED),
     "runpath-not-transitive": Cause(
         _LIBS + " {is|are} only on the RUNPATH of the library that loads it, and ld.so does not pass RUNPATH on",
@@ -176,7 +179,7 @@ CAUSES: dict[str, Cause] = {
     "missing-library": Cause(_LIBS + " {is|are} in no wheel of this environment and not on this system",
                              None, _NEEDED),
     "shadowed": Cause("{n} {library|libraries} that {dist} needs {resolves|resolve} to a system copy, "
-                      "not the wheel's", _cause_fix, _NEEDED),
+                      "not the wheel's", _cause_fix, _NEEDED, "details"),
     "duplicate-soname": Cause("{n} {SONAME is|SONAMEs are} provided by several different files; "
                               "whichever loads first serves every later request", None, None),
     "assumed-loaded": Cause(_LIBS + " {is|are} not found, but the package loads {it|them} itself "

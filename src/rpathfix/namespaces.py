@@ -117,11 +117,18 @@ def _has_python(tree: FileTree, d: str) -> bool:
 def hidden_findings(tree: FileTree, entries: Sequence[str]) -> list[Finding]:
     """verify's findings for hidden packages: an error when Python code is hidden (its
     import fails), a warning when only data files are (libraries are still found by path).
-    The trace holds the hidden path, so JSON readers need not parse the message."""
+    The trace holds the hidden path, so JSON readers need not parse the message. Portions
+    of one distribution (two versions of setuptools on one sys.path) are not a namespace
+    split over wheels, and are not reported here."""
+    from rpathfix.causes import DistOwners
     from rpathfix.verify import Finding
 
     out: list[Finding] = []
+    owners = DistOwners(tree, entries)
     for h in hidden_modules(tree, entries):
+        mine, theirs = owners.owner(h.by), owners.owner(h.path)
+        if mine is not None and theirs is not None and mine[0] == theirs[0]:
+            continue  # two versions of one distribution, not a namespace split across wheels
         level = "error" if h.importable else "warning"
         what = "cannot be imported" if h.importable else "is not importable (data files only: still found by path)"
         out.append(Finding(level, "namespace-shadowed", h.by, h.module,

@@ -124,11 +124,12 @@ def _wrap(items: Sequence[str], indent: str, sep: str = "; ") -> list[str]:
     return lines
 
 
-def _items(f: Finding, d: Display) -> list[str]:
+def _items(f: Finding, d: Display, explain: bool = False) -> list[str]:
     """The names a finding concerns with the wheels that provide them (grouped by wheel, or
     by name when one name comes from several wheels), else its details."""
     probs = f.problems
-    if any(p.provider_dist or p.provider for p in probs):
+    cause = CAUSES.get(f.code)
+    if (cause is None or cause.show == "providers") and any(p.provider_dist or p.provider for p in probs):
         by_wheel: dict[str, list[str]] = {}
         by_name: dict[str, list[str]] = {}
         for p in probs:
@@ -143,9 +144,10 @@ def _items(f: Finding, d: Display) -> list[str]:
         return _wrap([f"{', '.join(n)} ({who})" for who, n in by_wheel.items()], INDENT)
     details = list(dict.fromkeys(_relative(p.detail, d) for p in probs if p.detail))
     if details:
-        shown = [INDENT + x for x in details[:MAX_DETAILS]]
-        if len(details) > MAX_DETAILS:
-            shown.append(f"{INDENT}and {len(details) - MAX_DETAILS} more (--explain)")
+        limit = len(details) if explain else MAX_DETAILS
+        shown = [INDENT + x for x in details[:limit]]
+        if len(details) > limit:
+            shown.append(f"{INDENT}and {len(details) - limit} more (--explain)")
         return shown
     names = [n for n in f.names if n not in f.subjects]
     return _wrap(names, INDENT, ", ") if names else []
@@ -251,7 +253,7 @@ def format_findings(findings: Sequence[Finding], scope: Scope, d: Display, *, ex
         lines.append(f"{style(label, 'bold')}: {text}")
         for f in mine:
             lines.append(f"  {style(f.severity, f.severity)} {style('[' + f.code + ']', 'dim')} {f.explanation}")
-            lines += _items(f, d)
+            lines += _items(f, d, explain)
             subj = _subjects(f, d, label)
             if subj:
                 lines.append(subj)
@@ -265,7 +267,8 @@ def format_findings(findings: Sequence[Finding], scope: Scope, d: Display, *, ex
                     if p.trace and (p.file, p.name) not in traced_here:  # the first (an import's) is enough
                         traced_here.add((p.file, p.name))
                         lines += _trace(p, d)
-    for cmd, who in fixes.items():
+    # The command that fixes most distributions first (merging the layout, usually).
+    for cmd, who in sorted(fixes.items(), key=lambda kv: -len(set(kv[1]))):
         lines.append(f"fix: {style(cmd, 'bold')}   # {', '.join(dict.fromkeys(who))}")
     return "\n".join(lines)
 

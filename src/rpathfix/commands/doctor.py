@@ -57,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--cache-root {args.cache_root}: not a directory")
     try:
         info = None
+        skipped: list[str] = []
         if args.paths:
             from rpathfix.environment import site_dirs_of
 
@@ -72,13 +73,14 @@ def run(args: argparse.Namespace) -> int:
             progress.show(f"asking {python}")
             info = probe_python(python)
             interpreter, llp, preload = info.executable, info.ld_library_path, info.ld_preload
-            paths = sys_path_dirs(info)
+            paths, skipped = sys_path_dirs(info)
             if not paths:
-                raise UsageError(f"{python}: nothing on its sys.path but the standard library")
+                raise UsageError(f"{python}: no installed distribution on its sys.path (only the standard library"
+                                 f"{' and ' + ', '.join(skipped) if skipped else ''})")
             sites, named = list(info.site_dirs), []
         diag = diagnose(RealTree(), paths, python=info, interpreter=interpreter, ld_library_path=llp,
                         ld_preload=preload, site_dirs=sites, cache_root=args.cache_root, use_cache=not args.no_cache,
-                        named=named, progress=progress)
+                        named=named, progress=progress)._replace(skipped=tuple(skipped))
     finally:
         progress.done()
     failed = any(f.severity == "error" for f in diag.findings)
