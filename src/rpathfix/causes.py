@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import posixpath
 import re
+import shlex
 
 from rpathfix.environment import NativeFile
 from rpathfix.findings import FixContext, Problem, group
@@ -369,6 +370,53 @@ def _listed_version(tree: FileTree, real: str) -> str | None:
     return None
 
 
+def compact_paths(paths: Sequence[str]) -> list[str]:
+    """The paths for a command line, quoted; the directories of one parent as `parent/*`, or
+    `parent/*/site-packages`, when that glob gives exactly those paths (the 29 roots of a
+    split layout in one word)."""
+    out: list[str] = []
+    groups: dict[tuple[str, str], list[str]] = {}
+    for p in paths:
+        groups.setdefault(_glob_key(p), []).append(p)
+    done: set[tuple[str, str]] = set()
+    for p in paths:
+        key = _glob_key(p)
+        if key in done:
+            continue
+        parent, tail = key
+        pattern = f"{parent}/*{tail}" if parent != "." else f"*{tail}"
+        if len(groups[key]) > 2 and shlex.quote(pattern.replace("*", "x")) == pattern.replace("*", "x") \
+                and sorted(groups[key]) == sorted(_glob(parent, tail)):
+            out.append(pattern)
+            done.add(key)
+            continue
+        out.append(shlex.quote(p))
+    return out
+
+
+def _glob_key(path: str) -> tuple[str, str]:
+    """(the parent that a * would replace a name in, what follows the name): ("roots",
+    "/site-packages") for roots/torch/site-packages, ("roots", "") for roots/torch."""
+    import os
+
+    p = path.rstrip("/")
+    if os.path.basename(p) == "site-packages":
+        return os.path.dirname(os.path.dirname(p)) or ".", "/site-packages"
+    return os.path.dirname(p) or ".", ""
+
+
+def _glob(parent: str, tail: str) -> list[str]:
+    """What the shell makes of parent/*tail (hidden names left out, as a shell does)."""
+    import os
+
+    try:
+        names = sorted(n for n in os.listdir(parent) if not n.startswith("."))
+    except OSError:
+        return []
+    prefix = "" if parent == "." else parent + "/"
+    return [f"{prefix}{n}{tail}" for n in names if os.path.exists(f"{prefix}{n}{tail}")]
+
+
 def choose_out() -> str:
     """A directory name for a new venv that does not exist in the working directory."""
     import os
@@ -392,7 +440,8 @@ def fix_context(ctx: Context, named: Sequence[str] = (), roots: Sequence[tuple[s
         if found is not None:
             known.append((found[0], path))
     split = len(sites) > 1 and ctx.env.interpreter is None
-    return FixContext(tuple(paths), split, tuple(known), choose_out() if split else "venv", tuple(sites))
+    return FixContext(tuple(paths), split, tuple(known), choose_out() if split else "venv", tuple(sites),
+                      words=tuple(compact_paths(paths)) if split else ())
 
 
 def verify_findings(tree: FileTree, report: Report, named: Sequence[str] = (),

@@ -36,7 +36,7 @@ import os
 import posixpath
 import re
 
-from rpathfix.causes import Context, classify, fix_context
+from rpathfix.causes import Context, classify, compact_paths, fix_context
 from rpathfix.environment import NativeFile, collect
 from rpathfix.errors import UsageError
 from rpathfix.findings import Problem, group
@@ -218,7 +218,8 @@ def diagnose(tree: FileTree, paths: Sequence[str], *, python: PythonInfo | None,
         # What a venv merges: the directories on sys.path that are not site directories and
         # hold one installed wheel each (a source tree or an egg stays as it is).
         loose = tuple(p for p in env.site_dirs if os.path.normpath(p) not in sites and ctx.owners.sole(p))
-        fixes = fixes._replace(paths=loose, split=len(loose) > 1, python=python.python,
+        fixes = fixes._replace(paths=loose, words=tuple(compact_paths(loose)), split=len(loose) > 1,
+                               python=python.python,
                                roots=tuple((d, p) for d, p in fixes.roots if p in loose))
     if progress:
         progress.done()

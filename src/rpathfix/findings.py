@@ -87,6 +87,7 @@ class FixContext(NamedTuple):
     out: str = "venv"
     sites: tuple[str, ...] = ()  # the sys.path directories, absolute, in the order of `paths`
     python: str | None = None  # the interpreter a new venv is for (None: rpathfix's default)
+    words: tuple[str, ...] = ()  # `paths` as a command line writes them (causes.compact_paths)
 
     def root_of(self, dist: str | None) -> str | None:
         for d, path in self.roots:
@@ -100,7 +101,8 @@ def _venv_fix(problems: Sequence[Problem], ctx: FixContext) -> str | None:
     if not ctx.split or not ctx.paths:
         return None
     python = ["--python", shlex.quote(ctx.python)] if ctx.python else []
-    return " ".join(["rpathfix", "venv", shlex.quote(ctx.out), *compact_paths(ctx.paths), *python])
+    words = ctx.words or tuple(shlex.quote(p) for p in ctx.paths)
+    return " ".join(["rpathfix", "venv", shlex.quote(ctx.out), *words, *python])
 
 
 def _repair_fix(problems: Sequence[Problem], ctx: FixContext) -> str | None:
@@ -206,53 +208,6 @@ CAUSES: dict[str, Cause] = {
                            "(not an rpath problem)", None, _NEEDED),
 }
 _GENERIC = Cause("{n} {problem|problems} of kind {code} in {dist}")
-
-
-def compact_paths(paths: Sequence[str]) -> list[str]:
-    """The paths for a command line, quoted; the directories of one parent as `parent/*`, or
-    `parent/*/site-packages`, when that glob gives exactly those paths (the 29 roots of a
-    split layout in one word)."""
-    out: list[str] = []
-    groups: dict[tuple[str, str], list[str]] = {}
-    for p in paths:
-        groups.setdefault(_glob_key(p), []).append(p)
-    done: set[tuple[str, str]] = set()
-    for p in paths:
-        key = _glob_key(p)
-        if key in done:
-            continue
-        parent, tail = key
-        pattern = f"{parent}/*{tail}" if parent != "." else f"*{tail}"
-        if len(groups[key]) > 2 and shlex.quote(pattern.replace("*", "x")) == pattern.replace("*", "x") \
-                and sorted(groups[key]) == sorted(_glob(parent, tail)):
-            out.append(pattern)
-            done.add(key)
-            continue
-        out.append(shlex.quote(p))
-    return out
-
-
-def _glob_key(path: str) -> tuple[str, str]:
-    """(the parent that a * would replace a name in, what follows the name): ("roots",
-    "/site-packages") for roots/torch/site-packages, ("roots", "") for roots/torch."""
-    import os
-
-    p = path.rstrip("/")
-    if os.path.basename(p) == "site-packages":
-        return os.path.dirname(os.path.dirname(p)) or ".", "/site-packages"
-    return os.path.dirname(p) or ".", ""
-
-
-def _glob(parent: str, tail: str) -> list[str]:
-    """What the shell makes of parent/*tail (hidden names left out, as a shell does)."""
-    import os
-
-    try:
-        names = sorted(n for n in os.listdir(parent) if not n.startswith("."))
-    except OSError:
-        return []
-    prefix = "" if parent == "." else parent + "/"
-    return [f"{prefix}{n}{tail}" for n in names if os.path.exists(f"{prefix}{n}{tail}")]
 
 
 def title_of(code: str, n: int, dist: str | None, names: Sequence[str] = ()) -> str:
