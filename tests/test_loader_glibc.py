@@ -691,6 +691,24 @@ def test_cache_picks_the_supported_glibc_hwcaps_variant(tmp_path: Path) -> None:
     assert dict(model_rows(plain))["libxhw.so.1"] == f"{lib}/libxhw.so.1"
 
 
+@pytest.mark.parametrize("subdirs", [("tls", "x86_64"), ("x86_64",), ("avx512_1",)])
+def test_cache_legacy_hwcap_entries_as_glibc_236_reads_them(tmp_path: Path, subdirs: tuple[str, ...]) -> None:
+    """Rule 40, legacy part: ldconfig 2.36 still records tls/ and x86_64/ copies, and ld.so
+    2.36 takes the first whose hwcap bits it has; avx512_1/ only on a CPU that has it (not
+    searched here: then the plain file is the control)."""
+    if os.uname().machine != "x86_64":
+        pytest.skip("the legacy hwcap names are x86-64's")
+    lib = tmp_path / "leg"
+    cc(lib, "libxleg.so.1")
+    for sub in subdirs:
+        cc(lib / sub, "libxleg.so.1")
+    user = cc(tmp_path / "u", "libxu.so", ("libxleg.so.1",), libdirs=(lib,))
+    cache = build_cache(tmp_path, [lib])
+    rows = agree(user, options=host_options(cache=load_cache(str(cache))), wrap=with_cache(cache))
+    searched = [s for s in subdirs if s in host_hwcap_subdirs()]
+    assert dict(rows)["libxleg.so.1"] == (f"{lib}/{searched[0]}/libxleg.so.1" if searched else f"{lib}/libxleg.so.1")
+
+
 def test_nodeflib_drops_cache_entries_below_the_system_dirs(tmp_path: Path) -> None:
     """Rule 39: with DF_1_NODEFLIB, a cache entry in a subdirectory of /usr/lib/<triplet> is
     dropped as well; without it the cache finds the library (the control)."""

@@ -47,7 +47,10 @@ real ld.so, in ../shared/LOADERS.md's numbering; glibc 2.36 source as g:file:lin
     a default directory.
 40. ld.so.cache entries for glibc-hwcaps/<level>/ subdirectories are chosen by the levels
     the CPU supports, best first (rule 21; g:elf/dl-cache.c:254-330): a cache holding a
-    x86-64-v3 variant gives that file on a v3 machine, not the baseline one.
+    x86-64-v3 variant gives that file on a v3 machine, not the baseline one. After them,
+    glibc 2.36 takes the first entry of a legacy subdirectory whose hwcap bits the process
+    has (tls/ always, x86_64/ on x86-64; not avx512_1/ here) before the plain entry
+    (g:elf/dl-cache.c:205-211, 292-305); glibc 2.37 dropped these.
 """
 
 from __future__ import annotations
@@ -60,7 +63,7 @@ import struct
 from rpathfix.errors import FormatError
 from rpathfix.fstree import EACCES, ENOENT, CachedTree, as_cached, current_credentials, lookup
 from rpathfix.hwcaps import DEFAULT_INTERP, glibc_hwcaps_levels, host_hwcap_subdirs
-from rpathfix.ldcache import LdCache, load_cache
+from rpathfix.ldcache import LdCache, legacy_hwcap_mask, load_cache
 from rpathfix.model import ElfInfo
 from rpathfix.resolution import Attempt, LoadedObject, LoadResult, Resolution
 from rpathfix.sniff import read_binary_in
@@ -254,8 +257,10 @@ class GlibcProcess:
         self._deps_done: set[_Obj] = set()
         self.failed: Resolution | None = None  # the hard error that stopped the load (rule 37)
         self._in_dlopen = False  # within a dlopen(): DF_1_NOOPEN objects are refused
-        # glibc-hwcaps levels in priority order, for the cache's variants (rule 40).
+        # glibc-hwcaps levels in priority order, for the cache's variants (rule 40), and the
+        # legacy hwcap bits for its tls/, x86_64/ ... entries (rule 40, glibc 2.36).
         self._cache_hwcaps = glibc_hwcaps_levels(options.hwcap_subdirs)
+        self._cache_legacy: int | None = None
         # Rule 3's lookup table: l_name, requested names and SONAME -> the first object with it.
         self._by_name: dict[str, _Obj] = {}
         # Which hwcaps subdirectories exist under a search directory: a question about the
@@ -268,7 +273,7 @@ class GlibcProcess:
         per copy, as each `import` in a fresh interpreter would."""
         child = GlibcProcess.__new__(GlibcProcess)
         child.tree, child.options, child.machine, child.arch = self.tree, self.options, self.machine, self.arch
-        child.little, child._cache_hwcaps = self.little, self._cache_hwcaps
+        child.little, child._cache_hwcaps, child._cache_legacy = self.little, self._cache_hwcaps, self._cache_legacy
         child.failed, child._in_dlopen = self.failed, False
         child._subdirs, child._searches = self._subdirs, self._searches
         copies: dict[int, _Obj] = {}
@@ -304,6 +309,12 @@ class GlibcProcess:
             raise FormatError(path, "cannot read ELF headers (malformed)" if is_elf else "not an ELF file")
         return real, info
 
+    def _set_machine(self, info: ElfInfo) -> None:
+        """The process's class, machine and byte order, from its first object."""
+        self.machine = (info.elf_class, info.machine)
+        self.little, self.arch = info.little_endian, info.arch
+        self._cache_legacy = legacy_hwcap_mask(info.arch, self.options.hwcap_subdirs)
+
     def start(self, main_path: str, *, as_ldd: bool = False) -> _Obj:
         """Map the main program, its PT_INTERP, then its dependencies (what execve + ld.so do).
 
@@ -311,8 +322,7 @@ class GlibcProcess:
         under `ldd FILE` (ld.so given a path) glibc < 2.42 uses the path as given: as_ldd.
         """
         real, info = self._read_root(main_path)
-        self.machine = (info.elf_class, info.machine)
-        self.little, self.arch = info.little_endian, info.arch
+        self._set_machine(info)
         p = self._abs(main_path)
         origin = posixpath.dirname(p) if as_ldd else posixpath.dirname(real)
         main = _Obj(p, real, origin, info, None, True)
@@ -338,8 +348,7 @@ class GlibcProcess:
         requester = caller or self.main
         if self.machine is None:
             _real, info = self._read_root(path)
-            self.machine = (info.elf_class, info.machine)
-            self.little, self.arch = info.little_endian, info.arch
+            self._set_machine(info)
         self._in_dlopen = True
         try:
             res, obj = self.lookup(path, requester, is_dlopen=True)
@@ -463,7 +472,8 @@ class GlibcProcess:
                 if gave_up:
                     break  # rule 38: the rest of this list is not searched
         if self.options.cache is not None and self.machine is not None:
-            hit_path = self.options.cache.lookup(name, self.arch, self.machine[0], self._cache_hwcaps)  # rule 40
+            hit_path = self.options.cache.lookup(name, self.arch, self.machine[0], self._cache_hwcaps,
+                                                 self._cache_legacy)  # rule 40
             if hit_path is None:
                 attempts.append(Attempt(name, "cache", "missing", note=f"no entry in {self.options.cache.path}"))
             elif nodeflib and under_system_dir(hit_path, self.arch):
