@@ -219,3 +219,12 @@ def test_lookup_gives_eacces_as_the_kernel_does_for_another_user(world_dir: Path
             assert (found.path, found.error) == expected[rel], rel
     # Without credentials (root) the same walk gets through.
     assert lookup(RealTree(), str(world_dir / "private/lib.so"), read=True).error == 0
+
+
+def test_remembered_prefixes_keep_trailing_slashes_apart(tmp_path: Path) -> None:
+    """A walk of "file//x" must not leave "file/" remembered as the file (open gives ENOTDIR)."""
+    (tmp_path / "file").write_text("f")
+    tree = CachedTree(RealTree())
+    assert lookup(tree, f"{tmp_path}/file//x").error == errno.ENOTDIR
+    assert lookup(tree, f"{tmp_path}/file/").error == errno.ENOTDIR
+    assert lookup(tree, f"{tmp_path}//file").path == f"{tmp_path}/file"

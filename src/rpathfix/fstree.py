@@ -306,22 +306,24 @@ class _Walker:
         found = self.paths.get(path)
         if found is not None:
             return found
-        names = path.split("/")
-        if names[-1] == "" and len(names) > 2:
-            names[-1] = "."  # "x/" must be a directory, as "x/." must
-        # The longest prefix already walked (the root at worst).
-        i = len(names) - 1
-        while i > 0:
-            found = self.paths.get("/".join(names[:i]) or "/")
+        # Climb to the longest prefix already walked (the root at worst)...
+        pending: list[tuple[str, str]] = []  # (prefix, its last name), longest first
+        prefix = path
+        while True:
+            cut = prefix.rfind("/")
+            name = prefix[cut + 1:]
+            if not name and prefix is path and len(path) > 1:
+                name = "."  # "x/" must be a directory, as "x/." must
+            pending.append((prefix, name))
+            prefix = prefix[:cut] if cut > 0 else "/"
+            found = self.root() if cut <= 0 else self.paths.get(prefix)
             if found is not None:
                 break
-            i -= 1
-        if found is None:
-            found = self.root()
-        while i < len(names):
-            name = names[i]
-            i += 1
-            if name and found.path is not None:
+        # ... then walk down from it, one name at a time.
+        for prefix, name in reversed(pending):
+            if not name:
+                continue  # "a//b": nothing to walk, and "a/" is not remembered as "a" (not a dir check)
+            if found.path is not None:
                 step = self.step(found, name, 0)
                 links = found.links + step.links
                 if links > MAX_SYMLINKS:
@@ -330,7 +332,7 @@ class _Walker:
                     found = Lookup(None, None, step.error, links)
                 else:
                     found = Lookup(step.path, step.node, 0, links)
-            self.paths["/".join(names[:i]) or "/"] = found
+            self.paths[prefix] = found
         return found
 
     def walk(self, start: Lookup, rel: str, depth: int) -> Lookup:
