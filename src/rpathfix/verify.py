@@ -50,6 +50,7 @@ class LoaderOptions(NamedTuple):
     ld_library_path: str | None = None
     cache_root: str | None = None  # None: the host's /etc/ld.so.cache; "" : no cache
     use_cache: bool = True
+    secure: bool = False  # a setuid/capability interpreter (AT_SECURE; dyld: restricted)
 
 
 class Report:
@@ -196,8 +197,10 @@ class _Simulator:
     def load(self, f: NativeFile) -> LoadResult | None:
         try:
             if isinstance(f.info, ElfInfo):
-                if f.info.elf_type != "dyn":
-                    return None
+                from rpathfix.loader_glibc import refused_by_dlopen
+
+                if f.info.elf_type != "dyn" or refused_by_dlopen(f.info):
+                    return None  # not a library (a PIE too): nothing dlopen()s it (LOADERS.md rule 37)
                 return self._load_elf(f)
             return self._load_macho(f)
         except FormatError:
@@ -216,7 +219,7 @@ class _Simulator:
             if self.options.use_cache and self.options.cache_root != "":
                 cache = load_cache(posixpath.join(self.options.cache_root or "/", "etc/ld.so.cache"))
             self._glibc = host_options(ld_library_path=self.options.ld_library_path, cache=cache,
-                                       executable=self.interpreter)
+                                       executable=self.interpreter, secure=self.options.secure)
         if self._host is None:
             self._host = started(self.tree, self._glibc)  # FormatError: no interpreter to load into
         return load_elf(self.tree, f.path, self._glibc, host=self._host)
@@ -225,7 +228,7 @@ class _Simulator:
         """No macOS interpreter to load into here: the file is the main image (LOADERS.md rule 30)."""
         from rpathfix.loader_dyld import DyldOptions, load_macho
 
-        return load_macho(self.tree, f.path, DyldOptions(), dlopen=False)
+        return load_macho(self.tree, f.path, DyldOptions(restricted=self.options.secure), dlopen=False)
 
 
 def report_to_json(report: Report) -> dict[str, object]:

@@ -27,13 +27,16 @@ def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ld-library-path", metavar="P", help="simulate this LD_LIBRARY_PATH (default: unset)")
     p.add_argument("--no-cache", action="store_true", help="ignore /etc/ld.so.cache")
     p.add_argument("--strict", action="store_true", help="treat warnings as errors")
+    p.add_argument("--secure", action="store_true",
+                   help="simulate a setuid/setgid/capability program (AT_SECURE: LD_LIBRARY_PATH ignored, $ORIGIN restricted; a restricted process for dyld)")
 
 
 def run(args: argparse.Namespace) -> int:
     from rpathfix.fstree import RealTree
     from rpathfix.verify import LoaderOptions, format_report, report_to_json, verify
 
-    opts = LoaderOptions(interpreter=args.python, ld_library_path=args.ld_library_path, use_cache=not args.no_cache)
+    opts = LoaderOptions(interpreter=args.python, ld_library_path=args.ld_library_path, use_cache=not args.no_cache,
+                         secure=args.secure)
     report = verify(RealTree(), args.paths, opts)
     if args.json:
         json.dump(report_to_json(report), sys.stdout, indent=1)
