@@ -203,6 +203,8 @@ def test_scan_of_a_venv_reports_what_it_holds(stub_wheels: dict[str, Path], tmp_
     linked = scan_json(str(links))
     expected = _rows(scan_json(str(copies)), copies)
     assert _rows(linked, links) == expected
+    here = rpathfix("scan", "--json", ".", cwd=links)  # the hubs found from a relative top too
+    assert _rows(json.loads(here.stdout), Path(".")) == expected
     names = {Path(p).name.split(".")[0] for p, *_ in expected}
     assert {"_C", "_pybind_state", "libxcudart", "libxtorch_cuda", "libxonnxruntime_providers_cuda"} <= names
     assert {d for _, d, *_ in expected} >= {"torchstub", "nvidia-xcuda-runtime", "onnxstub"}

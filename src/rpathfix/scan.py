@@ -331,22 +331,26 @@ class _TreeWalk:
         return True
 
     def hubs(self) -> set[str]:
-        """The directory links that other links of the tree lead through (by their texts,
-        read as paths under top)."""
-        links = {p for p, _ in self.dir_links}
+        """The directory links that other links of the tree lead through (their texts read
+        as paths in the tree, relative to top)."""
+        cut = len(self.top) if self.top.endswith("/") else len(self.top) + 1
+        links = {p[cut:]: p for p, _ in self.dir_links}
         out: set[str] = set()
         for path in self.own_links:
             try:
                 text = os.readlink(path)
             except OSError:
                 continue
-            t = posixpath.normpath(text if text.startswith("/") else posixpath.join(posixpath.dirname(path), text))
-            if _inside(t, self.real_top):  # an absolute text naming the tree by its real path
-                t = posixpath.join(self.top, posixpath.relpath(t, self.real_top))
-            while len(t) > len(self.top):
-                if t in links:
-                    out.add(t)
-                t = t[:t.rfind("/")]
+            if text.startswith("/"):
+                if not _inside(text, self.real_top):
+                    continue
+                rel = posixpath.relpath(text, self.real_top)
+            else:
+                rel = posixpath.normpath(posixpath.join(posixpath.dirname(path[cut:]), text))
+            while rel and rel != "." and not rel.startswith("../") and rel != "..":
+                if rel in links:
+                    out.add(links[rel])
+                rel = posixpath.dirname(rel)
         return out
 
 

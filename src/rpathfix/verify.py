@@ -119,6 +119,8 @@ def check_environment(tree: FileTree, env: Environment, options: LoaderOptions, 
                 continue
             if r.weak:
                 continue
+            if not (f.is_extension or f.is_executable) and r.requester != f.path:
+                continue  # a library's dependency's dependency is checked as a library of its own
             providers = inside.providers(r.name)
             listed = assumed.covering(f, r, providers)
             if listed is not None:
@@ -133,8 +135,6 @@ def check_environment(tree: FileTree, env: Environment, options: LoaderOptions, 
                 # The layout's fault when the environment holds the library: an error. A
                 # library nothing here provides is the machine's (any layout fails alike).
                 findings.append(_missing(f, r, providers, what="executable", error=bool(providers)))
-            elif r.requester != f.path:
-                continue  # that dependency is checked as a library of its own
             elif providers:
                 findings.append(Finding(
                     "warning", "load-order", f.path, r.name,
