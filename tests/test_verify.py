@@ -211,3 +211,8 @@ def test_identical_copies_of_one_soname_are_not_a_conflict(tmp_path: Path) -> No
         doc = json.loads(rpathfix("verify", "--json", str(site)).stdout)
         assert [(w["code"], w["name"]) for w in doc["warnings"]] == [("duplicate-soname", soname)]
         assert "provided by 2 different files" in doc["warnings"][0]["message"]
+    # A third copy, identical to the first: three files, two contents.
+    (site / "third.libs").mkdir()
+    (site / "third.libs" / soname).write_bytes(a.read_bytes())
+    doc = json.loads(rpathfix("verify", "--json", str(site)).stdout)
+    assert "provided by 3 files with 2 different contents" in doc["warnings"][0]["message"]

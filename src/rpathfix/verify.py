@@ -33,7 +33,7 @@ import posixpath
 import sys
 from collections.abc import Sequence
 
-from rpathfix.environment import Environment, NativeFile, collect, file_digest
+from rpathfix.environment import Environment, NativeFile, collect, same_content
 from rpathfix.errors import FormatError
 from rpathfix.fstree import as_cached, read_small
 from rpathfix.model import ElfInfo
@@ -100,7 +100,10 @@ def check_environment(tree: FileTree, env: Environment, options: LoaderOptions, 
 
     modules_only loads only the extension modules and the executables (what decides
     whether the environment works: Python imports the modules, and a program that cannot
-    start is broken); every file still counts as a provider in the messages.
+    start is broken); every file still counts as a provider in the messages. It also
+    skips the duplicate-SONAME check, which decides nothing about loading and reads every
+    same-size copy in full (45 MB on the torch stack): the check before `venv` writes is
+    this mode; `verify` reports duplicates.
     """
     tree = as_cached(tree)
     interpreter = options.interpreter or env.interpreter
@@ -146,7 +149,8 @@ def check_environment(tree: FileTree, env: Environment, options: LoaderOptions, 
                 # A plugin library may need what only some systems have (libibverbs, libmpi):
                 # nothing imports it by itself, so it is a warning, not an error.
                 findings.append(_missing(f, r, providers, what="library", error=False))
-    findings.extend(_duplicates(tree, env))
+    if not modules_only:
+        findings.extend(_duplicates(tree, env))
     unique: dict[tuple[str, str, str | None, str], Finding] = {}
     for x in findings:
         unique.setdefault((x.level, x.code, x.name, x.file), x)  # the first trace of a name is enough
@@ -286,25 +290,31 @@ def _duplicates(tree: FileTree, env: Environment) -> list[Finding]:
         contents = _distinct_contents(tree, reals)
         if contents > 1:
             paths = ", ".join(f.path for f in files)
+            what = f"{contents} different files" if contents == len(reals) else \
+                f"{len(reals)} files with {contents} different contents"
             out.append(Finding("warning", "duplicate-soname", files[0].path, soname,
-                               f"{soname} is provided by {contents} different files: {paths}; "
+                               f"{soname} is provided by {what}: {paths}; "
                                "whichever loads first serves every later request"))
     return out
 
 
 def _distinct_contents(tree: FileTree, reals: list[str]) -> int:
     """How many different contents the files `reals` have: sizes first (a stat each), then
-    a digest of the files whose size another one shares (read in bounded chunks)."""
+    each file of a shared size compared with one file of each content seen so far."""
     by_size: dict[int | None, list[str]] = {}
     for real in reals:
         node = tree.lstat(real)
         by_size.setdefault(node.size if node is not None else None, []).append(real)
     count = 0
     for size, group in by_size.items():
-        if size is None or len(group) == 1:
+        if size is None:
             count += len(group)
-        else:
-            count += len({file_digest(tree, real) for real in group})
+            continue
+        kinds: list[str] = []  # one file of each content
+        for real in group:
+            if not any(same_content(tree, k, real) for k in kinds):
+                kinds.append(real)
+        count += len(kinds)
     return count
 
 
