@@ -54,6 +54,14 @@ def stub_wheels() -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
+def edge_wheels() -> dict[str, Path]:
+    """The second set of stub wheels (build.py --set edge: ELF executables, cupy-like), keyed
+    like stub_wheels; built into a directory of its own."""
+    paths = _builder().build(STUBS_OUT / "edge", wheel_set="edge")
+    return {p.name.split("-")[0]: p for p in paths}
+
+
+@pytest.fixture(scope="session")
 def stub_tree(stub_wheels: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
     """All stub wheels extracted into one directory each (modes kept), like rules_python's layout."""
     top = tmp_path_factory.mktemp("stubs-unzipped")
