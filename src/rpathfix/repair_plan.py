@@ -155,8 +155,9 @@ def plan_repair(tree: FileTree, wheel_root: str, sibling_roots: Sequence[str], *
         repair = _repair_one(ptree, b, member, providers, versions, default_tag, skipped, notes)
         if repair is not None:
             repairs.append(repair)
-    findings, checked = check_repaired(tree, [wheel_root, *sibling_roots], own.dist, repairs, notes)
-    needed = {a.dist: a.version for r in repairs for a in r.added if a.dist != own.dist}
+    check = check_repaired(tree, [wheel_root, *sibling_roots], own.dist, repairs, notes)
+    findings, checked = check.findings, check.checked
+    needed = {d: versions.get(d) for d in check.used if d != own.dist}
     reqs = requirements(metadata or b"", needed)
     return RepairPlan(wheel_root, own.dist, own.version, tuple(repairs), tuple(skipped), tuple(reqs),
                       tuple(findings), checked, tuple(dict.fromkeys(notes)))
@@ -338,11 +339,17 @@ def _repair_one(tree: FileTree, b: Binary, member: str, providers: Mapping[str, 
 # ---------------------------------------------------------------- the check
 
 
+class Check(NamedTuple):
+    findings: list[Finding]
+    checked: int  # native files loaded
+    used: set[str]  # distributions whose files the wheel's files load (through their own paths)
+
+
 def check_repaired(tree: FileTree, root_paths: Sequence[str], dist: str, repairs: Sequence[FileRepair],
-                   notes: list[str] | None = None) -> tuple[list[Finding], int]:
+                   notes: list[str] | None = None) -> Check:
     """Load every native file of `dist` in the planned venv of `root_paths`, its repaired files
-    seen with the headers their edits produce; (findings, files loaded). Files that cannot be
-    checked get a line in `notes`."""
+    seen with the headers their edits produce. Files that cannot be checked get a line in
+    `notes`. The distributions the wheel's files load from are what its METADATA must require."""
     if notes is None:
         notes = []
     from rpathfix.plan import make_plan
@@ -368,6 +375,8 @@ def check_repaired(tree: FileTree, root_paths: Sequence[str], dist: str, repairs
         if real is not None:
             memo[(_MEMO_KIND, real)] = fr.after
     providers = _providers(plan.binaries)
+    owner = {f"{_SITE}/{b.rel}": b.dist for b in plan.binaries}
+    used: set[str] = set()
     findings: list[Finding] = []
     checked = 0
     blind = _dyld_ignores_remembered_headers()
@@ -387,6 +396,8 @@ def check_repaired(tree: FileTree, root_paths: Sequence[str], dist: str, repairs
         is_module = _is_extension(b.info)
         must_load = is_module or b.rel in repaired
         for r in result.resolutions:
+            if r.requester in me and r.path is not None and _inside(r.path):
+                used.add(owner.get(posixpath.normpath(r.path), dist))
             if r.found or r.weak or system_reason(r.name) is not None:
                 continue  # the system's libraries are the system's, whatever this machine has
             if not must_load and r.requester not in me:
@@ -404,7 +415,7 @@ def check_repaired(tree: FileTree, root_paths: Sequence[str], dist: str, repairs
                 tuple(a._replace(path=display(a.path), contributor=a.contributor and display(a.contributor))
                       for a in r.attempts)))
     unique = {(x.level, x.file, x.name): x for x in findings}
-    return sorted(unique.values(), key=lambda x: (x.level != "error", x.file, x.name or "")), checked
+    return Check(sorted(unique.values(), key=lambda x: (x.level != "error", x.file, x.name or "")), checked, used)
 
 
 def _dyld_ignores_remembered_headers() -> bool:

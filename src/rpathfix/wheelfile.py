@@ -374,7 +374,7 @@ class MemberSource:
     is inflated forward, keeping a bounded window, and inflated again from the start when a
     reader steps back further than the window (the ELF reader steps back once, a little).
 
-    A deflated member read to its end is checked against its CRC-32 and size.
+    finish() reads what is left and checks the CRC-32 (and size): a streamed copy ends with it.
     """
 
     def __init__(self, archive: WheelArchive, entry: ZipEntry) -> None:
@@ -412,7 +412,11 @@ class MemberSource:
             raise FormatError(self._name, f"truncated: needs bytes {offset}..{offset + size} "
                                           f"but the member has {self._e.file_size}")
         if self._e.method == STORED:
-            return self._arc.pread(self._e.data_offset + offset, size)
+            data = self._arc.pread(self._e.data_offset + offset, size)
+            if offset == self._pos:  # contiguous from the start: checksummed on the way
+                self._crc = zlib.crc32(data, self._crc)
+                self._pos += size
+            return data
         if offset < self._win_start:
             self._reset()
         end = offset + size
@@ -425,6 +429,10 @@ class MemberSource:
     def finish(self) -> None:
         """Inflate to the end so the CRC-32 and size are checked (a streamed copy ends here)."""
         if self._e.method == STORED:
+            while self._pos < self._e.file_size:
+                self.read_at(self._pos, min(_INFLATE_OUT, self._e.file_size - self._pos))
+            if self._crc != self._e.crc:
+                raise FormatError(self._name, "CRC-32 mismatch: the member is corrupt")
             return
         while not self._done:
             self._trim(self._pos)

@@ -89,6 +89,9 @@ def run(args: argparse.Namespace) -> int:
 def _report(outcomes: list, explain: bool) -> None:  # type: ignore[type-arg]
     for o in outcomes:
         p = o.plan
+        if o.requires_missing and not o.requires_added:
+            print(f"{os.path.basename(o.wheel)}: METADATA lacks {', '.join(o.requires_missing)} "
+                  "(--add-requires adds them)", file=sys.stderr)
         if o.status == "unchanged":
             print(f"{os.path.basename(o.wheel)}: nothing to repair; not written")
             continue
@@ -99,8 +102,6 @@ def _report(outcomes: list, explain: bool) -> None:  # type: ignore[type-arg]
             what.append(f"{len(o.requires_added)} requirement(s) added")
         state = "wrote" if o.status == "repaired" else "up to date:"
         print(f"{state} {o.output} ({', '.join(what)})")
-        if o.requires_missing and not o.requires_added:
-            print(f"  METADATA lacks {', '.join(o.requires_missing)} (--add-requires adds them)", file=sys.stderr)
         for x in p.warnings:
             print(f"  warning [{x.code}] {x.file}: {x.message}", file=sys.stderr)
         if explain:
