@@ -188,8 +188,13 @@ def test_incremental_and_atomic(stub_wheels: dict[str, Path], tmp_path: Path) ->
     untouched = out / "simple" / "torchstub" / "index.html"
     assert untouched.stat().st_mtime_ns == old, "other projects' pages are not rewritten"
     assert not [p for p in out.rglob(".*.rpathfix-*")], "no temporary file left"
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    leftover = out / "simple" / f".index.html.rpathfix-{dead.pid}-0000"  # a killed run's temporary page
+    leftover.write_text("<html>half")
     (src / name).unlink()
     third = build_index(str(src), str(out))
+    assert not leftover.exists()
     assert "simple/onnxgpustub/" in third.removed and name + ".metadata" in third.removed
     assert not (out / "simple" / "onnxgpustub").exists() and not (out / name).exists()
     assert "onnxgpustub" not in (out / "simple" / "index.html").read_text()

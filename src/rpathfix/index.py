@@ -240,10 +240,30 @@ def _place_wheel(src: str, dest: str) -> bool:
     return True
 
 
+def _subdirs(d: str) -> list[str]:
+    try:
+        return [e.path for e in os.scandir(d) if e.is_dir(follow_symlinks=False)]
+    except OSError:
+        return []
+
+
+def _clean_dir(d: str) -> None:
+    """Remove what killed runs left in `d` (fileio's temporary names whose writer is gone)."""
+    from rpathfix.fileio import clean_leftovers
+
+    try:
+        names = os.listdir(d)
+    except OSError:
+        return
+    for n in names:
+        if n.startswith(".") and ".rpathfix-" in n:
+            clean_leftovers(os.path.join(d, n[1:n.index(".rpathfix-")]))
+
+
 def build_index(src: str, out: str | None = None) -> IndexResult:
     """Write (or bring up to date) the static simple repository of the wheels in `src` into
     `out` (default: `src` itself)."""
-    from rpathfix.fileio import clean_leftovers, remove_tree, write_if_changed
+    from rpathfix.fileio import remove_tree, write_if_changed
 
     src = os.path.abspath(src)
     out = os.path.abspath(out) if out is not None else src
@@ -253,6 +273,8 @@ def build_index(src: str, out: str | None = None) -> IndexResult:
         os.makedirs(os.path.join(out, SIMPLE), exist_ok=True)
     except OSError as e:
         raise UsageError(f"--out {out}: {e.strerror or e}") from None
+    for d in (out, os.path.join(out, SIMPLE), *_subdirs(os.path.join(out, SIMPLE))):
+        _clean_dir(d)
     state = _load_state(out)
     names = _list_wheels(src)
     wheels: dict[str, IndexedWheel] = {}
@@ -276,7 +298,6 @@ def build_index(src: str, out: str | None = None) -> IndexResult:
 
     def put(rel: str, data: bytes) -> None:
         dest = os.path.join(out, rel)
-        clean_leftovers(dest)
         os.makedirs(os.path.dirname(dest), exist_ok=True)
         if write_if_changed(dest, data, mode=0o644):
             written.append(rel)

@@ -155,7 +155,9 @@ def plan_repair(tree: FileTree, wheel_root: str, sibling_roots: Sequence[str], *
         repair = _repair_one(ptree, b, member, providers, versions, default_tag, skipped, notes)
         if repair is not None:
             repairs.append(repair)
-    check = check_repaired(tree, [wheel_root, *sibling_roots], own.dist, repairs, notes)
+    # Headers read for the plan are the check's too (a deflated 500 MB library is inflated once),
+    # except the repaired files': those the check sees as the edits will make them.
+    check = check_repaired(tree, [wheel_root, *sibling_roots], own.dist, repairs, notes, known=view.memo)
     findings, checked = check.findings, check.checked
     needed = {d: versions.get(d) for d in check.used if d != own.dist}
     reqs = requirements(metadata or b"", needed)
@@ -346,17 +348,18 @@ class Check(NamedTuple):
 
 
 def check_repaired(tree: FileTree, root_paths: Sequence[str], dist: str, repairs: Sequence[FileRepair],
-                   notes: list[str] | None = None) -> Check:
+                   notes: list[str] | None = None, known: Mapping[tuple[str, str], object] | None = None) -> Check:
     """Load every native file of `dist` in the planned venv of `root_paths`, its repaired files
     seen with the headers their edits produce. Files that cannot be checked get a line in
-    `notes`. The distributions the wheel's files load from are what its METADATA must require."""
+    `notes`. The distributions the wheel's files load from are what its METADATA must require.
+    `known`: headers already read from `tree` (a header memo), reused for the files not repaired."""
     if notes is None:
         notes = []
     from rpathfix.plan import make_plan
     from rpathfix.roots import load_root
     from rpathfix.verify import Finding
 
-    memo: dict[tuple[str, str], object] = {}
+    memo: dict[tuple[str, str], object] = dict(known or {})
     view = CachedTree(tree, memo=memo)
     roots = [load_root(view, p) for p in root_paths]
     own = roots[0]

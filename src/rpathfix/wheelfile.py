@@ -390,7 +390,7 @@ class MemberSource:
         self._inflater = zlib.decompressobj(-15)
         self._consumed = 0  # compressed bytes fed
         self._pos = 0  # decompressed bytes produced
-        self._win = bytearray()
+        self._win = b""  # inflated bytes from _win_start on: a bounded window
         self._win_start = 0
         self._crc = 0
         self._done = False
@@ -420,31 +420,34 @@ class MemberSource:
         if offset < self._win_start:
             self._reset()
         end = offset + size
+        keep = max(offset - _KEEP_BEHIND, 0)  # the window keeps a little before the read
         while self._pos < end:
-            self._trim(offset - _KEEP_BEHIND)
-            self._produce()
+            out = self._produce()
+            if self._pos <= keep:  # wholly before what is asked: skipped, never stored
+                self._win, self._win_start = b"", self._pos
+                continue
+            self._win += out
+            if keep > self._win_start:
+                self._win = self._win[keep - self._win_start:]
+                self._win_start = keep
         rel = offset - self._win_start
-        return bytes(self._win[rel:rel + size])
+        return self._win[rel:rel + size]
 
     def finish(self) -> None:
-        """Inflate to the end so the CRC-32 and size are checked (a streamed copy ends here)."""
+        """Read what is left and check the CRC-32 (and size): a streamed copy ends here."""
         if self._e.method == STORED:
             while self._pos < self._e.file_size:
                 self.read_at(self._pos, min(_INFLATE_OUT, self._e.file_size - self._pos))
             if self._crc != self._e.crc:
                 raise FormatError(self._name, "CRC-32 mismatch: the member is corrupt")
             return
+        self._win, self._win_start = b"", self._pos
         while not self._done:
-            self._trim(self._pos)
             self._produce()
+            self._win_start = self._pos
 
-    def _trim(self, before: int) -> None:
-        drop = before - self._win_start
-        if drop > 0:
-            del self._win[:drop]
-            self._win_start += drop
-
-    def _produce(self) -> None:
+    def _produce(self) -> bytes:
+        """The next piece of the inflated content (at most _INFLATE_OUT bytes), checked."""
         e = self._e
         if self._done:
             raise FormatError(self._name, "deflated data ends before the member's declared size")
@@ -459,7 +462,6 @@ class MemberSource:
             raise FormatError(self._name, f"corrupt deflated data ({err})") from None
         self._crc = zlib.crc32(out, self._crc)
         self._pos += len(out)
-        self._win += out
         if self._pos > e.file_size:
             raise FormatError(self._name, "deflated data is longer than the member's declared size")
         if self._inflater.eof or (not data and not out):
@@ -468,9 +470,10 @@ class MemberSource:
                 raise FormatError(self._name, "deflated data ends before the member's declared size")
             if self._crc != e.crc:
                 raise FormatError(self._name, "CRC-32 mismatch: the member is corrupt")
+        return out
 
     def close(self) -> None:
-        self._win = bytearray()
+        self._win = b""
 
     def __enter__(self) -> MemberSource:
         return self
