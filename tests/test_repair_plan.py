@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import rpathfix, zig_available
+from conftest import rpathfix, zig_available, zig_cc
 from rpathfix.errors import EditError
 from rpathfix.model import Edit
 from rpathfix.repair import WheelOutcome, binary_member_edit, repair_wheels
@@ -217,14 +217,23 @@ def test_the_tag_follows_the_file_then_the_wheel_then_the_option(stub_wheels: di
 
 
 @pytest.mark.skipif(not zig_available(), reason="the Mach-O stubs need zig")
-def test_macho_gets_a_loader_path_rpath(stub_wheels: dict[str, Path]) -> None:
-    o = plan_of(stub_wheels, "macfixstub", ("macdep",))
+def test_macho_gets_a_loader_path_rpath(stub_wheels: dict[str, Path], tmp_path: Path) -> None:
+    """A zig-built arm64 dylib that needs macdep's @rpath/libxmacdep.dylib, with only
+    @loader_path as LC_RPATH: it gets the LC_RPATH that reaches macdep's wheel."""
+    with zipfile.ZipFile(stub_wheels["macdep"]) as zf:
+        (tmp_path / "libxmacdep.dylib").write_bytes(zf.read("macdep/lib/libxmacdep.dylib"))
+    (tmp_path / "fix.c").write_text("int stub_macdep(void);\nint stub_macfix(void) { return stub_macdep() + 1; }\n")
+    zig_cc(tmp_path, "aarch64-macos", "-shared", "-o", "libxmacfix.dylib", "fix.c", "-L.", "-lxmacdep",
+           "-Wl,-install_name,@rpath/libxmacfix.dylib", "-Wl,-rpath,@loader_path")
+    wheel = lib_wheel(tmp_path, "macfixstub", {"macfixstub/.libs/libxmacfix.dylib":
+                                               (tmp_path / "libxmacfix.dylib").read_bytes()})
+    (o,) = repair_wheels([str(wheel)], [str(stub_wheels["macdep"])], None, dry_run=True)
     (f,) = o.plan.files
     assert f.format == "macho" and f.tag is None
     assert f.edits == (Edit("add-rpath", "@loader_path/../../macdep/lib"),)
     assert f.after.slices[0].rpaths == ("@loader_path", "@loader_path/../../macdep/lib")  # type: ignore[union-attr]
     assert o.plan.errors == []
-    control = plan_of(stub_wheels, "macfixstub", ())
+    (control,) = repair_wheels([str(wheel)], [], None, dry_run=True)
     assert control.plan.files == () and control.plan.warnings, "alone, nothing provides libxmacdep"
 
 

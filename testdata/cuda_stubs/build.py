@@ -37,9 +37,6 @@ same compiler gives the same bytes. The layouts, and why each exists:
       ships libcudart.so.13 (the real SONAME) to test the ld.so.cache collision.
   macstub, macdep (Mach-O, built with zig when available)
       @rpath install names, @loader_path LC_RPATHs that cross wheels, a fat library.
-  macfixstub (Mach-O)
-      a dylib that needs macdep's @rpath/libxmacdep.dylib but whose only LC_RPATH is
-      @loader_path: what `rpathfix repair` gives an @loader_path LC_RPATH.
 
 Usage: build.py --out DIR   (prints the wheel paths; reuses a build whose inputs match)
 """
@@ -376,8 +373,6 @@ def macho_wheels(work: Path) -> list[Wheel]:
               ["@loader_path/../../macdep/lib", "@loader_path"], ["xmacdep"])
     zig_dylib(d, "aarch64-macos", "_native.cpython-311-darwin.so", "ext.c", None, ["@loader_path/.libs"],
               ["xmacstub"], bundle=True)
-    (d / "fix.c").write_text("int stub_macdep(void);\nint stub_macfix(void) { return stub_macdep() + 1; }\n")
-    zig_dylib(d, "aarch64-macos", "libxmacfix.dylib", "fix.c", "@rpath/libxmacfix.dylib", ["@loader_path"], ["xmacdep"])
     dep = Wheel("macdep", "1.0", "py3-none-macosx_11_0_universal2")
     dep.files = {"macdep/__init__.py": text(""), "macdep/lib/libxmacdep.dylib": binary((d / "libxmacdep.dylib").read_bytes())}
     stub = Wheel("macstub", "1.0", "cp311-cp311-macosx_11_0_arm64", requires=["macdep"])
@@ -386,12 +381,7 @@ def macho_wheels(work: Path) -> list[Wheel]:
         "macstub/_native.cpython-311-darwin.so": binary((d / "_native.cpython-311-darwin.so").read_bytes()),
         "macstub/.libs/libxmacstub.dylib": binary((d / "libxmacstub.dylib").read_bytes()),
     }
-    fix = Wheel("macfixstub", "1.0", "py3-none-macosx_11_0_arm64")
-    fix.files = {
-        "macfixstub/__init__.py": text(""),
-        "macfixstub/.libs/libxmacfix.dylib": binary((d / "libxmacfix.dylib").read_bytes()),
-    }
-    return [dep, stub, fix]
+    return [dep, stub]
 
 
 # --------------------------------------------------------------------------- writing
