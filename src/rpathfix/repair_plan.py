@@ -36,6 +36,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from rpathfix.fstree import CachedTree
 from rpathfix.model import Edit, ElfInfo, MachoInfo, split_path_list
+from rpathfix.sniff import remember_binary
 from rpathfix.static import TYPE_CHECKING, NamedTuple
 from rpathfix.systemlibs import system_reason
 
@@ -54,7 +55,6 @@ CHECK_ROOT = "/rpathfix-repair-check"
 _SITE = f"{CHECK_ROOT}/site-packages"
 _KIND_DIRS = {"site-packages": _SITE, "bin": f"{CHECK_ROOT}/bin", "include": f"{CHECK_ROOT}/include",
               "data": f"{CHECK_ROOT}/data"}
-_MEMO_KIND = "binary"  # sniff's key for parsed headers in a CachedTree memo
 
 
 class Added(NamedTuple):
@@ -115,9 +115,6 @@ class RepairPlan(NamedTuple):
     @property
     def warnings(self) -> list[Finding]:
         return [f for f in self.findings if f.level == "warning"]
-
-    def member_edits(self) -> dict[str, tuple[Edit, ...]]:
-        return {f.member: f.edits for f in self.files}
 
 
 def plan_repair(tree: FileTree, wheel_root: str, sibling_roots: Sequence[str], *,
@@ -369,14 +366,14 @@ def check_repaired(tree: FileTree, root_paths: Sequence[str], dist: str, repairs
         for fr in repairs:
             real = view.resolve(f"{site}/{fr.path}")
             if real is not None:
-                memo[(_MEMO_KIND, real)] = fr.after  # before anyone reads the file's real headers
+                remember_binary(view, real, fr.after, replace=True)
     plan = make_plan(view, roots)
     ptree = _planned(view, plan)
     for fr in repairs:
         # A file the venv holds as a copy (Mach-O whose @loader_path climbs) is read there.
         real = ptree.resolve(f"{_SITE}/{fr.path}")
         if real is not None:
-            memo[(_MEMO_KIND, real)] = fr.after
+            remember_binary(ptree, real, fr.after, replace=True)
     providers = _providers(plan.binaries)
     owner = {f"{_SITE}/{b.rel}": b.dist for b in plan.binaries}
     used: set[str] = set()

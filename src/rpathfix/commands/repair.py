@@ -6,6 +6,11 @@ import argparse
 import os
 import sys
 
+from rpathfix.static import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rpathfix.repair import WheelOutcome
+
 HELP = "patch wheels so their libraries find sibling wheels' libraries (new build tag)"
 DESCRIPTION = """\
 For every native file of each WHEEL, simulate the site-packages that WHEEL and the SIBLING
@@ -86,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     return 1 if refused else 0
 
 
-def _report(outcomes: list, explain: bool) -> None:  # type: ignore[type-arg]
+def _report(outcomes: list[WheelOutcome], explain: bool) -> None:
     for o in outcomes:
         p = o.plan
         if o.requires_missing and not o.requires_added:
