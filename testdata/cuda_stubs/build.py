@@ -25,6 +25,10 @@ same compiler gives the same bytes. The layouts, and why each exists:
   onnxstub
       onnxruntime-like: the CUDA provider library has no rpath at all and needs the cu12
       libraries (today users set LD_LIBRARY_PATH).
+  onnxgpustub
+      onnxruntime-gpu 1.31-like (CUDA 13): the provider has no rpath and needs libxcublasLt,
+      libxcublas and libxcudart from the cu13 wheels; its `cuda` extra requires only
+      nvidia-xcuda-runtime, not nvidia-xcublas (as the real one). What `rpathfix repair` fixes.
   pthstub
       a .pth file that must run at start-up and one that adds a directory.
   scriptstub
@@ -102,7 +106,8 @@ class Wheel:
     tag: str
     files: dict[str, tuple[bytes, int]] = field(default_factory=dict)  # arcname -> (data, mode)
     entry_points: str | None = None
-    requires: list[str] = field(default_factory=list)
+    requires: list[str] = field(default_factory=list)  # Requires-Dist values (markers allowed)
+    extras: list[str] = field(default_factory=list)  # Provides-Extra
 
     @property
     def dist(self) -> str:
@@ -284,6 +289,34 @@ def onnxstub(work: Path) -> Wheel:
     return w
 
 
+def onnxgpustub(work: Path) -> Wheel:
+    d = work / "onnxgpu"
+    d.mkdir(parents=True, exist_ok=True)
+    for n in ("libxcublas.so.13", "libxcublasLt.so.13", "libxcudart.so.13", "libxnvjitlink.so.13"):
+        shutil.copy(work / "cu13" / n, d / n)
+    libs = [
+        Lib("libxonnxruntime.so.1", rpath="$ORIGIN"),
+        # The provider: no rpath at all; it needs the cu13 wheels' libraries.
+        Lib("libxonnxruntime_providers_cuda.so", needs=["libxcublasLt.so.13", "libxcublas.so.13", "libxcudart.so.13"]),
+    ]
+    built = build_elf_libs(libs, d)
+    ext_name, ext = build_extension("onnxstub_state.c", "_pybind_state", ["libxonnxruntime.so.1"], "$ORIGIN", d)
+    w = Wheel("onnxgpustub", "1.31.1", f"{py_tag()}-{py_tag()}-{LINUX_TAG}",
+              requires=['nvidia-xcuda-runtime==13.*; extra == "cuda"'], extras=["cuda"])
+    w.files = {
+        "onnxgpustub/__init__.py": text(
+            '"""An onnxruntime-gpu-like package whose CUDA provider is dlopen()ed by path."""\n'
+            "import ctypes, os\nfrom onnxgpustub.capi._pybind_state import version\n\n"
+            "def load_cuda_provider() -> int:\n"
+            "    here = os.path.join(os.path.dirname(__file__), 'capi', 'libxonnxruntime_providers_cuda.so')\n"
+            "    return ctypes.CDLL(here).stub_libxonnxruntime_providers_cuda()\n"),
+        "onnxgpustub/capi/__init__.py": text(""),
+        f"onnxgpustub/capi/{ext_name}": binary(ext),
+    }
+    w.files.update({f"onnxgpustub/capi/{k}": binary(v) for k, v in built.items()})
+    return w
+
+
 def pthstub() -> Wheel:
     w = Wheel("pthstub", "0.1.0", "py3-none-any")
     w.files = {
@@ -438,6 +471,7 @@ def write_wheel(w: Wheel, out_dir: Path) -> Path:
     dist_info = f"{w.dist}-{w.version}.dist-info"
     files = dict(w.files)
     meta = f"Metadata-Version: 2.1\nName: {w.name}\nVersion: {w.version}\nSummary: rpathfix test stub\n"
+    meta += "".join(f"Provides-Extra: {e}\n" for e in w.extras)
     meta += "".join(f"Requires-Dist: {r}\n" for r in w.requires)
     files[f"{dist_info}/METADATA"] = text(meta)
     purelib = "true" if w.tag.endswith("-any") else "false"
@@ -492,7 +526,7 @@ def build(out_dir: Path, with_macho: bool | None = None, wheel_set: str = "stubs
             wheels = edge_wheels(work)
         else:
             wheels = nvidia_cu12(work) + nvidia_cu13(work)
-            wheels += [torchstub(work), onnxstub(work), pthstub(), scriptstub(), cudart_shadow(work)]
+            wheels += [torchstub(work), onnxstub(work), onnxgpustub(work), pthstub(), scriptstub(), cudart_shadow(work)]
         if with_macho:
             wheels += macho_wheels(work)
         paths = [write_wheel(w, out_dir) for w in wheels]
