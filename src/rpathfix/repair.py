@@ -51,7 +51,7 @@ def binary_member_edit(repair: FileRepair) -> MemberEdit:
         if repair.format == "elf":
             from rpathfix import elf_write as planner  # type: ignore[attr-defined]
         else:
-            from rpathfix import macho_write as planner  # type: ignore[attr-defined]
+            from rpathfix import macho_write as planner
     except ImportError:
         raise EditError(f"{repair.path}: binary rewriting is not available yet in this build of rpathfix; "
                         "--dry-run shows the planned edits") from None
