@@ -50,6 +50,7 @@ class LoaderOptions(NamedTuple):
     ld_library_path: str | None = None
     cache_root: str | None = None  # None: the host's /etc/ld.so.cache; "" : no cache
     use_cache: bool = True
+    assume_loaded: tuple[str, ...] = ()
 
 
 class Report:
