@@ -26,8 +26,9 @@ libraries) for its warnings.
 OUT is replaced only if rpathfix wrote it (it holds the marker file .rpathfix-venv) or is
 an empty directory; anything else, a venv made by pip included, is refused (exit 2).
 The new venv is built beside OUT and put in place in one step (a rename, or an exchange
-of the two directories), so a reader never sees OUT missing or half-written; what a
-killed run left beside OUT is removed by the next run. A run that changes nothing
+of the two directories), so a reader never sees OUT missing or half-written (where the
+file system cannot exchange two directories, replacing OUT is refused: remove it first);
+what a killed run left beside OUT is removed by the next run. A run that changes nothing
 writes nothing.
 
 --link-mode hardlink: where a hard link cannot be made (another file system, a refusal
