@@ -766,15 +766,14 @@ def _swap_in(tmp: str, final: str) -> None:
     `tmp`) is deleted. Before deleting, it must still hold the marker: if another program
     replaced OUT in the meantime, the exchange is undone and nothing is deleted.
     """
-    state = check_destination(final).state
-    if state != "ours":
+    if check_destination(final).state != "ours":
         try:
             os.rename(tmp, final)
             return
         except OSError as e:
             if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
                 raise
-        state = check_destination(final).state  # filled in meanwhile (another rpathfix?): refused unless ours
+        check_destination(final)  # filled in meanwhile (by another rpathfix?): refused unless ours
     try:
         fileio.exchange(tmp, final)
     except OSError as e:
