@@ -111,45 +111,6 @@ def test_roots_made_of_symlinks(stub_wheels: dict[str, Path], tmp_path: Path, mo
     assert ok.stdout.strip() == "11", ok.stderr
 
 
-@pytest.mark.parametrize("dists", [
-    ("torchstub", "nvidia_xcublas", "nvidia_xcuda_runtime", "nvidia_xnvjitlink", "onnxstub"),
-    ("torchstub", "nvidia_xcuda_runtime", "onnxstub"),  # libxcublas missing: the module fails
-])
-def test_check_before_writing_agrees_with_verify_after(stub_wheels: dict[str, Path], tmp_path: Path,
-                                                       dists: tuple[str, ...]) -> None:
-    """`venv` checks the plan (extension modules, on the planned tree, without walking it);
-    `verify OUT` walks the written venv and loads every file: for the modules they agree."""
-    import sys
-
-    from rpathfix.build_venv import check_plan, scripts_without_bin
-    from rpathfix.fstree import CachedTree, RealTree
-    from rpathfix.plan import make_plan
-    from rpathfix.roots import load_root
-    from rpathfix.venv import kind_dirs, python_info
-    from rpathfix.verify import LoaderOptions, verify
-
-    roots = unpack(stub_wheels, dists, tmp_path / "roots")
-    out = str(tmp_path / "venv")
-    tree = CachedTree(RealTree())
-    rs = [load_root(tree, r) for r in roots]
-    plan = make_plan(tree, rs)
-    info = python_info(sys.executable)
-    options = LoaderOptions(interpreter=f"{out}/bin/python")
-    before = check_plan(tree, out, plan, kind_dirs(out, info), info.base_executable, scripts_without_bin(tree, rs),
-                        options)
-    assert rpathfix("venv", out, *roots, "--no-verify").returncode == 0
-    after = verify(RealTree(), [out], options)
-    modules = {f.path for f in after.environment.files if f.is_extension}
-    assert modules and before.checked == len(modules)
-
-    def rows(report) -> list[tuple[str, str, str, str | None, str]]:  # type: ignore[no-untyped-def]
-        return [(f.level, f.code, f.file, f.name, f.message) for f in report.findings
-                if f.file in modules and f.code != "duplicate-soname"]
-
-    assert rows(before) == rows(after)
-    assert bool(before.errors) == (len(dists) == 3)
-
-
 def _run(cmd: list[str], path: Path) -> subprocess.CompletedProcess[str]:
     """Run a program as a user would: by name through PATH, LD_LIBRARY_PATH unset."""
     return subprocess.run(cmd, capture_output=True, text=True, timeout=60,

@@ -110,6 +110,13 @@ def make_plan(tree: FileTree, roots: Sequence[Root], *, precedence: Sequence[str
         dirs = {r.dist: d for r in roots if (d := r.dir_for(kind)) is not None}
         force: dict[str, list[str]] = {}
         copies: dict[str, str] = {}
+        if kind == "include":
+            # .data/headers: pip and pypa/installer put each distribution's headers in a
+            # directory of its own, include/site/pythonX.Y/<dist>/, so two distributions
+            # that ship config.h never meet. One entry per root, nothing to merge.
+            entries += [PlanEntry(kind="include", venv_path=headers_dir_name(tree, r), target=dirs[r.dist],
+                                  dist=r.dist) for r in sorted(roots, key=lambda r: r.dist) if r.dist in dirs]
+            continue
         found: list[Binary] = []
         for r in sorted(roots, key=lambda r: r.dist):
             if r.dist in dirs:
@@ -141,6 +148,16 @@ def _check_roots(roots: Sequence[Root]) -> list[Root]:
         else:
             raise PlanError(f"{r.dist} {r.version} given twice: {prev.path} and {r.path}; pass it once")
     return out
+
+
+def headers_dir_name(tree: FileTree, root: Root) -> str:
+    """The name of a distribution's headers directory in include/site/pythonX.Y/: the
+    distribution as its wheel file and .dist-info directory spell it (`foo_bar`), which is
+    what pypa/installer uses; the root's normalized name without a single .dist-info."""
+    site = root.dir_for("site-packages")
+    names = [n[:-len(".dist-info")].split("-", 1)[0] for n in tree.listdir(site) if n.endswith(".dist-info")] \
+        if site is not None else []
+    return names[0] if len(names) == 1 and names[0] not in ("", ".", "..") else root.dist
 
 
 def _children(tree: FileTree, dirs: dict[str, str]) -> dict[str, _Node]:

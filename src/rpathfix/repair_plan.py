@@ -180,12 +180,18 @@ def _unplaced(tree: FileTree, own: Root, placed: list[Binary]) -> list[str]:
 
 
 def _planned(view: CachedTree, plan: Plan) -> CachedTree:
-    """The planned venv of the check, over `view` (sharing its header memo)."""
-    import sys
+    """The merged site-packages of the check, over `view` (sharing its header memo).
 
-    from rpathfix.build_venv import planned_tree
+    Not venv.describe_venv: the roots here are wheels read in place (wheeltree.WheelTree), whose
+    paths exist only in `view`, and the check needs only where each entry lands and what it
+    reads as: a link to its target, or (method "copy") a file with its target's bytes.
+    """
+    from rpathfix.fstree import OverlayTree, Planned
 
-    return CachedTree(planned_tree(CHECK_ROOT, plan, _KIND_DIRS, sys.executable, [], view), memo=view.memo)
+    entries = {posixpath.join(_KIND_DIRS[e.kind], e.venv_path):
+               Planned("file", e.target, 0o755) if e.method == "copy" else Planned("link", e.target)
+               for e in plan.entries}
+    return CachedTree(OverlayTree(view, CHECK_ROOT, entries), memo=view.memo)
 
 
 def _names(b: Binary) -> list[str]:
