@@ -159,13 +159,20 @@ def test_python_mode_reads_the_interpreters_sys_path(stub_tree: Path, tmp_path: 
     assert "split-layout" not in codes(doc)
 
 
+# The torch-like story of the stub wheels: torch, its CUDA 13 wheels, the CUDA 12 wheels and
+# the onnxruntime-like package that needs them, a .pth and a scripts wheel.
+TORCH_LIKE = (*CU13, "nvidia_xcublas_cu12", "nvidia_xcuda_runtime_cu12", "nvidia_xnvimgcodec_cu12", "onnxstub",
+              "pthstub", "scriptstub")
+
+
 def test_verify_is_grouped_and_short(stub_tree: Path, tmp_path: Path) -> None:
-    roots = sorted(str(p) for p in stub_tree.iterdir() if p.is_dir())
+    roots = [str(stub_tree / d) for d in TORCH_LIKE]
     proc = rpathfix("verify", *roots, cwd=tmp_path, env=python_env())
     assert proc.returncode == 1
     lines = proc.stdout.splitlines()
     assert len(lines) <= 25, proc.stdout
     assert "2 libraries that torchstub needs are in other wheels, not on its RPATH" in proc.stdout
+    assert "nvidia-xcublas-cu12 ships a regular package that hides" in proc.stdout
     assert "libxcudart.so.13 (nvidia-xcuda-runtime 13.0.96)" in proc.stdout
     assert sum(1 for ln in lines if ln.startswith("fix: rpathfix venv venv ")) == 1
     assert str(stub_tree) + "/torchstub/torchstub" not in proc.stdout  # paths relative to the directories

@@ -34,7 +34,7 @@ from rpathfix.environment import NativeFile
 from rpathfix.findings import FixContext, Problem, group
 from rpathfix.fstree import as_cached, read_small, regular_file, resolve
 from rpathfix.model import ElfInfo, MachoInfo
-from rpathfix.names import parse_dist_info_dirname
+from rpathfix.names import canonicalize_name, parse_dist_info_dirname
 from rpathfix.record import MAX_RECORD_BYTES, record_paths
 from rpathfix.static import TYPE_CHECKING
 
@@ -153,8 +153,21 @@ class Context:
         return list(out.values())
 
     def dist(self, path: str) -> tuple[str | None, str | None]:
+        """(name, version) of the file's distribution; a file no RECORD lists (a directory
+        put on sys.path by hand) is named by its top-level package, without a version."""
         found = self.owners.owner(path)
-        return (found[0], found[1]) if found else (None, None)
+        if found:
+            return found[0], found[1]
+        site = self.owners.site_of(path)
+        if site is None:
+            return None, None
+        top = path[len(site.rstrip("/")) + 1:].split("/", 1)[0]
+        return canonicalize_name(top.split(".", 1)[0]) or None, None
+
+    def label(self, path: str) -> str | None:
+        """"name version" (or the name alone) of the file's distribution, as dist() finds it."""
+        name, version = self.dist(path)
+        return None if name is None else f"{name} {version}" if version else name
 
     # ------------------------------------------------------------------ causes
 
@@ -256,7 +269,7 @@ def classify(ctx: Context, findings: Sequence[VerifyFinding]) -> list[Problem]:
         elif x.code == "namespace-shadowed" and x.trace:
             dist, version = ctx.dist(x.file)
             hidden = x.trace[0].path
-            out.append(Problem(x.code, x.level, x.file, dist, version, x.name, hidden, ctx.owners.label(hidden),
+            out.append(Problem(x.code, x.level, x.file, dist, version, x.name, hidden, ctx.label(hidden),
                                None, "", None, x.trace))
         else:
             out.append(_passed(ctx, x))
@@ -272,7 +285,7 @@ def _stops(ctx: Context, x: VerifyFinding) -> str | None:
     f = ctx.by_path.get(x.file)
     if x.level != "error" or f is None:
         return None
-    return x.file if f.is_extension or getattr(f, "is_executable", False) else None
+    return x.file if f.is_extension or f.is_executable else None
 
 
 def _not_found(ctx: Context, x: VerifyFinding) -> Problem:
@@ -284,7 +297,7 @@ def _not_found(ctx: Context, x: VerifyFinding) -> Problem:
     dist, version = ctx.dist(owner)
     severity = "info" if code == "inherited-rpath" and x.level == "warning" else x.level
     return Problem(code, severity, owner, dist, version, x.name,
-                   provider.path if provider else None, ctx.owners.label(provider.path) if provider else None,
+                   provider.path if provider else None, ctx.label(provider.path) if provider else None,
                    _stops(ctx, x), "", code, x.trace)
 
 
@@ -298,11 +311,11 @@ def _shadowed(ctx: Context, x: VerifyFinding) -> Problem:
     detail = ""
     if system is not None and provider is not None:
         sys_version = system_version(ctx.tree, system, ctx.versions)
-        wheel = ctx.owners.label(provider.path) or posixpath.basename(provider.path)
+        wheel = ctx.label(provider.path) or posixpath.basename(provider.path)
         detail = (f"{x.name}: {system}{f' ({sys_version})' if sys_version else ''} loads, "
                   f"not {provider.path} ({wheel})")
     return Problem("shadowed", x.level, x.file, dist, version, x.name, provider.path if provider else None,
-                   ctx.owners.label(provider.path) if provider else None, None, detail,
+                   ctx.label(provider.path) if provider else None, None, detail,
                    cause if cause in ("split-layout", "no-path-to-provider", "runpath-not-transitive") else None,
                    x.trace)
 
@@ -312,7 +325,7 @@ def _duplicates(ctx: Context, x: VerifyFinding) -> list[Problem]:
     files = [f for f in ctx.by_name.get(x.name, []) if isinstance(f.info, ElfInfo) and f.info.soname == x.name]
     if len(files) < 2:
         return [_passed(ctx, x)]
-    where = ", ".join(f"{f.path} ({ctx.owners.label(f.path) or '?'})" for f in files)
+    where = ", ".join(f"{f.path} ({ctx.label(f.path) or '?'})" for f in files)
     return [Problem("duplicate-soname", x.level, f.path, None, None, x.name, detail=f"{x.name}: {where}")
             for f in files]
 

@@ -184,7 +184,7 @@ CAUSES: dict[str, Cause] = {
                       "not the wheel's", _cause_fix, _NEEDED, "details"),
     "duplicate-soname": Cause("{n} {SONAME is|SONAMEs are} provided by several different files; "
                               "whichever loads first serves every later request", None, None),
-    "assumed-loaded": Cause(_LIBS + " {is|are} not found, but the package loads {it|them} itself "
+    "assumed-loaded": Cause(_LIBS + " {is|are} not found, and taken as loaded by the package at run time "
                                     "(--assume-loaded)", None, _NEEDED),
     # Symbol binding (from verify, once it binds symbols)
     "version-not-found": Cause("{n} symbol {version|versions} that {dist} needs {is|are} not provided "

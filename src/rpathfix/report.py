@@ -174,8 +174,15 @@ def _subjects(f: Finding, d: Display, own: str | None) -> str | None:
         text = f"{who} {', '.join(files[:MAX_SUBJECTS])}{more}"
     stops = list(dict.fromkeys(p.stops for p in f.problems if p.stops and d.label(p.stops) != own))
     if stops:
-        text += ("; " if text else "") + f"so {', '.join(d.path(s) for s in stops)} will not load"
+        text += ("; " if text else "") + f"so {', '.join(d.path(s) for s in stops)} will not {_verb(stops)}"
     return INDENT + text if text else None
+
+
+def _verb(stops: Sequence[str]) -> str:
+    """Modules load (Python imports them); programs start (the kernel runs them)."""
+    from rpathfix.sniff import looks_like_library
+
+    return "load" if any(looks_like_library(posixpath.basename(s)) for s in stops) else "start"
 
 
 def _trace(p: Problem, d: Display) -> list[str]:
@@ -227,7 +234,7 @@ def by_distribution(findings: Sequence[Finding], d: Display, *, explain: bool = 
         if label in stops:
             mods = [d.path(s) for s in stops[label]]
             shown = ", ".join(mods[:2]) + (f" and {len(mods) - 2} more" if len(mods) > 2 else "")
-            text += (": " if text else "") + f"{shown} will not load"
+            text += (": " if text else "") + f"{shown} will not {_verb(stops[label])}"
         out.append((label, text or "notes", mine[label]))
     rank = {s: i for i, s in enumerate(SEVERITIES)}
     out.sort(key=lambda t: (min((rank[f.severity] for f in t[2]), default=0) if t[2] else 0,
@@ -281,7 +288,12 @@ def short_lines(findings: Sequence[Finding], d: Display) -> list[str]:
             continue
         names = f.names
         shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
-        out.append(f"{f.severity} [{f.code}] {f.explanation}: {_relative(shown, d)}")
+        cause = CAUSES.get(f.code)
+        who = cause.who if cause is not None else "in"
+        files = [d.path(x) for x in f.subjects if x not in names]
+        where = f" ({who} {files[0]}{f' and {len(files) - 1} more' if len(files) > 1 else ''})" \
+            if who and files else ""
+        out.append(f"{f.severity} [{f.code}] {f.explanation}: {_relative(shown, d)}{where}")
     return out
 
 

@@ -59,10 +59,10 @@ def run(args: argparse.Namespace) -> int:
         info = None
         skipped: list[str] = []
         if args.paths:
-            from rpathfix.environment import site_dirs_of
+            from rpathfix.environment import layout_of
 
-            tree = RealTree()
-            dirs, venv_python = site_dirs_of(tree, args.paths)
+            layout = layout_of(RealTree(), args.paths)
+            dirs, venv_python = layout.site_dirs, layout.interpreter
             interpreter = args.python or venv_python or sys.executable
             # One site-packages or a venv runs its .pth files; several directories are a sys.path.
             sites = dirs if (len(args.paths) == 1 or venv_python) else []
@@ -91,6 +91,6 @@ def run(args: argparse.Namespace) -> int:
     env = diag.env
     scope = Scope(len(env.files), sum(1 for f in env.files if f.is_extension), len(env.site_dirs),
                   header=header_lines(diag))
-    print(format_findings(diag.findings, scope, Display(env.site_dirs, diag.context.owners.label),
+    print(format_findings(diag.findings, scope, Display(env.site_dirs, diag.context.label),
                           explain=args.explain, color=use_color(sys.stdout)))
     return 1 if failed else 0
