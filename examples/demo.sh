@@ -24,9 +24,10 @@ step "rpathfix scan: the torch-like wheel's libraries and their search paths"
 $RF scan "$STUBS"/torchstub-*.whl
 
 step "rpathfix unpack: one directory per wheel, as rules_python's whl_library makes"
-$RF unpack $WHEELS --into "$OUT/roots"
+$RF unpack -v $WHEELS --into "$OUT/roots"
 ROOTS=$(ls -d "$OUT"/roots/*)
 SPLIT=$(printf '%s/site-packages:' $ROOTS)
+SPLIT=${SPLIT%:}  # a trailing ':' would put the working directory on sys.path
 
 step "split layout: every root on PYTHONPATH -> import fails"
 if PYTHONPATH="$SPLIT" $PY -c 'import torchstub; print(torchstub.cuda_answer())'; then
@@ -36,6 +37,9 @@ fi
 step "rpathfix verify explains it (exit 1 = errors)"
 $RF verify $ROOTS || true
 
+step "rpathfix doctor: what fails, why, and the command that fixes each thing"
+PYTHONPATH="$SPLIT" $RF doctor --python $PY || true
+
 step "rpathfix why: where ld.so looks for libxcudart.so.13 from torch's library"
 $RF why "$OUT"/roots/torchstub/site-packages/torchstub/lib/libxtorch_cuda.so libxcudart.so.13 || true
 
@@ -43,7 +47,7 @@ step "rpathfix plan: which directories must be real, which can be one symlink"
 $RF plan $ROOTS | grep -E '^real' || true
 
 step "rpathfix venv: write the per-binary venv (its extension modules checked before writing)"
-$RF venv "$OUT/venv" $ROOTS
+$RF venv -v "$OUT/venv" $ROOTS
 
 step "the same import through the venv's interpreter, LD_LIBRARY_PATH unset"
 "$OUT"/venv/bin/python -c 'import torchstub; print("torchstub.cuda_answer() =", torchstub.cuda_answer())'

@@ -166,7 +166,7 @@ def listing(top: Path) -> list[tuple[str, str, str]]:
 def test_idempotent_and_deterministic(roots: list[Path], venv: Path, tmp_path: Path) -> None:
     before = listing(venv)
     mtime = venv.stat().st_mtime_ns
-    again = rpathfix("venv", str(venv), *map(str, roots))
+    again = rpathfix("venv", "-v", str(venv), *map(str, roots))
     assert again.returncode == 0 and "up to date" in again.stdout
     assert venv.stat().st_mtime_ns == mtime and listing(venv) == before
     other = venv.with_name("venv-second")  # same distance to the roots: identical relative links

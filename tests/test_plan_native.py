@@ -181,7 +181,7 @@ def test_the_check_before_writing_runs_executables(edge_wheels: dict[str, Path],
     out = tmp_path / "venv"
     refused = rpathfix("venv", str(out), str(tmp_path / "roots" / "norunpath"), *roots)
     assert refused.returncode == 1 and not out.exists()
-    assert "executable xnorunpath will not start: libxcux.so.1 not found" in refused.stdout + refused.stderr
+    assert "norunpath/bin/xnorunpath will not start" in refused.stderr and "libxcux.so.1" in refused.stderr
     # Without nvidia-xcux nothing here provides the library: the machine's business, a warning.
     alone = rpathfix("venv", str(out), str(tmp_path / "roots" / "norunpath"))
     assert alone.returncode == 0, alone.stderr

@@ -69,7 +69,7 @@ def make_wheel(path: Path, dist: str = "tiny", version: str = "1.0",
 
 def test_scriptstub_layout_and_scripts(stub_wheels: dict[str, Path], tmp_path: Path) -> None:
     into = tmp_path / "roots"
-    r = rpathfix("unpack", str(stub_wheels["scriptstub"]), "--into", str(into))
+    r = rpathfix("unpack", str(stub_wheels["scriptstub"]), "--into", str(into), "-v")
     assert r.returncode == 0, r.stderr
     root = into / "scriptstub"
     assert r.stdout == f"unpacked {stub_wheels['scriptstub']} -> {root}\n"
@@ -130,10 +130,12 @@ def test_idempotent(stub_wheels: dict[str, Path], tmp_path: Path) -> None:
     whl = str(stub_wheels["torchstub"])
     assert rpathfix("unpack", whl, "--into", str(tmp_path)).returncode == 0
     before = _mtimes(tmp_path)
-    r = rpathfix("unpack", whl, "--into", str(tmp_path))
+    r = rpathfix("unpack", whl, "--into", str(tmp_path), "--verbose")
     assert r.returncode == 0, r.stderr
     assert r.stdout == f"up to date: {tmp_path / 'torchstub'}\n"
     assert _mtimes(tmp_path) == before
+    quiet = rpathfix("unpack", whl, "--into", str(tmp_path))  # quiet success: nothing at all without -v
+    assert quiet.returncode == 0 and quiet.stdout == "" and quiet.stderr == ""
 
 
 def test_deterministic(stub_wheels: dict[str, Path], tmp_path: Path) -> None:
@@ -260,7 +262,7 @@ def test_record_check_is_stricter_than_pip_and_can_be_turned_off(tmp_path: Path)
         assert r.returncode == 0, r.stderr
         assert (into / "tiny" / "site-packages" / "tiny" / "__init__.py").is_file()
         assert "record: not verified" in (into / "tiny" / MARKER).read_text()
-        again = rpathfix("unpack", str(whl), "--into", str(into), "--no-verify-record")
+        again = rpathfix("unpack", str(whl), "--into", str(into), "--no-verify-record", "-v")
         assert again.returncode == 0 and again.stdout.startswith("up to date")
         strict = rpathfix("unpack", str(whl), "--into", str(into))
         assert strict.returncode == 2 and "--no-verify-record" in strict.stderr

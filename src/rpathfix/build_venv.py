@@ -33,10 +33,11 @@ if TYPE_CHECKING:
 
 
 class BuildResult:
-    """What `rpathfix venv` did: whether OUT changed, its size, why it was refused, and
-    how many extension modules went unchecked (--no-verify)."""
+    """What `rpathfix venv` did: whether OUT changed, its size, why it was refused, how many
+    extension modules went unchecked (--no-verify), warnings (what matters, said once), and
+    the planner's notes (said with -v)."""
 
-    __slots__ = ("changed", "entries", "real_dirs", "refused", "unchecked", "warnings")
+    __slots__ = ("changed", "entries", "notes", "real_dirs", "refused", "unchecked", "warnings")
 
     def __init__(self, entries: int = 0, real_dirs: int = 0) -> None:
         self.changed = False
@@ -45,6 +46,7 @@ class BuildResult:
         self.refused: str | None = None
         self.unchecked = 0
         self.warnings: list[str] = []
+        self.notes: list[str] = []
 
 
 def check_plan(tree: CachedTree, venv: VenvTree, plan: Plan, options: LoaderOptions) -> Report:
@@ -112,16 +114,18 @@ def build_venv(out: str, root_paths: Sequence[str], *, python: str, link_mode: s
     scripts = scripts_without_bin(tree, roots)
     venv = describe_venv(out, plan.entries, python=python, link_mode=link_mode, entry_points=scripts)
     result = BuildResult(entries=len(plan.entries), real_dirs=len(plan.real_dirs))
-    result.warnings += [f"note: {n}" for n in plan.notes]
+    result.notes = list(plan.notes)
     if verify_layout:
-        from rpathfix.verify import format_report
+        from rpathfix.verify import format_report, format_warnings
 
         report = check_plan(tree, venv, plan, loader_options(venv, ld_library_path=ld_library_path,
                                                              assume_loaded=assume_loaded))
+        # Worded and counted as `rpathfix verify` words them; fix commands name the roots.
+        named = [(r.dist, p) for r, p in zip(roots, root_paths)]
         if report.errors:
-            result.refused = format_report(report)
+            result.refused = format_report(report, roots=named, what="venv about to be written")
             return result
-        result.warnings += [f"warning [{w.code}] {w.file}: {w.message}" for w in report.warnings]
+        result.warnings += format_warnings(report, named)
     else:
         result.unchecked = sum(1 for b in plan.binaries if _is_extension(b.info))
     written = write_tree(venv)

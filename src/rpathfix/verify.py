@@ -73,12 +73,14 @@ class LoaderOptions(NamedTuple):
 
 
 class Report:
-    __slots__ = ("checked", "environment", "findings")
+    __slots__ = ("checked", "environment", "findings", "tree")
 
-    def __init__(self, environment: Environment, findings: list[Finding], checked: int | None = None) -> None:
+    def __init__(self, environment: Environment, findings: list[Finding], checked: int | None = None,
+                 tree: FileTree | None = None) -> None:
         self.environment = environment
         self.findings = findings
         self.checked = len(environment.files) if checked is None else checked  # files loaded
+        self.tree = tree  # the view that was checked (a planned venv is not on disk)
 
     @property
     def errors(self) -> list[Finding]:
@@ -92,7 +94,12 @@ class Report:
 def verify(tree: FileTree, paths: Sequence[str], options: LoaderOptions) -> Report:
     """Walk the environment at `paths`, then check every native file in it."""
     tree = as_cached(tree)  # the walk and every simulation ask the same questions: answer each once
-    return check_environment(tree, collect(tree, list(paths)), options)
+    report = check_environment(tree, collect(tree, list(paths)), options)
+    from rpathfix.namespaces import hidden_findings
+
+    report.findings += hidden_findings(tree, report.environment.site_dirs)
+    report.findings.sort(key=lambda x: (x.level != "error", x.file, x.name or "", x.code))
+    return report
 
 
 def check_environment(tree: FileTree, env: Environment, options: LoaderOptions, *,
@@ -157,7 +164,7 @@ def check_environment(tree: FileTree, env: Environment, options: LoaderOptions, 
         unique.setdefault((x.level, x.code, x.name, x.file), x)  # the first trace of a name is enough
     findings = list(unique.values())
     findings.sort(key=lambda x: (x.level != "error", x.file, x.name or "", x.code))
-    return Report(env, findings, len(loaded))
+    return Report(env, findings, len(loaded), tree)
 
 
 def _via(f: NativeFile, r: Resolution) -> str:
@@ -396,15 +403,28 @@ def report_to_json(report: Report) -> dict[str, object]:
     }
 
 
-def format_report(report: Report, *, trace_errors: bool = True) -> str:
-    lines = []
-    for x in report.findings:
-        lines.append(f"{x.level.upper()} [{x.code}] {x.file}: {x.message}")
-        if trace_errors and x.level == "error":
-            for a in x.trace:
-                src = f" from {a.contributor}" if a.contributor else ""
-                entry = f" ({a.entry})" if a.entry else ""
-                lines.append(f"    tried {a.path}  [{a.rule}{src}{entry}] {a.result}")
-    n = report.checked
-    lines.append(f"{n} native file(s) checked: {len(report.errors)} error(s), {len(report.warnings)} warning(s)")
-    return "\n".join(lines)
+def format_report(report: Report, *, explain: bool = False, color: bool = False, named: Sequence[str] = (),
+                  roots: Sequence[tuple[str, str]] = (), what: str = "sys.path") -> str:
+    """The report for a person: grouped by cause, with fixes (report.py); traces with explain.
+
+    named: the directories as the user named them (fix commands repeat them); roots:
+    (distribution, directory) of distribution roots that fix commands may name (`venv`'s
+    check of a planned venv knows the roots its files come from)."""
+    from rpathfix.causes import verify_findings
+    from rpathfix.fstree import RealTree
+    from rpathfix.report import Display, Scope, format_findings
+
+    findings, ctx = verify_findings(report.tree or RealTree(), report, named, roots)
+    env = report.environment
+    scope = Scope(len(env.files), sum(1 for f in env.files if f.is_extension), len(env.site_dirs), what=what)
+    return format_findings(findings, scope, Display(env.site_dirs, ctx.label), explain=explain, color=color)
+
+
+def format_warnings(report: Report, roots: Sequence[tuple[str, str]] = ()) -> list[str]:
+    """One line per cause of the report's warnings: what a check that passed says once."""
+    from rpathfix.causes import verify_findings
+    from rpathfix.fstree import RealTree
+    from rpathfix.report import Display, short_lines
+
+    findings, ctx = verify_findings(report.tree or RealTree(), report, (), roots)
+    return short_lines(findings, Display(report.environment.site_dirs, ctx.label))

@@ -27,6 +27,7 @@ def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print rpathfix.plan/1 JSON")
     p.add_argument("--prefer", action="append", default=[], metavar="DIST",
                    help="when two distributions ship different files at one path, DIST wins (repeatable, in order)")
+    p.add_argument("-v", "--verbose", action="store_true", help="also print the planner's notes (on stderr)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -47,6 +48,9 @@ def run(args: argparse.Namespace) -> int:
     for e in plan.entries:
         arrow = "copy " if e.method == "copy" else "link "
         print(f"{arrow} {e.kind}/{e.venv_path} -> {e.target}  [{e.dist}]")
-    for n in plan.notes:
-        print(f"note: {n}", file=sys.stderr)
+    if args.verbose:
+        from rpathfix.report import plan_note_lines
+
+        for n in plan_note_lines(plan.notes):
+            print(n, file=sys.stderr)
     return 0

@@ -21,6 +21,7 @@ The RECORD check is stricter than pip: a member that RECORD does not list, or wh
 or size differs, makes rpathfix refuse the wheel (naming the wheel and the member), where
 pip installs it. --no-verify-record installs such a wheel (the other checks still apply).
 
+Quiet on success (-v names each root); on a terminal, progress goes to stderr.
 Exit codes: 0 ok, 2 bad arguments or a bad wheel."""
 
 
@@ -32,16 +33,24 @@ def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-compile", action="store_true", help="do not write .pyc files")
     p.add_argument("--no-verify-record", action="store_true",
                    help="install a wheel whose RECORD misses a member or has a wrong hash (as pip does)")
+    p.add_argument("-v", "--verbose", action="store_true", help="say which root each wheel went to")
 
 
 def run(args: argparse.Namespace) -> int:
+    import os
+
+    from rpathfix.progress import Progress
     from rpathfix.unpack import unpack_wheel
 
-    for wheel in args.wheels:
-        root, changed = unpack_wheel(wheel, args.into, python=args.python, compile_bytecode=not args.no_compile,
-                                     verify_record=not args.no_verify_record)
-        if changed:
-            print(f"unpacked {wheel} -> {root}", flush=True)
-        else:
-            print(f"up to date: {root}", flush=True)
+    progress = Progress()
+    try:
+        for i, wheel in enumerate(args.wheels, 1):
+            progress.show(f"unpacking {i}/{len(args.wheels)}: {os.path.basename(wheel)}")
+            root, changed = unpack_wheel(wheel, args.into, python=args.python, compile_bytecode=not args.no_compile,
+                                         verify_record=not args.no_verify_record)
+            if args.verbose:
+                progress.done()
+                print(f"unpacked {wheel} -> {root}" if changed else f"up to date: {root}", flush=True)
+    finally:
+        progress.done()
     return 0

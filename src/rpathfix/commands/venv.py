@@ -32,7 +32,10 @@ what a killed run left beside OUT is removed by the next run. A run that changes
 writes nothing.
 
 --link-mode hardlink: where a hard link cannot be made (another file system, a refusal
-by the kernel), the file is copied, and one note on stderr says how many were."""
+by the kernel), the file is copied, and one note on stderr says how many were.
+
+Quiet on success: warnings that matter go to stderr, once each; -v also says what was
+written and the planner's notes (each distinct case once)."""
 
 
 def register(p: argparse.ArgumentParser) -> None:
@@ -50,6 +53,7 @@ def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-verify", action="store_true",
                    help="write without checking that the extension modules load (says how many it did not check)")
     p.add_argument("--ld-library-path", metavar="P", help="LD_LIBRARY_PATH to assume when verifying (default: unset)")
+    p.add_argument("-v", "--verbose", action="store_true", help="say what was written, and the planner's notes")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -71,6 +75,11 @@ def run(args: argparse.Namespace) -> int:
               f"(whether they load; `rpathfix verify {args.out}` checks them)", file=sys.stderr)
     for w in result.warnings:
         print(w, file=sys.stderr)
-    state = "wrote" if result.changed else "up to date:"
-    print(f"{state} {out} ({result.entries} entries, {result.real_dirs} real directories)")
+    if args.verbose:
+        from rpathfix.report import plan_note_lines
+
+        for n in plan_note_lines(result.notes, checked=not args.no_verify):
+            print(n, file=sys.stderr)
+        state = "wrote" if result.changed else "up to date:"
+        print(f"{state} {out} ({result.entries} entries, {result.real_dirs} real directories)")
     return 0

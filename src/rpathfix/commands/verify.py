@@ -24,6 +24,11 @@ provided by files with different contents.
 importing their modules (cupy, through cuda-pathfinder): a library that is not found is
 a warning instead of an error when NAME is its file name (libcublas.so.12), or when NAME
 is the distribution of the module or program that needs it (cupy-cuda12x).
+
+The report groups the findings by cause and says the command that fixes each
+(`rpathfix venv` for a split layout); --explain adds every directory the loader tried.
+--json keeps one entry per file and name (rpathfix.verify/1). In a split sys.path a
+package that a regular package of another directory hides is an error too.
 Exit codes: 0 no errors, 1 errors, 2 bad input."""
 
 
@@ -39,6 +44,7 @@ def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("--assume-loaded", action="append", default=[], metavar="NAME",
                    help="a library file name, or a distribution whose modules' libraries, that the package "
                         "loads itself at run time: not found is a warning (repeatable)")
+    p.add_argument("--explain", action="store_true", help="show every directory the loader tried")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -52,6 +58,8 @@ def run(args: argparse.Namespace) -> int:
         json.dump(report_to_json(report), sys.stdout, indent=1)
         sys.stdout.write("\n")
     else:
-        print(format_report(report))
+        from rpathfix.report import use_color
+
+        print(format_report(report, explain=args.explain, color=use_color(sys.stdout), named=args.paths))
     failed = bool(report.errors) or (args.strict and bool(report.warnings))
     return 1 if failed else 0
