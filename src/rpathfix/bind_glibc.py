@@ -1,0 +1,466 @@
+"""glibc's symbol binding, simulated: version needs and undefined symbols of a load.
+
+loader_glibc decides which files a load maps; this module decides whether the load then
+succeeds, as ld.so does after mapping: it checks every version an object needs
+(.gnu.version_r) against the object that provides that file, then binds every undefined
+symbol of every newly loaded object in that object's lookup scope. Python imports an
+extension module with dlopen(path, RTLD_NOW) (`sys.getdlopenflags()`), so every
+non-weak undefined symbol of every object the import maps must bind then, or the import
+fails with "undefined symbol: ...".
+
+Rules (numbered after ../shared/LOADERS.md's; glibc 2.36 sources, `g:` = bminor/glibc at
+glibc-2.36). Each was checked against the real ld.so here by tests/test_bind_glibc.py.
+
+40. Version needs. After mapping, ld.so checks the needs of every object of the new
+    object's search list that was not checked before (g:elf/dl-open.c:595-611; at start-up
+    every object, g:elf/dl-version.c:390-400). For each .gnu.version_r entry (file F,
+    version V): the object answering to the name F (g:elf/dl-version.c:29-49) must define V
+    in .gnu.version_d (any of its definitions, the base version too: :86-125), else the
+    load fails with "F_path: version `V' not found (required by X)" (:141-149). A need
+    marked VER_FLG_WEAK may be missing (:127-139). An object without any version
+    definitions satisfies every need (:70-84: only `ldd -v` mentions it).
+41. The global scope is the main program's search list: the program, then its DT_NEEDED
+    tree breadth-first, each object once (g:elf/dl-deps.c:156-260); objects dlopen()ed
+    with RTLD_GLOBAL append their search lists' objects that are not in it yet
+    (g:elf/dl-open.c:170-205). Objects dlopen()ed with RTLD_LOCAL are mapped (rule 3 finds
+    them by name) but in no scope of a later load.
+42. Lookup scope of an object mapped by dlopen(X): [global scope, X's search list]
+    (g:elf/dl-object.c:152-177; RTLD_DEEPBIND, not modelled, swaps them). X's search list
+    is X, then its DT_NEEDED tree breadth-first, each object once, including objects that
+    were loaded before. In a program's initial load (`ldd`), every object's scope is the
+    global scope alone.
+43. Binding. Under RTLD_NOW every undefined symbol of every newly mapped object is looked
+    up (g:elf/dl-open.c:630-703, objects in reverse dependency order); under RTLD_LAZY
+    only those that relocations outside the PLT use, unless the object has DF_BIND_NOW,
+    DF_1_NOW or DT_BIND_NOW (g:elf/dl-reloc.c:248-252). A lookup walks the scope's objects
+    in order and takes the first that defines the name acceptably (g:elf/dl-lookup.c:
+    775-779, 357-502). No definition: a weak reference stays 0; any other fails the load
+    with "X_path: undefined symbol: S" (", version V" when versioned;
+    g:elf/dl-lookup.c:781-802). A reference that is STB_LOCAL or hidden binds to its own
+    object and is not looked up (g:elf/dl-reloc.c:170-172).
+44. An acceptable definition (check_match, g:elf/dl-lookup.c:59-163; do_lookup_x,
+    :450-497): defined (not SHN_UNDEF; st_value non-zero unless SHN_ABS or TLS), of type
+    NOTYPE, OBJECT, FUNC, COMMON, TLS or IFUNC, with binding GLOBAL, WEAK (a weak
+    definition is as good as a global one: LD_DYNAMIC_WEAK unset) or GNU_UNIQUE (then
+    shared process-wide with the first definition entered), and not hidden or internal
+    (those are skipped, the walk goes on to the next object).
+45. Versions in a lookup. A versioned reference (its .gnu.version index names a need or
+    definition with a non-zero hash, g:elf/dl-reloc.c:187-189) matches a definition of
+    the same version name; also an unversioned definition (index 0/1) when neither the
+    definition (bit 15 of .gnu.version) nor the reference (vna_other bit 15) is hidden;
+    an object without version tables matches any reference (:94-123). An unversioned
+    reference matches an unversioned definition or the object's oldest version (index 2)
+    at once; failing that, a definition with a later version when it is the only
+    non-hidden one of that name in the object (:125-158, 450-454).
+
+Not modelled: LD_PRELOAD, RTLD_DEEPBIND, DT_AUXILIARY/DT_FILTER, copy relocations, IFUNC
+resolvers, protected-symbol subtleties, and the executable's canonical PLT entries as
+definitions (elf_symbols.ElfSymbols._check_match). Objects the model does not open
+(a GPU driver library, provided at run time) may define anything: a symbol or version
+that could come from one is not reported.
+"""
+
+from __future__ import annotations
+
+from rpathfix.elf_symbols import Definition, ElfSymbols, Reference, Version, gnu_hash, open_symbols
+from rpathfix.errors import FormatError
+from rpathfix.fstree import as_cached
+from rpathfix.loader_glibc import DRIVER_LIBS, GlibcProcess, started
+from rpathfix.static import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from rpathfix.fstree import FileTree
+    from rpathfix.loader_glibc import GlibcOptions, _Obj
+    from rpathfix.resolution import LoadResult
+
+VERSION_NOT_FOUND = "version-not-found"
+UNDEFINED_SYMBOL = "undefined-symbol"
+MRU = 4  # providers remembered per object: most references go to the same few libraries
+MAX_CACHED_REFERENCES = 200_000  # references kept in memory per run; more are read again
+
+
+class SymbolProblem(NamedTuple):
+    """A version need or symbol reference the load cannot satisfy (it fails the load)."""
+
+    kind: str  # VERSION_NOT_FOUND or UNDEFINED_SYMBOL
+    requester: str  # path (as opened) of the object that needs the version or the symbol
+    symbol: str | None  # the undefined symbol as stored (mangled); None for a version need
+    version: str | None  # the version needed (of the symbol, for an undefined symbol)
+    provider: str | None  # version: path of the object that lacks it; symbol: None
+    file: str | None  # the file the version is needed from (vn_file), as recorded
+    searched: tuple[str, ...] = ()  # symbol: paths of the scope, in lookup order
+
+    @property
+    def message(self) -> str:
+        """What ld.so says (dlerror)."""
+        if self.kind == VERSION_NOT_FOUND:
+            return f"{self.provider}: version `{self.version}' not found (required by {self.requester})"
+        ver = f", version {self.version}" if self.version else ""
+        return f"{self.requester}: undefined symbol: {self.symbol}{ver}"
+
+
+class Step(NamedTuple):
+    """One object a symbol lookup looked in (`rpathfix why FILE SYMBOL`)."""
+
+    path: str
+    scope: str  # "global" or "local"
+    result: str  # "defined", "not defined", "skipped"
+    note: str | None = None  # the same-named symbols that did not qualify, with why
+
+
+class SymbolTrace(NamedTuple):
+    """How one symbol reference of one object binds, object by object."""
+
+    symbol: str
+    version: str | None
+    weak: bool
+    requester: str
+    referenced: bool  # the requester has an undefined reference of that name
+    provider: str | None  # path of the object it binds to; None when unbound
+    definition: str | None  # the definition, described (binding, type, name@version)
+    steps: tuple[Step, ...]
+    mode: str  # "dlopen RTLD_NOW from <exe>" or "program (ldd)"
+
+
+class SymbolTables:
+    """Symbol tables of every object of one run, opened once, with every lookup remembered.
+
+    A verify loads dozens of extension modules that map the same libraries; each
+    (object, symbol, version) question is answered from the file once. close() closes
+    the files.
+    """
+
+    def __init__(self, tree: FileTree) -> None:
+        self.tree = as_cached(tree)
+        self._open: dict[str, ElfSymbols | None] = {}
+        self._refs: dict[str, tuple[Reference, ...]] = {}
+        self._eager: dict[str, frozenset[int]] = {}
+        self._hashes: dict[str, int] = {}
+        self._memo: dict[tuple[str, str, object], Definition | None] = {}
+        self._cached_refs = 0
+
+    def of(self, real: str) -> ElfSymbols | None:
+        """The symbol tables of the file at physical path `real`; None when unreadable."""
+        try:
+            return self._open[real]
+        except KeyError:
+            pass
+        tables: ElfSymbols | None
+        try:
+            tables = open_symbols(self.tree.open(real))
+        except FormatError:
+            tables = None
+        self._open[real] = tables
+        return tables
+
+    def references(self, real: str) -> tuple[Reference, ...] | list[Reference]:
+        cached = self._refs.get(real)
+        if cached is not None:
+            return cached
+        tables = self.of(real)
+        if tables is None:
+            return ()
+        try:
+            refs = list(tables.references())
+        except FormatError:
+            return ()
+        if self._cached_refs + len(refs) <= MAX_CACHED_REFERENCES:
+            self._cached_refs += len(refs)
+            self._refs[real] = tuple(refs)
+        return refs
+
+    def eager(self, real: str) -> frozenset[int] | None:
+        """Symbol indices bound at load under RTLD_LAZY; None: all of them (BIND_NOW)."""
+        tables = self.of(real)
+        if tables is None or tables.bind_now:
+            return None
+        if real not in self._eager:
+            try:
+                self._eager[real] = tables.eager_symbols()
+            except FormatError:
+                return None
+        return self._eager[real]
+
+    def lookup(self, real: str, name: str, version: Version | None) -> Definition | None:
+        """What object `real` contributes for this reference (rules 44-45)."""
+        vkey = None if version is None else (version.name, version.hash, version.hidden)
+        key = (real, name, vkey)
+        try:
+            return self._memo[key]
+        except KeyError:
+            pass
+        tables = self.of(real)
+        found = None
+        if tables is not None:
+            h = self._hashes.get(name)
+            if h is None:
+                h = self._hashes[name] = gnu_hash(name.encode("utf-8", "surrogateescape"))
+            try:
+                found = tables.lookup(name, version, h)
+            except FormatError:
+                found = None
+        self._memo[key] = found
+        return found
+
+    def close(self) -> None:
+        for t in self._open.values():
+            if t is not None:
+                t.close()
+        self._open.clear()
+
+
+# ---------------------------------------------------------------------------- scopes
+
+
+def searchlist(proc: GlibcProcess, root: _Obj) -> list[_Obj]:
+    """Rule 41/42: root, then its DT_NEEDED tree breadth-first, each object once (l_searchlist).
+    Names the model did not find (or left to the GPU driver) are left out."""
+    out = [root]
+    seen = {id(root)}
+    i = 0
+    while i < len(out):
+        for name in out[i].info.needed:
+            dep = proc.named(name)
+            if dep is not None and id(dep) not in seen:
+                seen.add(id(dep))
+                out.append(dep)
+        i += 1
+    return out
+
+
+def _opaque(proc: GlibcProcess, objs: Sequence[_Obj]) -> bool:
+    """Whether a DT_NEEDED name of these objects is left to the GPU driver (not modelled):
+    such a library may define any symbol or version."""
+    if not proc.options.driver_libs:
+        return False
+    return any(proc.named(n) is None and DRIVER_LIBS.match(n) for o in objs for n in o.info.needed)
+
+
+class _Binder:
+    """The checks of one load: rule 40 for the objects to check, rule 43 for those to bind."""
+
+    def __init__(self, proc: GlibcProcess, tables: SymbolTables) -> None:
+        self.proc = proc
+        self.tables = tables
+        self.problems: list[SymbolProblem] = []
+        self.failed_versions: set[tuple[str, str]] = set()  # (requester path, version name)
+        self.stop_at_versions = True  # dlopen; `ldd -r` goes on and reports everything
+
+    def check_versions(self, objs: Sequence[_Obj]) -> None:
+        """Rule 40: every need of each object against the object that answers to its file."""
+        for obj in objs:
+            tables = self.tables.of(obj.real)
+            if tables is None:
+                continue
+            for need in tables.needs:
+                provider = self._find_needed(need.file)
+                if provider is None:
+                    continue  # not found (already an error) or left to the GPU driver
+                ptables = self.tables.of(provider.real)
+                if ptables is None or ptables.provides_version(need) or need.weak:
+                    continue
+                self.problems.append(SymbolProblem(VERSION_NOT_FOUND, obj.path, None, need.name, provider.path,
+                                                   need.file))
+                self.failed_versions.add((obj.path, need.name))
+
+    def _find_needed(self, name: str | None) -> _Obj | None:
+        """find_needed (g:elf/dl-version.c:29-49): a loaded object answering to `name`."""
+        if name is None:
+            return None
+        return self.proc.named(name)
+
+    def bind(self, obj: _Obj, scope: Sequence[tuple[_Obj, str]], *, lazy: bool, opaque: bool) -> None:
+        """Rule 43 for one object: every reference it must bind now, in `scope`."""
+        refs = self.tables.references(obj.real)
+        if not refs:
+            return
+        eager = self.tables.eager(obj.real) if lazy else None
+        reals = [o.real for o, _ in scope]
+        in_scope = set(reals)
+        files: dict[str, str | None] = {}  # version need file -> real path of its object in scope
+        recent: list[str] = []  # providers that answered this object's last lookups
+        failed: list[Reference] = []
+        for ref in refs:
+            if ref.weak or (eager is not None and ref.symndx not in eager):
+                continue
+            hint = None
+            if ref.version is not None and ref.version.file is not None:
+                f = ref.version.file
+                if f not in files:
+                    o = self.proc.named(f)
+                    files[f] = o.real if o is not None and o.real in in_scope else None
+                hint = files[f]
+            if self._defined(ref, reals, recent, hint) is None and not opaque:
+                failed.append(ref)
+        if not failed:
+            return
+        if self.stop_at_versions:
+            # A dlopen stops at a failed version need (rule 40), which names the cause; a
+            # reference to that version would fail too, so it is left out.
+            failed = [r for r in failed if r.version is None or (obj.path, r.version.name) not in self.failed_versions]
+        if len(failed) > 1:
+            tables = self.tables.of(obj.real)
+            try:
+                order = tables.relocation_order({r.symndx for r in failed}) if tables is not None else {}
+            except FormatError:
+                order = {}
+            failed.sort(key=lambda r: order.get(r.symndx, len(order) + r.symndx))
+        searched = tuple(o.path for o, _ in scope)
+        for ref in failed:
+            self.problems.append(SymbolProblem(
+                UNDEFINED_SYMBOL, obj.path, ref.name, ref.version.name if ref.version else None, None,
+                ref.version.file if ref.version else None, searched))
+
+    def _defined(self, ref: Reference, reals: list[str], recent: list[str], hint: str | None) -> str | None:
+        """Some object of the scope that defines ref acceptably, or None. Whether a reference
+        binds does not depend on the order (the walk takes the first acceptable definition
+        and skips only unacceptable ones), so the likely providers are asked first: the
+        file a versioned reference's version is needed from, then the providers that
+        answered the object's last lookups. `why` walks the scope in order."""
+        lookup = self.tables.lookup
+        name, version = ref.name, ref.version
+        if hint is not None and lookup(hint, name, version) is not None:
+            return hint
+        for real in recent:
+            if lookup(real, name, version) is not None:
+                if recent[0] != real:
+                    recent.remove(real)
+                    recent.insert(0, real)
+                return real
+        for real in reals:
+            if real not in recent and real != hint and lookup(real, name, version) is not None:
+                recent.insert(0, real)
+                del recent[MRU:]
+                return real
+        return None
+
+
+def global_scope(proc: GlibcProcess, global_roots: Sequence[_Obj] = ()) -> list[_Obj]:
+    """Rule 41: the main program's search list, then each RTLD_GLOBAL object's new members."""
+    out: list[_Obj] = []
+    seen: set[int] = set()
+    for root in ([proc.main] if proc.main is not None else []) + list(global_roots):
+        for o in searchlist(proc, root):
+            if id(o) not in seen:
+                seen.add(id(o))
+                out.append(o)
+    return out
+
+
+def check_dlopen(proc: GlibcProcess, root: _Obj, new: Sequence[_Obj], tables: SymbolTables, *,
+                 lazy: bool = False, global_roots: Sequence[_Obj] = ()) -> list[SymbolProblem]:
+    """Rules 40-45 for dlopen(root) in `proc`, after the loader model mapped it: `new` are
+    the objects this dlopen mapped, `global_roots` the objects dlopen()ed before it with
+    RTLD_GLOBAL. The problems come in the order ld.so meets them: version needs in
+    search-list order, then undefined symbols in relocation order (the first one is the
+    error dlopen reports)."""
+    binder = _Binder(proc, tables)
+    local = searchlist(proc, root)
+    glob = global_scope(proc, global_roots)
+    new_ids = {id(o) for o in new}
+    binder.check_versions([o for o in local if id(o) in new_ids])
+    scope = [(o, "global") for o in glob] + [(o, "local") for o in local]
+    opaque = _opaque(proc, local) or _opaque(proc, glob)
+    for obj in reversed(local):  # relocation: dependencies before the objects that need them
+        if id(obj) in new_ids:
+            binder.bind(obj, scope, lazy=lazy, opaque=opaque)
+    return binder.problems
+
+
+def check_program(proc: GlibcProcess, tables: SymbolTables, *, bind: bool) -> list[SymbolProblem]:
+    """Rules 40-45 for a program's initial load (`ldd`, `ldd -r` with bind): every object's
+    versions; with bind, every object's references in the global scope (rule 42)."""
+    binder = _Binder(proc, tables)
+    binder.stop_at_versions = False
+    objs = list(proc.objects)
+    binder.check_versions(objs)
+    if bind:
+        glob = global_scope(proc)
+        scope = [(o, "global") for o in glob]
+        opaque = _opaque(proc, glob)
+        for obj in reversed(objs):  # rtld relocates from the last loaded object back
+            binder.bind(obj, scope, lazy=False, opaque=opaque)
+    return binder.problems
+
+
+def load_and_bind(tree: FileTree, root: str, options: GlibcOptions, tables: SymbolTables, *,
+                  host: GlibcProcess | None = None, lazy: bool = False,
+                  loaded_before: Sequence[tuple[str, bool]] = ()) -> tuple[LoadResult, list[SymbolProblem]]:
+    """loader_glibc.load_elf for options.executable dlopen()ing `root` (an import), plus the
+    binding checks. `loaded_before` are (path, RTLD_GLOBAL?) dlopen()ed first, in order.
+    When the model cannot map the whole closure (a missing library: the load fails
+    before any binding), no binding problems are reported."""
+    proc = host.fork() if host is not None else started(tree, options)
+    global_roots: list[_Obj] = []
+    for path, is_global in loaded_before:
+        _res, obj = proc.dlopen(path)
+        if obj is not None and is_global:
+            global_roots.append(obj)
+    proc.resolutions.clear()
+    skip = len(proc.objects)
+    _res, obj = proc.dlopen(root)
+    result = proc.result(root, skip)
+    if obj is None or result.missing or any(r.error for r in result.resolutions):
+        return result, []
+    return result, check_dlopen(proc, obj, proc.objects[skip:], tables, lazy=lazy, global_roots=global_roots)
+
+
+# ---------------------------------------------------------------------------- why
+
+
+def explain_symbol(tree: FileTree, path: str, symbol: str, options: GlibcOptions,
+                   tables: SymbolTables | None = None) -> tuple[SymbolTrace, LoadResult]:
+    """How `symbol`, referenced by the object at `path`, binds: in the scope of
+    options.executable's dlopen(path) when an executable is set, else of `path` as the
+    program (ldd). `symbol` may carry a version (`name@VERSION`); else the reference's own
+    version is used (an object may reference one name under one version only)."""
+    own = tables is None
+    tables = tables or SymbolTables(tree)
+    try:
+        name, _at, want_version = symbol.partition("@")
+        want_version = want_version.lstrip("@")
+        if options.executable:
+            proc = started(tree, options)
+            skip = len(proc.objects)
+            _res, obj = proc.dlopen(path)
+            result = proc.result(path, skip)
+            if obj is None:
+                raise FormatError(path, "cannot be loaded")
+            glob = global_scope(proc)
+            local = searchlist(proc, obj)
+            mode = f"dlopen(RTLD_NOW) from {options.executable}"
+        else:
+            proc = GlibcProcess(tree, options)
+            obj = proc.start(path, as_ldd=True)
+            result = proc.result(path)
+            glob, local = global_scope(proc), []
+            mode = "program (as ldd -r loads it)"
+        ref = next((r for r in tables.references(obj.real) if r.name == name), None)
+        version: Version | None = ref.version if ref is not None else None
+        if want_version and (version is None or version.name != want_version):
+            version = Version(0, want_version, _sysv(want_version), None)
+        steps: list[Step] = []
+        provider = definition = None
+        for o, where in [(o, "global") for o in glob] + [(o, "local") for o in local]:
+            d = tables.lookup(o.real, name, version)
+            if d is not None:
+                steps.append(Step(o.path, where, "defined", d.describe()))
+                provider, definition = o.path, d.describe()
+                break
+            st = tables.of(o.real)
+            others = [text for _i, text in st.named(name)] if st is not None else []
+            steps.append(Step(o.path, where, "not defined", "; ".join(others) or None))
+        trace = SymbolTrace(name, version.name if version else None, ref.weak if ref else False, obj.path,
+                            ref is not None, provider, definition, tuple(steps), mode)
+        return trace, result
+    finally:
+        if own:
+            tables.close()
+
+
+def _sysv(name: str) -> int:
+    from rpathfix.elf_symbols import sysv_hash
+
+    return sysv_hash(name.encode("utf-8", "surrogateescape"))
