@@ -20,16 +20,10 @@ from pathlib import Path
 import pytest
 
 from conftest import zig_cc
-from rpathfix.bind_glibc import (
-    UNDEFINED_SYMBOL,
-    VERSION_NOT_FOUND,
-    SymbolTables,
-    check_program,
-    explain_symbol,
-    load_and_bind,
-)
+from rpathfix.bind_glibc import SymbolTables, check_program, explain_symbol, load_and_bind
 from rpathfix.fstree import RealTree
 from rpathfix.loader_glibc import GlibcProcess, host_options
+from rpathfix.resolution import UNDEFINED_SYMBOL, VERSION_NOT_FOUND
 
 PY_INCLUDE = sysconfig.get_paths()["include"]
 

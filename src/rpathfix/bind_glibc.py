@@ -66,7 +66,8 @@ from rpathfix.elf_symbols import Definition, ElfSymbols, Reference, Version, gnu
 from rpathfix.errors import FormatError
 from rpathfix.fstree import as_cached
 from rpathfix.loader_glibc import DRIVER_LIBS, GlibcProcess, started
-from rpathfix.static import TYPE_CHECKING, NamedTuple
+from rpathfix.resolution import UNDEFINED_SYMBOL, VERSION_NOT_FOUND, Step, SymbolProblem, SymbolTrace
+from rpathfix.static import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -75,53 +76,8 @@ if TYPE_CHECKING:
     from rpathfix.loader_glibc import GlibcOptions, _Obj
     from rpathfix.resolution import LoadResult
 
-VERSION_NOT_FOUND = "version-not-found"
-UNDEFINED_SYMBOL = "undefined-symbol"
 MRU = 4  # providers remembered per object: most references go to the same few libraries
 MAX_CACHED_REFERENCES = 200_000  # references kept in memory per run; more are read again
-
-
-class SymbolProblem(NamedTuple):
-    """A version need or symbol reference the load cannot satisfy (it fails the load)."""
-
-    kind: str  # VERSION_NOT_FOUND or UNDEFINED_SYMBOL
-    requester: str  # path (as opened) of the object that needs the version or the symbol
-    symbol: str | None  # the undefined symbol as stored (mangled); None for a version need
-    version: str | None  # the version needed (of the symbol, for an undefined symbol)
-    provider: str | None  # version: path of the object that lacks it; symbol: None
-    file: str | None  # the file the version is needed from (vn_file), as recorded
-    searched: tuple[str, ...] = ()  # symbol: paths of the scope, in lookup order
-
-    @property
-    def message(self) -> str:
-        """What ld.so says (dlerror)."""
-        if self.kind == VERSION_NOT_FOUND:
-            return f"{self.provider}: version `{self.version}' not found (required by {self.requester})"
-        ver = f", version {self.version}" if self.version else ""
-        return f"{self.requester}: undefined symbol: {self.symbol}{ver}"
-
-
-class Step(NamedTuple):
-    """One object a symbol lookup looked in (`rpathfix why FILE SYMBOL`)."""
-
-    path: str
-    scope: str  # "global" or "local"
-    result: str  # "defined", "not defined", "skipped"
-    note: str | None = None  # the same-named symbols that did not qualify, with why
-
-
-class SymbolTrace(NamedTuple):
-    """How one symbol reference of one object binds, object by object."""
-
-    symbol: str
-    version: str | None
-    weak: bool
-    requester: str
-    referenced: bool  # the requester has an undefined reference of that name
-    provider: str | None  # path of the object it binds to; None when unbound
-    definition: str | None  # the definition, described (binding, type, name@version)
-    steps: tuple[Step, ...]
-    mode: str  # "dlopen RTLD_NOW from <exe>" or "program (ldd)"
 
 
 class SymbolTables:
@@ -262,7 +218,7 @@ class _Binder:
                 if ptables is None or ptables.provides_version(need) or need.weak:
                     continue
                 self.problems.append(SymbolProblem(VERSION_NOT_FOUND, obj.path, None, need.name, provider.path,
-                                                   need.file))
+                                                   need.file, defined=tuple(ptables.version_names())))
                 self.failed_versions.add((obj.path, need.name))
 
     def _find_needed(self, name: str | None) -> _Obj | None:

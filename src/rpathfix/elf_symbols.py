@@ -270,7 +270,8 @@ class ElfSymbols:
         return (need.hash, need.name) in self.defined_versions
 
     def version_names(self) -> list[str]:
-        return sorted({name for _h, name in self.defined_versions})
+        """The versions this object defines, oldest first (GLIBC_2.2.5 before GLIBC_2.10)."""
+        return sorted({name for _h, name in self.defined_versions}, key=_natural)
 
     # ------------------------------------------------------------------ reading
 
@@ -586,6 +587,13 @@ class ElfSymbols:
 
 
 _NO_MATCH, _VERSIONED, _MATCH = object(), object(), object()
+
+
+def _natural(name: str) -> tuple[object, ...]:
+    """Sort key comparing the digit runs of a version name as numbers."""
+    import re
+
+    return tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name))
 
 
 def _segments(r: _Reader) -> tuple[list[tuple[int, int, int]], tuple[int, int] | None, bool]:
