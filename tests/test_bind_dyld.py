@@ -316,3 +316,35 @@ def test_corrupt_imports_raise_format_error(tmp_path: Path) -> None:
             s2.export("_use")
         except FormatError:
             pass
+
+
+@pytest.mark.parametrize("runtime", ["full", "no-data"])
+def test_verify_and_why_on_a_macos_site(tmp_path: Path, runtime: str) -> None:
+    """A macOS site-packages: an extension module (C API through dynamic_lookup) importing
+    _a_data from its liba. verify reports the missing export as undefined-symbol with the
+    dyld fields; the control (liba complete) is clean. `why` names the image."""
+    site = tmp_path / "site-packages"
+    site.mkdir()
+    dylib(site, "liba.dylib", A)
+    ext_src = ("extern int a_data;\nextern void *PyModule_Create2(void *, int);\nstatic char def[128];\n"
+               "void *PyInit_xmac(void) { return a_data ? PyModule_Create2(def, 1013) : 0; }\n")
+    ext = dylib(site, "xmac.cpython-311-darwin.so", ext_src, "-L.", "-la", "-Wl,-undefined,dynamic_lookup")
+    if runtime == "no-data":
+        dylib(site, "liba.dylib", "int a_fn(void) { return 1; }\n")
+    out = subprocess.run([sys.executable, "-m", "rpathfix", "verify", "--json", str(site)], capture_output=True,
+                         text=True, timeout=300)
+    import json
+
+    doc = json.loads(out.stdout)
+    why = subprocess.run([sys.executable, "-m", "rpathfix", "why", str(ext), "_a_data"], capture_output=True,
+                         text=True, timeout=300)
+    if runtime == "full":
+        assert out.returncode == 0 and doc["errors"] == [], doc["errors"]
+        assert why.returncode == 0 and f"bound to {site / 'liba.dylib'}" in why.stdout
+        return
+    assert out.returncode == 1
+    (e,) = doc["errors"]
+    assert (e["code"], e["symbol"], e["provider"], e["required_by"]) == \
+        ("undefined-symbol", "_a_data", str(site / "liba.dylib"), str(ext))
+    assert "liba.dylib" in e["message"]
+    assert why.returncode == 1 and "not defined" in why.stdout

@@ -10,6 +10,7 @@ passing control that differs in one thing.
 from __future__ import annotations
 
 import json
+import shutil
 import os
 import re
 import subprocess
@@ -437,3 +438,94 @@ def test_why_names_the_provider_ld_debug_names(tmp_path: Path) -> None:
     finally:
         tables.close()
     assert first.path == m.group(1) == str(a)
+
+
+# ------------------------------------------------------------------ the commands
+
+
+def test_ldd_prints_one_not_found_row_per_requester(tmp_path: Path) -> None:
+    """Two objects need libxgone.so and neither finds it: ldd(1) prints two rows (a faked
+    entry per failed search), and so does `rpathfix ldd` (it used to keep one per name)."""
+    gone = build(tmp_path / "gone", "libxgone.so", "int g(void) { return 0; }\n")
+    dep = build(tmp_path, "libxdep2.so", "int d(void) { return 0; }\n", needs=(gone.name,), libdirs=(gone.parent,))
+    top = build(tmp_path, "libxtop2.so", "int t(void) { return 0; }\n", needs=(dep.name, gone.name),
+                libdirs=(gone.parent,), args=("-Wl,-rpath,$ORIGIN",))
+    real_rows = subprocess.run(["ldd", str(top)], capture_output=True, text=True).stdout.count("libxgone.so => not found")
+    assert real_rows == 2
+    out = rpathfix("ldd", "--json", str(top))
+    assert out.returncode == 1
+    doc = json.loads(out.stdout)
+    rows = [r for r in doc["libraries"] if r["name"] == "libxgone.so"]
+    assert sorted(r["needed_by"] for r in rows) == sorted([str(top), str(dep)])
+    assert doc["problems"] == []
+
+
+def test_ldd_r_and_why_through_the_cli(tmp_path: Path) -> None:
+    dep = build(tmp_path, "libxdep3.so", "int missing_fn(void);\nint d(void) { return missing_fn(); }\n")
+    out = rpathfix("ldd", str(dep))
+    assert out.returncode == 0, out.stdout  # ldd without -r binds nothing
+    out = rpathfix("ldd", "-r", "--json", str(dep))
+    assert out.returncode == 1
+    (p,) = json.loads(out.stdout)["problems"]
+    assert (p["kind"], p["symbol"], p["required_by"]) == ("undefined-symbol", "missing_fn", str(dep))
+    assert p["loader_message"] == f"{dep}: undefined symbol: missing_fn"
+    assert str(dep) in p["searched"] and any("libc.so.6" in s for s in p["searched"])
+    why = rpathfix("why", str(dep), "missing_fn")
+    assert why.returncode == 1 and "NOT DEFINED" in why.stdout and "libc.so.6" in why.stdout
+    why = rpathfix("why", str(dep), "puts")
+    assert why.returncode == 0 and re.search(r"bound to \S*libc\.so\.6: (GLOBAL|WEAK) FUNC puts@@GLIBC_2\.2\.5", why.stdout)
+
+
+def rpathfix(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "rpathfix", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_verify_reports_versions_and_symbols_as_the_real_import_does(tmp_path: Path) -> None:
+    """A site-packages with three extension modules: one needing GLIBC_2.38 (zig), one built
+    against a v1 stub libtorch and shipped with v2 (C++: the message demangles), one fine.
+    verify reports the first two with the new codes and keys; a real interpreter imports
+    only the third. The control: --no-symbols reports nothing."""
+    site = tmp_path / "site-packages"
+    site.mkdir()
+    (tmp_path / "e.c").write_text(
+        "#include <Python.h>\n#include <string.h>\n"
+        "static struct PyModuleDef d = {PyModuleDef_HEAD_INIT, \"xnewglibc\", 0, -1, 0};\n"
+        "PyMODINIT_FUNC PyInit_xnewglibc(void) { char b[4]; strlcpy(b, \"ab\", 4); return PyModule_Create(&d); }\n")
+    zig_cc(tmp_path, "x86_64-linux-gnu.2.38", "-shared", "-fPIC", f"-I{PY_INCLUDE}", "-o",
+           str(site / "xnewglibc.cpython-311-x86_64-linux-gnu.so"), "e.c")
+    sdk = build(tmp_path / "v1", "libxtorch.so", TORCH_V1, cxx=True)
+    ext_src = ('#include <Python.h>\nnamespace c10 { namespace impl { int dispatch(int k); } }\n'
+               'static struct PyModuleDef d = {PyModuleDef_HEAD_INIT, "xtorchext", 0, -1, 0};\n'
+               'extern "C" PyMODINIT_FUNC PyInit_xtorchext(void) { PyObject *m = PyModule_Create(&d);\n'
+               '  PyModule_AddObject(m, "v", PyLong_FromLong(c10::impl::dispatch(1))); return m; }\n')
+    build(site, "xtorchext.cpython-311-x86_64-linux-gnu.so", ext_src, cxx=True, needs=("libxtorch.so",),
+          libdirs=(sdk.parent,), args=("-Wl,-rpath,$ORIGIN/xtorch_lib",))
+    build(site / "xtorch_lib", "libxtorch.so", TORCH_V2, cxx=True)
+    build(site, "xfine.cpython-311-x86_64-linux-gnu.so",
+          '#include <Python.h>\nstatic struct PyModuleDef d = {PyModuleDef_HEAD_INIT, "xfine", 0, -1, 0};\n'
+          'PyMODINIT_FUNC PyInit_xfine(void) { return PyModule_Create(&d); }\n')
+    out = rpathfix("verify", "--json", str(site))
+    doc = json.loads(out.stdout)
+    assert out.returncode == 1, out.stderr
+    by_module = {Path(e["file"]).name.split(".")[0]: e for e in doc["errors"]}
+    real_fails = set()
+    for mod in ("xnewglibc", "xtorchext", "xfine"):
+        r = subprocess.run([sys.executable, "-c", f"import {mod}"], capture_output=True, text=True,
+                           env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"})
+        if r.returncode != 0:
+            real_fails.add(mod)
+            assert by_module[mod]["loader_message"] in r.stderr, r.stderr
+    if "xnewglibc" not in real_fails:
+        pytest.skip("this glibc has strlcpy (2.38 or later)")
+    assert set(by_module) == real_fails == {"xnewglibc", "xtorchext"}
+    v = by_module["xnewglibc"]
+    assert (v["code"], v["name"], v["version"], v["symbol"]) == ("version-not-found", "GLIBC_2.38", "GLIBC_2.38", None)
+    assert v["provider"].endswith("libc.so.6") and "the newest GLIBC version it defines is GLIBC_2.3" in v["message"]
+    t = by_module["xtorchext"]
+    assert (t["code"], t["symbol"]) == ("undefined-symbol", "_ZN3c104impl8dispatchEi")
+    if shutil.which("c++filt"):
+        assert t["demangled"] == "c10::impl::dispatch(int)" and "c10::impl::dispatch(int)" in t["message"]
+    assert set(t) >= {"file", "name", "code", "message", "trace", "symbol", "demangled", "version", "required_by",
+                      "provider", "searched", "loader_message"}
+    control = json.loads(rpathfix("verify", "--json", "--no-symbols", str(site)).stdout)
+    assert control["errors"] == []

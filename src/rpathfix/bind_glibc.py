@@ -94,7 +94,7 @@ class SymbolTables:
         self._refs: dict[str, tuple[Reference, ...]] = {}
         self._eager: dict[str, frozenset[int]] = {}
         self._hashes: dict[str, int] = {}
-        self._memo: dict[tuple[str, str, object], Definition | None] = {}
+        self._memo: dict[str, dict[object, Definition | None]] = {}  # real path -> reference key -> answer
         self._cached_refs = 0
 
     def of(self, real: str) -> ElfSymbols | None:
@@ -141,12 +141,15 @@ class SymbolTables:
 
     def lookup(self, real: str, name: str, version: Version | None) -> Definition | None:
         """What object `real` contributes for this reference (rules 44-45)."""
-        vkey = None if version is None else (version.name, version.hash, version.hidden)
-        key = (real, name, vkey)
-        try:
-            return self._memo[key]
-        except KeyError:
-            pass
+        return self.lookup_key(real, _key(name, version), name, version)
+
+    def lookup_key(self, real: str, key: object, name: str, version: Version | None) -> Definition | None:
+        """lookup() with the reference's memo key (_key) computed once by the caller."""
+        memo = self._memo.get(real)
+        if memo is None:
+            memo = self._memo[real] = {}
+        elif key in memo:
+            return memo[key]
         tables = self.of(real)
         found = None
         if tables is not None:
@@ -157,7 +160,7 @@ class SymbolTables:
                 found = tables.lookup(name, version, h)
             except FormatError:
                 found = None
-        self._memo[key] = found
+        memo[key] = found
         return found
 
     def close(self) -> None:
@@ -165,6 +168,11 @@ class SymbolTables:
             if t is not None:
                 t.close()
         self._open.clear()
+
+
+def _key(name: str, version: Version | None) -> object:
+    """What a lookup's answer depends on besides the object: the name and the version."""
+    return name if version is None else (name, version.name, version.hash, version.hidden)
 
 
 # ---------------------------------------------------------------------------- scopes
@@ -275,18 +283,19 @@ class _Binder:
         and skips only unacceptable ones), so the likely providers are asked first: the
         file a versioned reference's version is needed from, then the providers that
         answered the object's last lookups. `why` walks the scope in order."""
-        lookup = self.tables.lookup
+        lookup = self.tables.lookup_key
         name, version = ref.name, ref.version
-        if hint is not None and lookup(hint, name, version) is not None:
+        key = _key(name, version)
+        if hint is not None and lookup(hint, key, name, version) is not None:
             return hint
         for real in recent:
-            if lookup(real, name, version) is not None:
+            if lookup(real, key, name, version) is not None:
                 if recent[0] != real:
                     recent.remove(real)
                     recent.insert(0, real)
                 return real
         for real in reals:
-            if real not in recent and real != hint and lookup(real, name, version) is not None:
+            if real not in recent and real != hint and lookup(real, key, name, version) is not None:
                 recent.insert(0, real)
                 del recent[MRU:]
                 return real

@@ -13,7 +13,10 @@ Findings:
   provider libraries need LD_LIBRARY_PATH or preloading for);
 - warning "shadowed": a name resolved outside the environment although a file inside
   provides it (the system libcudart.so.13 winning over the wheel's copy);
-- warning "duplicate-soname": one SONAME provided by two different files.
+- warning "duplicate-soname": one SONAME provided by two different files;
+- error "version-not-found" / "undefined-symbol": an extension module whose closure maps
+  but does not bind: a version or symbol it (or a library it loads) needs that no object
+  in scope defines (bind_glibc, bind_dyld: on by default, LoaderOptions.symbols).
 """
 
 from __future__ import annotations
@@ -30,8 +33,11 @@ from rpathfix.resolution import Attempt, LoadResult, Resolution
 from rpathfix.static import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
+    from rpathfix.bind_dyld import MachoTables
+    from rpathfix.bind_glibc import SymbolTables
     from rpathfix.fstree import FileTree
     from rpathfix.loader_glibc import GlibcOptions, GlibcProcess
+    from rpathfix.resolution import SymbolProblem
 
 
 class Finding(NamedTuple):
@@ -41,6 +47,8 @@ class Finding(NamedTuple):
     name: str | None
     message: str
     trace: tuple[Attempt, ...] = ()
+    symbol: SymbolProblem | None = None  # version-not-found, undefined-symbol
+    demangled: str | None = None  # the C++ symbol, demangled (demangle.py)
 
 
 class LoaderOptions(NamedTuple):
@@ -50,6 +58,7 @@ class LoaderOptions(NamedTuple):
     ld_library_path: str | None = None
     cache_root: str | None = None  # None: the host's /etc/ld.so.cache; "" : no cache
     use_cache: bool = True
+    symbols: bool = True  # check versions and bind symbols of extension modules (RTLD_NOW)
 
 
 class Report:
@@ -114,6 +123,8 @@ def check_environment(tree: FileTree, env: Environment, options: LoaderOptions, 
                 # A plugin library may need what only some systems have (libibverbs, libmpi):
                 # nothing imports it by itself, so it is a warning, not an error.
                 findings.append(_missing(f, r, providers, extension=False))
+    sim.close()
+    findings.extend(_symbol_findings(sim.symbol_problems))
     findings.extend(_duplicates(env))
     unique: dict[tuple[str, str, str | None, str], Finding] = {}
     for x in findings:
@@ -121,6 +132,41 @@ def check_environment(tree: FileTree, env: Environment, options: LoaderOptions, 
     findings = list(unique.values())
     findings.sort(key=lambda x: (x.level != "error", x.file, x.name or "", x.code))
     return Report(env, findings, len(loaded))
+
+
+def _symbol_findings(problems: list[tuple[NativeFile, SymbolProblem]]) -> list[Finding]:
+    """One error per version or symbol an extension module's load cannot bind, its C++
+    names demangled in one batch."""
+    if not problems:
+        return []
+    from rpathfix.demangle import demangle
+    from rpathfix.resolution import VERSION_NOT_FOUND
+
+    names = demangle(p.symbol for _f, p in problems if p.symbol)
+    out = []
+    for f, p in problems:
+        base = posixpath.basename
+        needer = "the module" if p.requester == f.path else base(p.requester)
+        if p.kind == VERSION_NOT_FOUND:
+            version = p.version or ""
+            prefix = version[:len(version) - len(version.lstrip("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_"))]
+            same = [v for v in p.defined if v.startswith(prefix) and v[len(prefix):][:1].isdigit()]
+            newest = f" (the newest {prefix.rstrip('_')} version it defines is {same[-1]})" if prefix and same else ""
+            what = f"{base(p.provider or '?')} has no version {p.version}, which {needer} needs{newest}"
+            name = p.version
+        else:
+            dem = names.get(p.symbol or "")
+            sym = f"{p.symbol}{f' ({dem})' if dem else ''}{f', version {p.version}' if p.version else ''}"
+            if p.loader == "dyld" and p.provider is not None:
+                what = f"symbol {sym}, which {needer} imports from {base(p.provider)}, is not exported there"
+            else:
+                scope = ", ".join(base(x) for x in p.searched[:6]) + (", ..." if len(p.searched) > 6 else "")
+                what = f"undefined symbol {sym}, needed by {needer}: no object in its scope defines it " \
+                       f"(searched {len(p.searched)}: {scope})"
+            name = p.symbol
+        out.append(Finding("error", p.kind, f.path, name, f"extension module {base(f.path)} will not load: {what}",
+                           symbol=p, demangled=names.get(p.symbol or "")))
+    return out
 
 
 def _missing(f: NativeFile, r: Resolution, providers: list[str], *, extension: bool) -> Finding:
@@ -192,6 +238,15 @@ class _Simulator:
         self.interpreter = interpreter or sys.executable
         self._glibc: GlibcOptions | None = None
         self._host: GlibcProcess | None = None
+        self._elf_tables: SymbolTables | None = None
+        self._macho_tables: MachoTables | None = None
+        self.symbol_problems: list[tuple[NativeFile, SymbolProblem]] = []
+
+    def close(self) -> None:
+        """Close the symbol tables the binding checks opened."""
+        for t in (self._elf_tables, self._macho_tables):
+            if t is not None:
+                t.close()
 
     def load(self, f: NativeFile) -> LoadResult | None:
         try:
@@ -219,22 +274,39 @@ class _Simulator:
                                        executable=self.interpreter)
         if self._host is None:
             self._host = started(self.tree, self._glibc)  # FormatError: no interpreter to load into
+        if f.is_extension and self.options.symbols:
+            from rpathfix.bind_glibc import SymbolTables, load_and_bind
+
+            self._elf_tables = self._elf_tables or SymbolTables(self.tree)
+            result, problems = load_and_bind(self.tree, f.path, self._glibc, self._elf_tables, host=self._host)
+            self.symbol_problems += [(f, p) for p in problems]
+            return result
         return load_elf(self.tree, f.path, self._glibc, host=self._host)
 
     def _load_macho(self, f: NativeFile) -> LoadResult:
         """No macOS interpreter to load into here: the file is the main image (LOADERS.md rule 30)."""
         from rpathfix.loader_dyld import DyldOptions, load_macho
 
+        if f.is_extension and self.options.symbols:
+            from rpathfix.bind_dyld import MachoTables, load_and_bind
+
+            self._macho_tables = self._macho_tables or MachoTables(self.tree)
+            result, problems = load_and_bind(self.tree, f.path, DyldOptions(), self._macho_tables)
+            self.symbol_problems += [(f, p) for p in problems]
+            return result
         return load_macho(self.tree, f.path, DyldOptions(), dlopen=False)
 
 
 def report_to_json(report: Report) -> dict[str, object]:
     def one(x: Finding) -> dict[str, object]:
-        return {
+        out: dict[str, object] = {
             "file": x.file, "name": x.name, "code": x.code, "message": x.message,
             "trace": [{"path": a.path, "rule": a.rule, "result": a.result, "entry": a.entry,
                        "contributor": a.contributor} for a in x.trace],
         }
+        if x.symbol is not None:
+            out.update(symbol_json(x.symbol, x.demangled))
+        return out
 
     return {
         "schema": "rpathfix.verify/1",
@@ -243,6 +315,12 @@ def report_to_json(report: Report) -> dict[str, object]:
         "errors": [one(x) for x in report.errors],
         "warnings": [one(x) for x in report.warnings],
     }
+
+
+def symbol_json(p: SymbolProblem, demangled: str | None) -> dict[str, object]:
+    """The keys a version-not-found or undefined-symbol record adds (docs/schemas.md)."""
+    return {"symbol": p.symbol, "demangled": demangled, "version": p.version, "required_by": p.requester,
+            "provider": p.provider, "searched": list(p.searched), "loader_message": p.message}
 
 
 def format_report(report: Report, *, trace_errors: bool = True) -> str:
