@@ -10,9 +10,9 @@ passing control that differs in one thing.
 from __future__ import annotations
 
 import json
-import shutil
 import os
 import re
+import shutil
 import subprocess
 import sys
 import sysconfig

@@ -99,5 +99,6 @@ def _why_symbol(args: argparse.Namespace, spec: object) -> int:
     if trace.weak:
         print("  result: not defined anywhere; a weak reference, so it stays 0 and the load works")
         return 0
-    print("  result: NOT DEFINED in this scope: the load fails with \"undefined symbol\"")
+    words = "Symbol not found" if "namespace" in trace.mode else "undefined symbol"
+    print(f"  result: NOT DEFINED in this scope: the load fails with \"{words}\"")
     return 1
