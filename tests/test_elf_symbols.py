@@ -199,3 +199,26 @@ def test_corrupt_files_raise_format_error_only(tmp_path: Path) -> None:
             pass
     with pytest.raises(FormatError):
         open_symbols(BytesSource("short.so", data[:200]))
+
+
+def test_hot_tables_answer_as_reads_do() -> None:
+    """After HOT_LOOKUPS lookups an object holds its symbol entries, chains and versions in
+    memory (within a budget): every answer must stay the same, and without a budget (the
+    control) nothing is held."""
+    from rpathfix.elf_symbols import HOT_LOOKUPS, Budget
+
+    path = "/lib/x86_64-linux-gnu/libstdc++.so.6"
+    rows = [r for r in readelf_dynsyms(path) if r.name and r.ndx != "ABS"]
+    queries = [(r.name, Version(0, r.version, sysv_hash(r.version.encode()), None) if r.version else None)
+               for r in rows] + [("no_such_symbol_" + str(i), None) for i in range(50)]
+    cold = open_symbols(FileSource(path))
+    hot = open_symbols(FileSource(path))
+    hot.budget = Budget(64 << 20)
+    try:
+        assert len(queries) > 4 * HOT_LOOKUPS
+        assert [cold.lookup(n, v) for n, v in queries] == [hot.lookup(n, v) for n, v in queries]
+        assert hot._hot_syms is not None and hot.budget.left < 64 << 20
+        assert cold._hot_syms is None
+    finally:
+        cold.close()
+        hot.close()

@@ -62,7 +62,7 @@ that could come from one is not reported.
 
 from __future__ import annotations
 
-from rpathfix.elf_symbols import Definition, ElfSymbols, Reference, Version, gnu_hash, open_symbols
+from rpathfix.elf_symbols import Budget, Definition, ElfSymbols, Reference, Version, gnu_hash, open_symbols
 from rpathfix.errors import FormatError
 from rpathfix.fstree import as_cached
 from rpathfix.loader_glibc import DRIVER_LIBS, GlibcProcess, started
@@ -78,6 +78,7 @@ if TYPE_CHECKING:
 
 MRU = 4  # providers remembered per object: most references go to the same few libraries
 MAX_CACHED_REFERENCES = 200_000  # references kept in memory per run; more are read again
+HOT_BUDGET = 64 << 20  # bytes of the most used libraries' symbol tables held in memory per run
 
 
 class SymbolTables:
@@ -96,6 +97,7 @@ class SymbolTables:
         self._hashes: dict[str, int] = {}
         self._memo: dict[str, dict[object, Definition | None]] = {}  # real path -> reference key -> answer
         self._cached_refs = 0
+        self._budget = Budget(HOT_BUDGET)
 
     def of(self, real: str) -> ElfSymbols | None:
         """The symbol tables of the file at physical path `real`; None when unreadable."""
@@ -108,6 +110,8 @@ class SymbolTables:
             tables = open_symbols(self.tree.open(real))
         except FormatError:
             tables = None
+        else:
+            tables.budget = self._budget
         self._open[real] = tables
         return tables
 

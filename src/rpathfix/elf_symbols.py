@@ -69,8 +69,8 @@ NAME_WINDOW = 1 << 16  # names whose offsets lie this close are read in one go
 NAME_SLACK = 256  # bytes read past the last name start of a window
 MAX_NAME = 1 << 16
 RELOC_CHUNK = 1 << 20  # bytes of relocation entries per read
-VERSYM_READS = 64  # single .gnu.version reads of an object before its whole table is read
-MAX_VERSYM_TABLE = 4 << 20  # bytes of .gnu.version held in memory per object
+HOT_LOOKUPS = 64  # lookups reaching an object's symbol table before its tables are held in memory
+MAX_HOT_TABLE = 8 << 20  # bytes of one object's symbol entries held in memory
 CHAIN_BLOCK = 8  # GNU hash chain entries per read (chains are short: a few per bucket)
 
 
@@ -151,6 +151,16 @@ _POW33 = [pow(33, i, 1 << 32) for i in range(1024)]
 _RPOW33 = _POW33[::-1]
 
 
+class Budget:
+    """Bytes of symbol tables that may still be held in memory, shared by the objects of one
+    run (ElfSymbols._warm)."""
+
+    __slots__ = ("left",)
+
+    def __init__(self, left: int) -> None:
+        self.left = left
+
+
 class _Sym(NamedTuple):
     name_off: int
     info: int
@@ -209,8 +219,11 @@ class ElfSymbols:
         self._versym = offset(DT_VERSYM) if high > 0 else None
         self._hash: _GnuHash | _SysvHash | None = None
         self._hash_loaded = False
-        self._versym_table: array[int] | None = None
-        self._versym_reads = 0
+        self.budget: Budget | None = None  # set by the caller to allow _warm()
+        self._lookups = 0
+        self._hot_syms: bytes | None = None
+        self._hot_count = 0
+        self._hot_versym: array[int] | None = None
 
     # ------------------------------------------------------------------ versions
 
@@ -284,37 +297,46 @@ class ElfSymbols:
 
     def _sym(self, index: int) -> _Sym:
         assert self._symtab is not None
-        f = struct.unpack(self._symfmt, self.src.read_at(self._symtab + index * self._syment, self._syment))
+        hot = self._hot_syms
+        if hot is not None and index < self._hot_count:
+            f = struct.unpack_from(self._symfmt, hot, index * self._syment)
+        else:
+            f = struct.unpack(self._symfmt, self.src.read_at(self._symtab + index * self._syment, self._syment))
         if self._r.is64:
             return _Sym(f[0], f[1], f[2], f[3], f[4])
         return _Sym(f[0], f[3], f[4], f[5], f[1])
 
     def _versym_at(self, index: int) -> int | None:
-        """The .gnu.version entry of symbol `index`; the whole table is read once an object
-        has been asked often (the libraries most references bind to)."""
+        """The .gnu.version entry of symbol `index`."""
         if self._versym is None:
             return None
-        table = self._versym_table
+        table = self._hot_versym
         if table is not None and index < len(table):
             return int(table[index])
-        self._versym_reads += 1
-        if self._versym_reads == VERSYM_READS and table is None:
-            table = self._load_versym()
-            if table is not None and index < len(table):
-                return int(table[index])
         (v,) = struct.unpack(self._r.e + "H", self.src.read_at(self._versym + 2 * index, 2))
         return int(v)
 
-    def _load_versym(self) -> array[int] | None:
-        assert self._versym is not None
+    def _warm(self) -> None:
+        """Count a lookup that reached the symbol table; the HOT_LOOKUPS-th one reads this
+        object's symbol entries, hash chains and .gnu.version into memory (raw arrays, not
+        Python objects), when they fit in `budget`: the few libraries most references bind
+        to are then answered without a read per lookup."""
+        self._lookups += 1
+        if self._lookups != HOT_LOOKUPS or self.budget is None:
+            return
         table = self._table()
-        if not isinstance(table, _GnuHash):
-            return None
+        if not isinstance(table, _GnuHash) or self._symtab is None:
+            return
         count = table.symbol_count()
-        if 2 * count > MAX_VERSYM_TABLE:
-            return None
-        self._versym_table = _words(self._r, self._versym, count, "H")
-        return self._versym_table
+        size = count * self._syment + 4 * (count - table.symoffset) + (2 * count if self._versym is not None else 0)
+        if size > self.budget.left or count * self._syment > MAX_HOT_TABLE:
+            return
+        self.budget.left -= size
+        self._hot_syms = self.src.read_at(self._symtab, count * self._syment)
+        self._hot_count = count
+        table.chain_array = _words(self._r, table.chains, count - table.symoffset, "I")
+        if self._versym is not None:
+            self._hot_versym = _words(self._r, self._versym, count, "H")
 
     def _table(self) -> _GnuHash | _SysvHash | None:
         if not self._hash_loaded:
@@ -418,6 +440,7 @@ class ElfSymbols:
         candidates = table.candidates(table.hash_of(want, gnu))
         if not candidates:
             return None
+        self._warm()
         versioned: tuple[int, _Sym, int | None] | None = None
         num_versions = 0
         found: tuple[int, _Sym, int | None] | None = None
@@ -652,6 +675,7 @@ class _GnuHash:
         buckets_off = off + 16 + bloom_size * r.wsize
         self.buckets = _words(r, buckets_off, self.nbuckets, "I")
         self.chains = buckets_off + self.nbuckets * 4
+        self.chain_array: array[int] | None = None  # the chains, once the object is hot
 
     def hash_of(self, name: bytes, gnu: int | None) -> int:
         return gnu if gnu is not None else gnu_hash(name)
@@ -673,6 +697,19 @@ class _GnuHash:
         if index < self.symoffset:
             raise self.r.fail("GNU hash bucket points below symoffset")
         out: list[int] = []
+        chains = self.chain_array
+        if chains is not None:
+            at = index - self.symoffset
+            for _ in range(MAX_CHAIN):
+                if at >= len(chains):
+                    raise self.r.fail("GNU hash chain runs past the end of the table")
+                ch = chains[at]
+                if (ch ^ h) >> 1 == 0:
+                    out.append(at + self.symoffset)
+                if ch & 1:
+                    return out
+                at += 1
+            raise self.r.fail("GNU hash chain does not end")
         fmt = self.r.e + f"{CHAIN_BLOCK}I"
         size = self.r.src.size
         steps = 0
