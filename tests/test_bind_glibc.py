@@ -529,3 +529,38 @@ def test_verify_reports_versions_and_symbols_as_the_real_import_does(tmp_path: P
                       "provider", "searched", "loader_message"}
     control = json.loads(rpathfix("verify", "--json", "--no-symbols", str(site)).stdout)
     assert control["errors"] == []
+
+
+def test_few_open_files_same_answers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With only two symbol-table files open at once (the least recently used closed and
+    opened again on demand), every answer is the one of an unbounded run."""
+    import rpathfix.bind_glibc as bg
+
+    libs = [build(tmp_path, f"libxp{i}.so", f"int p{i}(void) {{ return {i}; }}\n") for i in range(4)]
+    calls = "".join(f"int p{i}(void);\n" for i in range(5)) + "int t(void) { return p0()+p1()+p2()+p3()+p4(); }\n"
+    top = build(tmp_path, "libxtopn.so", calls, needs=tuple(p.name for p in libs), args=("-Wl,-rpath,$ORIGIN",))
+    want = model(top)
+    assert want == f"{top}: undefined symbol: p4"
+    monkeypatch.setattr(bg, "MAX_OPEN", 2)
+    assert model(top) == want
+
+
+def test_symbols_a_gpu_driver_library_could_define_are_not_reported(tmp_path: Path) -> None:
+    """libcuda.so.1 comes with the driver: the model does not open it (DRIVER_LIBS), so an
+    undefined cuInit of a library that needs it is not an error; with driver_libs off the
+    name is missing instead (the control: the load fails before any binding)."""
+    stub = build(tmp_path / "stubs", "libcuda.so.1", "int cuInit(unsigned f) { return (int)f; }\n")
+    user = build(tmp_path, "libxusescuda.so", "int cuInit(unsigned);\nint f(void) { return cuInit(0); }\n",
+                 needs=("libcuda.so.1",), libdirs=(stub.parent,))
+    tree = RealTree()
+    tables = SymbolTables(tree)
+    try:
+        if host_options().cache is not None and host_options().cache.lookup("libcuda.so.1", "x86_64", 64):
+            pytest.skip("this machine has a libcuda.so.1 in its ld.so.cache")
+        result, problems = load_and_bind(tree, str(user), host_options(executable=sys.executable), tables)
+        assert not result.missing and problems == []
+        result, problems = load_and_bind(tree, str(user), host_options(executable=sys.executable, driver_libs=False),
+                                         tables)
+        assert [r.name for r in result.missing] == ["libcuda.so.1"] and problems == []
+    finally:
+        tables.close()

@@ -53,6 +53,7 @@ if TYPE_CHECKING:
 
 PYTHON_API = ("_Py", "__Py")
 MAX_REEXPORT_DEPTH = 64
+MAX_OPEN = 256  # files kept open at once
 
 _UNKNOWN = object()  # a lookup the model cannot answer (an image it cannot read)
 
@@ -62,19 +63,30 @@ class MachoTables:
 
     def __init__(self, tree: FileTree) -> None:
         self.tree = as_cached(tree)
-        self._open: dict[tuple[str, int], MachoSymbols | None] = {}
+        self._open: dict[tuple[str, int], MachoSymbols] = {}
+        self._unreadable: set[tuple[str, int]] = set()
         self._imports: dict[tuple[str, int], tuple[Import, ...]] = {}
 
     def of(self, image: _Image) -> MachoSymbols | None:
+        """The image's imports and exports; None for a shared-cache image or an unreadable
+        file. At most MAX_OPEN files stay open (the least recently used is closed)."""
         if image.slice is None:
             return None
         key = (image.path, image.slice.offset)
-        if key not in self._open:
+        try:
+            t = self._open.pop(key)
+        except KeyError:
+            if key in self._unreadable:
+                return None
             try:
-                self._open[key] = open_macho_symbols(self.tree.open(image.path), image.slice)
+                t = open_macho_symbols(self.tree.open(image.path), image.slice)
             except FormatError:
-                self._open[key] = None
-        return self._open[key]
+                self._unreadable.add(key)
+                return None
+            if len(self._open) >= MAX_OPEN:
+                self._open.pop(next(iter(self._open))).close()
+        self._open[key] = t
+        return t
 
     def imports(self, image: _Image) -> tuple[Import, ...]:
         assert image.slice is not None
@@ -89,8 +101,7 @@ class MachoTables:
 
     def close(self) -> None:
         for t in self._open.values():
-            if t is not None:
-                t.close()
+            t.close()
         self._open.clear()
 
 

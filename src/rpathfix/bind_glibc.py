@@ -79,6 +79,7 @@ if TYPE_CHECKING:
 MRU = 4  # providers remembered per object: most references go to the same few libraries
 MAX_CACHED_REFERENCES = 200_000  # references kept in memory per run; more are read again
 HOT_BUDGET = 64 << 20  # bytes of the most used libraries' symbol tables held in memory per run
+MAX_OPEN = 256  # symbol-table files kept open at once
 
 
 class SymbolTables:
@@ -91,7 +92,8 @@ class SymbolTables:
 
     def __init__(self, tree: FileTree) -> None:
         self.tree = as_cached(tree)
-        self._open: dict[str, ElfSymbols | None] = {}
+        self._open: dict[str, ElfSymbols] = {}
+        self._unreadable: set[str] = set()
         self._refs: dict[str, tuple[Reference, ...]] = {}
         self._eager: dict[str, frozenset[int]] = {}
         self._hashes: dict[str, int] = {}
@@ -100,19 +102,24 @@ class SymbolTables:
         self._budget = Budget(HOT_BUDGET)
 
     def of(self, real: str) -> ElfSymbols | None:
-        """The symbol tables of the file at physical path `real`; None when unreadable."""
+        """The symbol tables of the file at physical path `real`; None when unreadable. At
+        most MAX_OPEN files stay open: the least recently used is closed (and opened
+        again if asked again; the answers it gave are remembered)."""
         try:
-            return self._open[real]
+            tables = self._open.pop(real)
         except KeyError:
-            pass
-        tables: ElfSymbols | None
-        try:
-            tables = open_symbols(self.tree.open(real))
-        except FormatError:
-            tables = None
-        else:
+            if real in self._unreadable:
+                return None
+            try:
+                tables = open_symbols(self.tree.open(real))
+            except FormatError:
+                self._unreadable.add(real)
+                return None
             tables.budget = self._budget
-        self._open[real] = tables
+            if len(self._open) >= MAX_OPEN:
+                oldest = next(iter(self._open))
+                self._open.pop(oldest).close()
+        self._open[real] = tables  # most recently used last
         return tables
 
     def references(self, real: str) -> tuple[Reference, ...] | list[Reference]:
@@ -169,8 +176,7 @@ class SymbolTables:
 
     def close(self) -> None:
         for t in self._open.values():
-            if t is not None:
-                t.close()
+            t.close()
         self._open.clear()
 
 
@@ -244,6 +250,8 @@ class _Binder:
         refs = self.tables.references(obj.real)
         if not refs:
             return
+        # An object whose symbol tables cannot be read may define anything (FormatError).
+        opaque = opaque or any(self.tables.of(o.real) is None for o, _ in scope)
         eager = self.tables.eager(obj.real) if lazy else None
         reals = [o.real for o, _ in scope]
         in_scope = set(reals)
