@@ -224,6 +224,7 @@ class ElfSymbols:
         self._hot_syms: bytes | None = None
         self._hot_count = 0
         self._hot_versym: array[int] | None = None
+        self._hot_strings: bytes | None = None
 
     # ------------------------------------------------------------------ versions
 
@@ -318,9 +319,11 @@ class ElfSymbols:
 
     def _warm(self) -> None:
         """Count a lookup that reached the symbol table; the HOT_LOOKUPS-th one reads this
-        object's symbol entries, hash chains and .gnu.version into memory (raw arrays, not
-        Python objects), when they fit in `budget`: the few libraries most references bind
-        to are then answered without a read per lookup."""
+        object's symbol entries, hash chains, .gnu.version and strings into memory (raw
+        bytes and arrays, not Python objects; in a few sequential reads rather than a page
+        fault per lookup when the file is not in the page cache), when they fit in
+        `budget`: the few libraries most references bind to are then answered without a
+        read per lookup."""
         self._lookups += 1
         if self._lookups != HOT_LOOKUPS or self.budget is None:
             return
@@ -328,10 +331,13 @@ class ElfSymbols:
         if not isinstance(table, _GnuHash) or self._symtab is None:
             return
         count = table.symbol_count()
+        strings = self._strsz if self._strtab is not None and self._strsz is not None else 0
         size = count * self._syment + 4 * (count - table.symoffset) + (2 * count if self._versym is not None else 0)
-        if size > self.budget.left or count * self._syment > MAX_HOT_TABLE:
+        if size + strings > self.budget.left or max(count * self._syment, strings) > MAX_HOT_TABLE:
             return
-        self.budget.left -= size
+        self.budget.left -= size + strings
+        if strings and self._strtab is not None:
+            self._hot_strings = self.src.read_at(self._strtab, strings)
         self._hot_syms = self.src.read_at(self._symtab, count * self._syment)
         self._hot_count = count
         table.chain_array = _words(self._r, table.chains, count - table.symoffset, "I")
@@ -515,6 +521,8 @@ class ElfSymbols:
         assert self._strtab is not None
         if self._strsz is not None and name_off >= self._strsz:
             return False
+        if self._hot_strings is not None:
+            return self._hot_strings.startswith(want + b"\0", name_off)
         start = self._strtab + name_off
         size = min(len(want) + 1, self.src.size - start)
         return size > 0 and self.src.read_at(start, size) == want + b"\0"
