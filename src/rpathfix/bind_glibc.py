@@ -98,6 +98,10 @@ class SymbolTables:
         self._eager: dict[str, frozenset[int]] = {}
         self._hashes: dict[str, int] = {}
         self._memo: dict[str, dict[object, Definition | None]] = {}  # real path -> reference key -> answer
+        # Reference key -> an object that defines it acceptably. Whether a definition is
+        # acceptable depends on the reference (its name and version), not on who makes it,
+        # so a reference binds in any scope that contains that object.
+        self.providers: dict[object, str] = {}
         self._cached_refs = 0
         self._budget = Budget(HOT_BUDGET)
 
@@ -172,6 +176,8 @@ class SymbolTables:
             except FormatError:
                 found = None
         memo[key] = found
+        if found is not None:
+            self.providers.setdefault(key, real)
         return found
 
     def close(self) -> None:
@@ -258,6 +264,7 @@ class _Binder:
         files: dict[str, str | None] = {}  # version need file -> real path of its object in scope
         recent: list[str] = []  # providers that answered this object's last lookups
         failed: list[Reference] = []
+        providers = self.tables.providers
         for ref in refs:
             if ref.weak or (eager is not None and ref.symndx not in eager):
                 continue
@@ -268,7 +275,11 @@ class _Binder:
                     o = self.proc.named(f)
                     files[f] = o.real if o is not None and o.real in in_scope else None
                 hint = files[f]
-            if self._defined(ref, reals, recent, hint) is None and not opaque:
+            key = _key(ref.name, ref.version)
+            known = providers.get(key)
+            if known is not None and known in in_scope:
+                continue  # an earlier lookup found a definition there: acceptable for anyone
+            if self._defined(ref, key, reals, recent, hint) is None and not opaque:
                 failed.append(ref)
         if not failed:
             return
@@ -289,7 +300,8 @@ class _Binder:
                 UNDEFINED_SYMBOL, obj.path, ref.name, ref.version.name if ref.version else None, None,
                 ref.version.file if ref.version else None, searched))
 
-    def _defined(self, ref: Reference, reals: list[str], recent: list[str], hint: str | None) -> str | None:
+    def _defined(self, ref: Reference, key: object, reals: list[str], recent: list[str],
+                 hint: str | None) -> str | None:
         """Some object of the scope that defines ref acceptably, or None. Whether a reference
         binds does not depend on the order (the walk takes the first acceptable definition
         and skips only unacceptable ones), so the likely providers are asked first: the
@@ -297,7 +309,6 @@ class _Binder:
         answered the object's last lookups. `why` walks the scope in order."""
         lookup = self.tables.lookup_key
         name, version = ref.name, ref.version
-        key = _key(name, version)
         if hint is not None and lookup(hint, key, name, version) is not None:
             return hint
         for real in recent:
