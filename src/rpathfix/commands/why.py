@@ -88,6 +88,14 @@ def _why_symbol(args: argparse.Namespace, spec: object) -> int:
     if result.missing:
         missing = ", ".join(sorted({r.name for r in result.missing}))
         print(f"  note: the load fails before binding: {missing} not found (rpathfix ldd shows why)")
+    else:
+        from rpathfix.loaders import load_checked
+        from rpathfix.resolution import VERSION_NOT_FOUND
+
+        _result, problems = load_checked(RealTree(), args.file, spec)
+        for p in problems:
+            if p.kind == VERSION_NOT_FOUND:
+                print(f"  note: the load fails before binding: {p.message}")
     print(f"  lookup ({trace.mode}), in order:")
     width = max((len(s.path) for s in trace.steps), default=0)
     for i, s in enumerate(trace.steps, 1):
