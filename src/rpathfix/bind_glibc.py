@@ -96,7 +96,7 @@ class SymbolTables:
         self._unreadable: set[str] = set()
         self._refs: dict[str, tuple[Reference, ...]] = {}
         self._eager: dict[str, frozenset[int]] = {}
-        self._hashes: dict[str, int] = {}
+        self._hashes: dict[str, tuple[bytes, int]] = {}  # name -> (its bytes, gnu_hash)
         self._memo: dict[str, dict[object, Definition | None]] = {}  # real path -> reference key -> answer
         # Reference key -> an object that defines it acceptably. Whether a definition is
         # acceptable depends on the reference (its name and version), not on who makes it,
@@ -168,11 +168,12 @@ class SymbolTables:
         tables = self.of(real)
         found = None
         if tables is not None:
-            h = self._hashes.get(name)
-            if h is None:
-                h = self._hashes[name] = gnu_hash(name.encode("utf-8", "surrogateescape"))
+            hashed = self._hashes.get(name)
+            if hashed is None:
+                raw = name.encode("utf-8", "surrogateescape")
+                hashed = self._hashes[name] = (raw, gnu_hash(raw))
             try:
-                found = tables.lookup(name, version, h)
+                found = tables.lookup(name, version, hashed[1], hashed[0])
             except FormatError:
                 found = None
         memo[key] = found

@@ -318,14 +318,12 @@ class ElfSymbols:
         return int(v)
 
     def _warm(self) -> None:
-        """Count a lookup that reached the symbol table; the HOT_LOOKUPS-th one reads this
-        object's symbol entries, hash chains, .gnu.version and strings into memory (raw
+        """At the HOT_LOOKUPS-th lookup that reached the symbol table, read this object's symbol entries, hash chains, .gnu.version and strings into memory (raw
         bytes and arrays, not Python objects; in a few sequential reads rather than a page
         fault per lookup when the file is not in the page cache), when they fit in
         `budget`: the few libraries most references bind to are then answered without a
         read per lookup."""
-        self._lookups += 1
-        if self._lookups != HOT_LOOKUPS or self.budget is None:
+        if self.budget is None:
             return
         table = self._table()
         if not isinstance(table, _GnuHash) or self._symtab is None:
@@ -430,11 +428,12 @@ class ElfSymbols:
 
     # ------------------------------------------------------------------ lookup
 
-    def lookup(self, name: str, version: Version | None, gnu: int | None = None) -> Definition | None:
+    def lookup(self, name: str, version: Version | None, gnu: int | None = None,
+               raw: bytes | None = None) -> Definition | None:
         """The definition this object contributes for a reference to `name` (with `version`),
         or None: do_lookup_x for one object (dl-lookup.c:379-497).
 
-        `gnu` is gnu_hash(name) when the caller has it (it is the costly part). A
+        `gnu` is gnu_hash(name) and `raw` the name's bytes when the caller has them. A
         definition with hidden or internal visibility binds locally only, so it counts as
         absent; so does a STB_LOCAL one. STB_WEAK, STB_GLOBAL and STB_GNU_UNIQUE bind
         (LD_DYNAMIC_WEAK unset).
@@ -442,11 +441,13 @@ class ElfSymbols:
         table = self._hash if self._hash_loaded else self._table()
         if table is None or self._symtab is None:
             return None
-        want = name.encode("utf-8", "surrogateescape")
+        want = raw if raw is not None else name.encode("utf-8", "surrogateescape")
         candidates = table.candidates(table.hash_of(want, gnu))
         if not candidates:
             return None
-        self._warm()
+        self._lookups += 1
+        if self._lookups == HOT_LOOKUPS:
+            self._warm()
         versioned: tuple[int, _Sym, int | None] | None = None
         num_versions = 0
         found: tuple[int, _Sym, int | None] | None = None
