@@ -564,3 +564,19 @@ def test_symbols_a_gpu_driver_library_could_define_are_not_reported(tmp_path: Pa
         assert [r.name for r in result.missing] == ["libcuda.so.1"] and problems == []
     finally:
         tables.close()
+
+
+def test_extension_using_a_newer_c_api_function(tmp_path: Path) -> None:
+    """A module built against a newer Python's C API (PyLong_AsInt arrived in 3.13) fails
+    to import in this interpreter with "undefined symbol: PyLong_AsInt"; the control
+    calls PyLong_AsLong, which every version has."""
+    if sys.version_info >= (3, 13):
+        pytest.skip("this interpreter has PyLong_AsInt")
+    src = ("#include <Python.h>\nint PyLong_AsInt(PyObject *);\n"
+           "static struct PyModuleDef d = {PyModuleDef_HEAD_INIT, \"NAME\", 0, -1, 0};\n"
+           "PyMODINIT_FUNC PyInit_NAME(void) { PyObject *m = PyModule_Create(&d);\n"
+           "  PyModule_AddObject(m, \"v\", PyLong_FromLong(CALL(PyLong_FromLong(1)))); return m; }\n")
+    new = build(tmp_path, "xnewapi.so", src.replace("NAME", "xnewapi").replace("CALL", "PyLong_AsInt"))
+    old = build(tmp_path, "xoldapi.so", src.replace("NAME", "xoldapi").replace("CALL", "PyLong_AsLong"))
+    assert agree(new, "RTLD_NOW") == f"{new}: undefined symbol: PyLong_AsInt"
+    assert agree(old, "RTLD_NOW") is None
