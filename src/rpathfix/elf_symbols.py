@@ -67,7 +67,7 @@ MAX_VERSION_ENTRIES = 1 << 16  # verneed/vernaux/verdef records walked before we
 SYM_CHUNK = 4096  # symbol entries per read while enumerating
 NAME_WINDOW = 1 << 16  # names whose offsets lie this close are read in one go
 NAME_SLACK = 256  # bytes read past the last name start of a window
-MAX_NAME = 1 << 16
+MAX_REFERENCES = 1 << 20  # undefined symbols of one object (the largest real ones have tens of thousands)
 RELOC_CHUNK = 1 << 20  # bytes of relocation entries per read
 HOT_LOOKUPS = 64  # lookups reaching an object's symbol table before its tables are held in memory
 MAX_HOT_TABLE = 8 << 20  # bytes of one object's symbol entries held in memory
@@ -373,6 +373,7 @@ class ElfSymbols:
         if end <= 1 or self._symtab is None:
             return
         r = self._r
+        count = 0
         for first in range(1, end, SYM_CHUNK):
             n = min(SYM_CHUNK, end - first)
             raw = self.src.read_at(self._symtab + first * self._syment, n * self._syment)
@@ -390,6 +391,9 @@ class ElfSymbols:
             versyms: tuple[int, ...] | None = None
             if self._versym is not None:
                 versyms = struct.unpack(f"{r.e}{n}H", self.src.read_at(self._versym + 2 * first, 2 * n))
+            count += len(picked)
+            if count > MAX_REFERENCES:
+                raise r.fail(f"more than {MAX_REFERENCES} undefined symbols (a corrupt symbol table?)")
             names = self._names([p[1] for p in picked])
             for index, name_off, bind, kind in picked:
                 version = None
