@@ -59,7 +59,7 @@ EXPORT_SYMBOL_FLAGS_KIND_MASK, EXPORT_SYMBOL_FLAGS_WEAK_DEFINITION = 0x03, 0x04
 EXPORT_SYMBOL_FLAGS_REEXPORT, EXPORT_SYMBOL_FLAGS_STUB_AND_RESOLVER = 0x08, 0x10
 
 MAX_BIND_INFO = 64 << 20  # bytes of one opcode stream
-MAX_IMPORTS = 1 << 22
+MAX_IMPORTS = 1 << 20
 MAX_TRIE_DEPTH = 4096  # nodes walked for one name (each edge eats at least one byte)
 TRIE_BLOCK = 4096
 MAX_NLIST_EXPORTS = 500_000  # external symbols indexed for a file without an export trie
