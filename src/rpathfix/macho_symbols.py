@@ -209,6 +209,8 @@ class MachoSymbols:
                 key = (imp.ordinal, imp.name, stream)
                 if key not in seen:
                     seen.add(key)
+                    if len(seen) > MAX_IMPORTS:
+                        raise self._s.fail(f"more than {MAX_IMPORTS} bind targets")
                     yield imp
 
     def _opcodes(self, data: bytes, stream: str) -> Iterator[Import]:
