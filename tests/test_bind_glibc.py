@@ -147,7 +147,7 @@ def test_weak_version_need_may_be_missing(tmp_path: Path) -> None:
     """A need flagged VER_FLG_WEAK may be missing (ld.so only mentions it under ldd -v).
     No linker option asks for the flag, so it is set by hand in the built file. The
     runtime libxver.so defines versions, but not XVER_2, and an unversioned ver_fn (which
-    a versioned reference accepts, rule 45)."""
+    a versioned reference accepts, rule 47)."""
     sdk = build(tmp_path / "sdk", "libxver.so", "int ver_fn(void) { return 1; }\n", script="XVER_2 { ver_fn; };\n")
     target = build(tmp_path / "run", "libxneedsver.so", "int ver_fn(void);\nint g(void) { return ver_fn(); }\n",
                    needs=("libxver.so",), libdirs=(sdk.parent,), args=("-Wl,-rpath,$ORIGIN",))
@@ -267,7 +267,7 @@ def test_versioned_reference_whose_version_exists_but_not_for_that_symbol(tmp_pa
 
 @pytest.mark.parametrize("runtime", ["only-hidden", "only-default", "oldest-hidden"])
 def test_unversioned_reference_against_versioned_definitions(tmp_path: Path, runtime: str) -> None:
-    """Rule 45 for an unversioned reference (linked against an unversioned libxu.so): a
+    """Rule 47 for an unversioned reference (linked against an unversioned libxu.so): a
     later version binds when it is the only non-hidden one (`foo@@XU_2`), not when it is
     hidden (`foo@XU_2`); the oldest version (index 2) binds even when hidden."""
     sdk = build(tmp_path / "sdk", "libxu.so", "int foo(void) { return 1; }\n")

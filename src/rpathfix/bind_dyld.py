@@ -6,25 +6,25 @@ Mac here: the rules are read from apple-oss-distributions/dyld at dyld-1378 (`d:
 checked on zig-built dylibs and on real macOS wheels' extension modules at model level
 (tests/test_bind_dyld.py). Numbered after ../shared/LOADERS.md's rules.
 
-46. Every bind target names a library ordinal: 1..n is the image the n-th dylib load
+48. Every bind target names a library ordinal: 1..n is the image the n-th dylib load
     command (LC_LOAD_DYLIB, LC_LOAD_WEAK_DYLIB, LC_REEXPORT_DYLIB, LC_LOAD_UPWARD_DYLIB,
     LC_LAZY_LOAD_DYLIB, in command order) resolved to; 0 the image itself; -1 the main
     executable; -2 a flat lookup; -3 a weak-definition lookup (d:dyld/Loader.cpp:
     2853-2866, 2914). dyld resolves every target of LC_DYLD_CHAINED_FIXUPS' imports
     table, or of the bind and lazy-bind opcode streams, in that order, and stops at the
     first failure (d:dyld/Loader.cpp:2707-2730).
-47. Two-level lookup: the named image must export the symbol: its export trie (a
+49. Two-level lookup: the named image must export the symbol: its export trie (a
     re-export entry continues in the dependent it names, under the imported name), else
     its re-exported dylibs (LC_REEXPORT_DYLIB), recursively, each image once
     (d:dyld/Loader.cpp:3109-3113, 3196-3303, 3438-3453). An image without an export
     trie exports its external N_SECT nlist symbols (:3370-3404).
-48. Flat lookup (-2): every loaded image in load order, each by its own exports only
+50. Flat lookup (-2): every loaded image in load order, each by its own exports only
     (re-export entries followed, re-exported dylibs not), skipping images dlopen()ed with
     RTLD_LOCAL except the importer itself (d:dyld/Loader.cpp:2866-2880;
     d:dyld/DyldAPIs.cpp:1407, 1462: RTLD_LOCAL hides the dlopen()ed image only). An
     extension module linked with `-undefined dynamic_lookup` imports the Python C API
     this way and finds it in the interpreter.
-49. A target nothing exports: a weak import binds to 0; a lazy bind (the lazy-bind
+51. A target nothing exports: a weak import binds to 0; a lazy bind (the lazy-bind
     stream of opcode-based images) binds to an abort stub and the load goes on; a miss in
     the weak-bind stream is ignored (d:dyld/Loader.cpp:2731-2745, 2887-2906, 3119-3135).
     Any other fails the load: "Symbol not found: _S / Referenced from: X / Expected in:
@@ -124,7 +124,7 @@ class _Process:
 
     def exported(self, image: _Image, name: str, static: bool, seen: set[int],
                  depth: int = 0) -> tuple[_Image, Export] | object | None:
-        """Rule 47 (static) / 48 (shallow): the export of `name` image provides, following
+        """Rule 49 (static) / 50 (shallow): the export of `name` image provides, following
         re-exports; _UNKNOWN when it leads into an image the model cannot read."""
         if id(image) in seen or depth > MAX_REEXPORT_DEPTH:
             return None
@@ -162,7 +162,7 @@ class _Process:
         return None
 
     def flat(self, importer: _Image, name: str) -> tuple[_Image, Export] | object | None:
-        """Rule 48: the first image in load order that exports `name`."""
+        """Rule 50: the first image in load order that exports `name`."""
         unknown = False
         for image in self.sim.images:
             found = self.exported(image, name, False, set())
@@ -176,13 +176,13 @@ class _Process:
         return None
 
     def check(self, image: _Image) -> list[SymbolProblem]:
-        """Rules 46-49 for every bind target of one image."""
+        """Rules 48-51 for every bind target of one image."""
         problems: list[SymbolProblem] = []
         assert image.slice is not None
         names = [ref.name for ref in image.slice.dylibs]
         for imp in self.tables.imports(image):
             if imp.lazy or imp.weak_bind:
-                continue  # rule 49: a miss does not fail the load
+                continue  # rule 51: a miss does not fail the load
             found, expected, file = self.resolve(image, imp)
             if found is None and not imp.weak:
                 if imp.ordinal > 0:
@@ -214,7 +214,7 @@ class _Process:
 
 
 def load_and_bind(tree: FileTree, root: str, options: DyldOptions, tables: MachoTables) -> tuple[LoadResult, list[SymbolProblem]]:
-    """loader_dyld.load_macho, plus rules 46-49 for every image the load of `root` mapped
+    """loader_dyld.load_macho, plus rules 48-51 for every image the load of `root` mapped
     (with options.executable: after the executable's own closure). No binding problems
     when an image is missing or unreadable: the load fails before binding."""
     sim, top = simulate(tree, root, options)

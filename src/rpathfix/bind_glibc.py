@@ -8,10 +8,10 @@ extension module with dlopen(path, RTLD_NOW) (`sys.getdlopenflags()`), so every
 non-weak undefined symbol of every object the import maps must bind then, or the import
 fails with "undefined symbol: ...".
 
-Rules (numbered after ../shared/LOADERS.md's; glibc 2.36 sources, `g:` = bminor/glibc at
+Rules (numbered after ../shared/LOADERS.md's, after the 37-41 of the loader models; glibc 2.36 sources, `g:` = bminor/glibc at
 glibc-2.36). Each was checked against the real ld.so here by tests/test_bind_glibc.py.
 
-40. Version needs. After mapping, ld.so checks the needs of every object of the new
+42. Version needs. After mapping, ld.so checks the needs of every object of the new
     object's search list that was not checked before (g:elf/dl-open.c:595-611; at start-up
     every object, g:elf/dl-version.c:390-400). For each .gnu.version_r entry (file F,
     version V): the object answering to the name F (g:elf/dl-version.c:29-49) must define V
@@ -19,17 +19,17 @@ glibc-2.36). Each was checked against the real ld.so here by tests/test_bind_gli
     load fails with "F_path: version `V' not found (required by X)" (:141-149). A need
     marked VER_FLG_WEAK may be missing (:127-139). An object without any version
     definitions satisfies every need (:70-84: only `ldd -v` mentions it).
-41. The global scope is the main program's search list: the program, then its DT_NEEDED
+43. The global scope is the main program's search list: the program, then its DT_NEEDED
     tree breadth-first, each object once (g:elf/dl-deps.c:156-260); objects dlopen()ed
     with RTLD_GLOBAL append their search lists' objects that are not in it yet
     (g:elf/dl-open.c:170-205). Objects dlopen()ed with RTLD_LOCAL are mapped (rule 3 finds
     them by name) but in no scope of a later load.
-42. Lookup scope of an object mapped by dlopen(X): [global scope, X's search list]
+44. Lookup scope of an object mapped by dlopen(X): [global scope, X's search list]
     (g:elf/dl-object.c:152-177; RTLD_DEEPBIND, not modelled, swaps them). X's search list
     is X, then its DT_NEEDED tree breadth-first, each object once, including objects that
     were loaded before. In a program's initial load (`ldd`), every object's scope is the
     global scope alone.
-43. Binding. Under RTLD_NOW every undefined symbol of every newly mapped object is looked
+45. Binding. Under RTLD_NOW every undefined symbol of every newly mapped object is looked
     up (g:elf/dl-open.c:630-703, objects in reverse dependency order); under RTLD_LAZY
     only those that relocations outside the PLT use, unless the object has DF_BIND_NOW,
     DF_1_NOW or DT_BIND_NOW (g:elf/dl-reloc.c:248-252). A lookup walks the scope's objects
@@ -38,13 +38,13 @@ glibc-2.36). Each was checked against the real ld.so here by tests/test_bind_gli
     with "X_path: undefined symbol: S" (", version V" when versioned;
     g:elf/dl-lookup.c:781-802). A reference that is STB_LOCAL or hidden binds to its own
     object and is not looked up (g:elf/dl-reloc.c:170-172).
-44. An acceptable definition (check_match, g:elf/dl-lookup.c:59-163; do_lookup_x,
+46. An acceptable definition (check_match, g:elf/dl-lookup.c:59-163; do_lookup_x,
     :450-497): defined (not SHN_UNDEF; st_value non-zero unless SHN_ABS or TLS), of type
     NOTYPE, OBJECT, FUNC, COMMON, TLS or IFUNC, with binding GLOBAL, WEAK (a weak
     definition is as good as a global one: LD_DYNAMIC_WEAK unset) or GNU_UNIQUE (then
     shared process-wide with the first definition entered), and not hidden or internal
     (those are skipped, the walk goes on to the next object).
-45. Versions in a lookup. A versioned reference (its .gnu.version index names a need or
+47. Versions in a lookup. A versioned reference (its .gnu.version index names a need or
     definition with a non-zero hash, g:elf/dl-reloc.c:187-189) matches a definition of
     the same version name; also an unversioned definition (index 0/1) when neither the
     definition (bit 15 of .gnu.version) nor the reference (vna_other bit 15) is hidden;
@@ -155,7 +155,7 @@ class SymbolTables:
         return self._eager[real]
 
     def lookup(self, real: str, name: str, version: Version | None) -> Definition | None:
-        """What object `real` contributes for this reference (rules 44-45)."""
+        """What object `real` contributes for this reference (rules 46-47)."""
         return self.lookup_key(real, _key(name, version), name, version)
 
     def lookup_key(self, real: str, key: object, name: str, version: Version | None) -> Definition | None:
@@ -196,7 +196,7 @@ def _key(name: str, version: Version | None) -> object:
 
 
 def searchlist(proc: GlibcProcess, root: _Obj) -> list[_Obj]:
-    """Rule 41/42: root, then its DT_NEEDED tree breadth-first, each object once (l_searchlist).
+    """Rule 43/44: root, then its DT_NEEDED tree breadth-first, each object once (l_searchlist).
     Names the model did not find (or left to the GPU driver) are left out."""
     out = [root]
     seen = {id(root)}
@@ -220,7 +220,7 @@ def _opaque(proc: GlibcProcess, objs: Sequence[_Obj]) -> bool:
 
 
 class _Binder:
-    """The checks of one load: rule 40 for the objects to check, rule 43 for those to bind."""
+    """The checks of one load: rule 42 for the objects to check, rule 45 for those to bind."""
 
     def __init__(self, proc: GlibcProcess, tables: SymbolTables) -> None:
         self.proc = proc
@@ -230,7 +230,7 @@ class _Binder:
         self.stop_at_versions = True  # dlopen; `ldd -r` goes on and reports everything
 
     def check_versions(self, objs: Sequence[_Obj]) -> None:
-        """Rule 40: every need of each object against the object that answers to its file."""
+        """Rule 42: every need of each object against the object that answers to its file."""
         for obj in objs:
             tables = self.tables.of(obj.real)
             if tables is None:
@@ -253,7 +253,7 @@ class _Binder:
         return self.proc.named(name)
 
     def bind(self, obj: _Obj, scope: Sequence[tuple[_Obj, str]], *, lazy: bool, opaque: bool) -> None:
-        """Rule 43 for one object: every reference it must bind now, in `scope`."""
+        """Rule 45 for one object: every reference it must bind now, in `scope`."""
         refs = self.tables.references(obj.real)
         if not refs:
             return
@@ -285,7 +285,7 @@ class _Binder:
         if not failed:
             return
         if self.stop_at_versions:
-            # A dlopen stops at a failed version need (rule 40), which names the cause; a
+            # A dlopen stops at a failed version need (rule 42), which names the cause; a
             # reference to that version would fail too, so it is left out.
             failed = [r for r in failed if r.version is None or (obj.path, r.version.name) not in self.failed_versions]
         if len(failed) > 1:
@@ -327,7 +327,7 @@ class _Binder:
 
 
 def global_scope(proc: GlibcProcess, global_roots: Sequence[_Obj] = ()) -> list[_Obj]:
-    """Rule 41: the main program's search list, then each RTLD_GLOBAL object's new members."""
+    """Rule 43: the main program's search list, then each RTLD_GLOBAL object's new members."""
     out: list[_Obj] = []
     seen: set[int] = set()
     for root in ([proc.main] if proc.main is not None else []) + list(global_roots):
@@ -340,7 +340,7 @@ def global_scope(proc: GlibcProcess, global_roots: Sequence[_Obj] = ()) -> list[
 
 def check_dlopen(proc: GlibcProcess, root: _Obj, new: Sequence[_Obj], tables: SymbolTables, *,
                  lazy: bool = False, global_roots: Sequence[_Obj] = ()) -> list[SymbolProblem]:
-    """Rules 40-45 for dlopen(root) in `proc`, after the loader model mapped it: `new` are
+    """Rules 42-47 for dlopen(root) in `proc`, after the loader model mapped it: `new` are
     the objects this dlopen mapped, `global_roots` the objects dlopen()ed before it with
     RTLD_GLOBAL. The problems come in the order ld.so meets them: version needs in
     search-list order, then undefined symbols in relocation order (the first one is the
@@ -359,8 +359,8 @@ def check_dlopen(proc: GlibcProcess, root: _Obj, new: Sequence[_Obj], tables: Sy
 
 
 def check_program(proc: GlibcProcess, tables: SymbolTables, *, bind: bool) -> list[SymbolProblem]:
-    """Rules 40-45 for a program's initial load (`ldd`, `ldd -r` with bind): every object's
-    versions; with bind, every object's references in the global scope (rule 42)."""
+    """Rules 42-47 for a program's initial load (`ldd`, `ldd -r` with bind): every object's
+    versions; with bind, every object's references in the global scope (rule 44)."""
     binder = _Binder(proc, tables)
     binder.stop_at_versions = False
     objs = list(proc.objects)
