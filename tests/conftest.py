@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -51,6 +54,14 @@ def stub_wheels() -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
+def edge_wheels() -> dict[str, Path]:
+    """The second set of stub wheels (build.py --set edge: ELF executables, cupy-like), keyed
+    like stub_wheels; built into a directory of its own."""
+    paths = _builder().build(STUBS_OUT / "edge", wheel_set="edge")
+    return {p.name.split("-")[0]: p for p in paths}
+
+
+@pytest.fixture(scope="session")
 def stub_tree(stub_wheels: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
     """All stub wheels extracted into one directory each (modes kept), like rules_python's layout."""
     top = tmp_path_factory.mktemp("stubs-unzipped")
@@ -69,3 +80,24 @@ def rpathfix(*args: str, cwd: Path | None = None, env: dict[str, str] | None = N
     """Run the real CLI in a subprocess (what users run)."""
     return subprocess.run([sys.executable, "-m", "rpathfix", *args], capture_output=True, text=True, cwd=cwd,
                           env=env, timeout=300)
+
+
+NOBODY = 65534  # uid and gid of the unprivileged user the loader and permission tests run as
+
+
+def as_nobody(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run a command as uid/gid 65534 with no groups (needs root and setpriv; skips otherwise).
+    The tests run as root here and in CI, so a file's mode bits stop only this user."""
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv to run a command as an unprivileged user")
+    return subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", *args],
+                          capture_output=True, text=True, env=env, timeout=300)
+
+
+@pytest.fixture
+def world_dir() -> Iterator[Path]:
+    """A fresh directory every user may enter (pytest's tmp_path is root's own, mode 0700)."""
+    d = Path(tempfile.mkdtemp(prefix="rpathfix-world-", dir="/tmp"))
+    d.chmod(0o755)
+    yield d
+    shutil.rmtree(d)  # as root: no mode bit stops it

@@ -183,6 +183,9 @@ def test_refuses_a_layout_that_cannot_load(roots: list[Path], tmp_path: Path) ->
     assert proc.returncode == 1 and "libxcudart.so.13" in proc.stderr
     assert not out.exists(), "nothing is written when verification fails"
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".venv")] == []  # nor left beside it
+    deeper = tmp_path / "new-parent" / "venv"
+    assert rpathfix("venv", str(deeper), *map(str, torch_only)).returncode == 1
+    assert not deeper.parent.exists()  # not even OUT's parent
     # An existing venv is left exactly as it was.
     good = rpathfix("venv", str(out), *map(str, roots))
     assert good.returncode == 0, good.stderr
@@ -198,5 +201,151 @@ def test_refuses_to_replace_a_directory_that_is_not_a_venv(roots: list[Path], tm
     keep.mkdir()
     (keep / "notes.txt").write_text("mine")
     proc = rpathfix("venv", str(keep), *map(str, roots))
-    assert proc.returncode == 2 and "is not a venv" in proc.stderr and proc.stderr.count("\n") == 1
+    assert proc.returncode == 2 and "was not written by rpathfix" in proc.stderr and proc.stderr.count("\n") == 1
     assert (keep / "notes.txt").read_text() == "mine"
+
+
+def _wheel_with_data(tmp: Path, dist: str, config: str) -> Path:
+    import zipfile
+
+    from test_unpack import make_wheel
+
+    data = f"{dist}-1.0.data"
+    extra = [
+        (zipfile.ZipInfo(f"{data}/data/lib/pkgconfig/{dist}.pc"), f"Name: {dist}\n".encode()),
+        (zipfile.ZipInfo(f"{data}/data/bin/{dist}-data-tool"), b"data, not a script\n"),
+        (zipfile.ZipInfo(f"{data}/data/include/{dist}_data.h"), b"#define DATA 1\n"),
+        (zipfile.ZipInfo(f"{data}/data/share/{dist}/notes.txt"), b"notes\n"),
+        (zipfile.ZipInfo(f"{data}/headers/config.h"), f"#define WHO \"{config}\"\n".encode()),
+    ]
+    tmp.mkdir(parents=True, exist_ok=True)
+    return make_wheel(tmp, dist=dist, extra=extra)
+
+
+def test_data_and_headers_land_where_pip_puts_them(tmp_path: Path) -> None:
+    """.data/data goes under the venv's prefix, merged into its own lib/, bin/ and include/
+    (data/lib/pkgconfig/x.pc made `venv` fail with "lib is written twice"), and each
+    wheel's .data/headers under include/site/pythonX.Y/<dist>/ (two wheels shipping
+    config.h were refused as a conflict). The reference is pip itself: the same wheels
+    installed by pip into a venv give the same files at the same places, and the venv
+    still imports from its site-packages."""
+    wheels = [_wheel_with_data(tmp_path / "wheels", d, d) for d in ("xdataone", "xdatatwo")]
+    into = tmp_path / "roots"
+    assert rpathfix("unpack", *map(str, wheels), "--into", str(into)).returncode == 0
+    out = tmp_path / "venv"
+    proc = rpathfix("venv", str(out), *[str(into / d) for d in ("xdataone", "xdatatwo")])
+    assert proc.returncode == 0, proc.stderr
+    pip_venv = tmp_path / "pipvenv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(pip_venv)], check=True)
+    pip = subprocess.run([sys.executable, "-m", "pip", "--python", str(pip_venv / "bin" / "python"), "install",
+                          "-q", "--no-index", "--no-deps", "--no-compile", *map(str, wheels)],
+                         capture_output=True, text=True)
+    assert pip.returncode == 0, pip.stderr
+
+    def placed(top: Path) -> dict[str, bytes]:
+        """Every file the wheels' .data put under the prefix, by path relative to it."""
+        names = ("xdataone", "xdatatwo", "config.h")
+        out = {}
+        for d, _dirs, files in os.walk(top, followlinks=True):
+            for n in files:
+                p = Path(d, n)
+                # (lib64 is `python -m venv`'s alias of lib, which rpathfix's venv does not make)
+                if any(x in n for x in names) and not {"site-packages", "lib64"} & set(p.parts):
+                    out[str(p.relative_to(top))] = p.read_bytes()
+        return out
+
+    want = placed(pip_venv)
+    v = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    assert want[f"include/site/python{v}/xdataone/config.h"] == b'#define WHO "xdataone"\n'  # pip's scheme
+    assert "lib/pkgconfig/xdataone.pc" in want and "bin/xdataone-data-tool" in want
+    assert placed(out) == want
+    ok = subprocess.run([str(out / "bin" / "python"), "-c", "import xdataone, xdatatwo; print(xdataone.VALUE)"],
+                        capture_output=True, text=True, env=clean_env())
+    assert ok.stdout == "1\n", ok.stderr
+
+
+def test_no_verify_says_what_it_did_not_check(roots: list[Path], tmp_path: Path) -> None:
+    """--no-verify writes a layout the check refuses, and says on stderr how many
+    extension modules it did not check (before, it said nothing). The control: without
+    it, the same layout is refused."""
+    torch_only = [str(r) for r in roots if r.name == "torchstub"]
+    refused = rpathfix("venv", str(tmp_path / "checked"), *torch_only)
+    assert refused.returncode == 1  # the control
+    proc = rpathfix("venv", str(tmp_path / "unchecked"), *torch_only, "--no-verify")
+    assert proc.returncode == 0, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if "not checked" in ln]
+    assert lines == [f"rpathfix venv: --no-verify: not checked: 1 extension module(s) (whether they load; "
+                     f"`rpathfix verify {tmp_path / 'unchecked'}` checks them)"]
+
+
+CUBLAS_EXT = """#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+int stub_libxcublas(void);
+static PyObject *answer(PyObject *self, PyObject *args) { return PyLong_FromLong(stub_libxcublas()); }
+static PyMethodDef methods[] = {{"answer", answer, METH_NOARGS, ""}, {NULL, NULL, 0, NULL}};
+static struct PyModuleDef def = {PyModuleDef_HEAD_INIT, "cupystub._cublas", NULL, -1, methods};
+PyMODINIT_FUNC PyInit__cublas(void) { return PyModule_Create(&def); }
+"""
+
+CUPY_INIT = """import ctypes, os, nvidia
+# What cupy does through cuda-pathfinder: find the wheel's library and load it first.
+lib = os.path.join(nvidia.__path__[0], "xcublas", "lib")
+ctypes.CDLL(os.path.join(lib, "libxcublasLt.so.12"), mode=ctypes.RTLD_GLOBAL)
+ctypes.CDLL(os.path.join(lib, "libxcublas.so.12"), mode=ctypes.RTLD_GLOBAL)
+from cupystub import _cublas
+"""
+
+
+def _cupy_like_root(top: Path, cublas_lib: Path) -> Path:
+    """cupystub/_cublas needs libxcublas.so.12 with no RPATH: cupystub preloads it."""
+    import sysconfig
+
+    root = top / "cupystub"
+    pkg = root / "site-packages" / "cupystub"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text(CUPY_INIT)
+    (pkg / "_cublas.c").write_text(CUBLAS_EXT)
+    ext = pkg / ("_cublas" + sysconfig.get_config_var("EXT_SUFFIX"))
+    subprocess.run(["gcc", "-shared", "-fPIC", f"-I{sysconfig.get_paths()['include']}", "-o", str(ext),
+                    str(pkg / "_cublas.c"), f"-L{cublas_lib}", "-Wl,--no-as-needed", "-l:libxcublas.so.12"],
+                   check=True)
+    (pkg / "_cublas.c").unlink()
+    return root
+
+
+def test_assume_loaded_reaches_the_loader_check(roots: list[Path], tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each --assume-loaded NAME is handed to the loader check (LoaderOptions.assume_loaded)."""
+    import rpathfix.verify as verify
+    from rpathfix.cli import main
+
+    seen: list[tuple[str, ...]] = []
+    real = verify.check_environment
+
+    def spy(tree, env, options, **kw):  # type: ignore[no-untyped-def]
+        seen.append(options.assume_loaded)
+        return real(tree, env, options, **kw)
+
+    monkeypatch.setattr(verify, "check_environment", spy)
+    code = main(["venv", str(tmp_path / "v"), *map(str, roots), "--assume-loaded", "libxcublas.so.12",
+                 "--assume-loaded", "nvidia-xcublas-cu12"])
+    assert code == 0 and seen == [("libxcublas.so.12", "nvidia-xcublas-cu12")]
+
+
+def test_assume_loaded_accepts_a_package_that_preloads_its_libraries(roots: list[Path], tmp_path: Path) -> None:
+    """A cupy-like extension module needs libxcublas.so.12 and has no RPATH: its package
+    preloads the library from the nvidia wheel. `venv` refuses it (the control), and
+    accepts it with --assume-loaded naming the library or its distribution, showing a
+    warning; the real interpreter imports it from the written venv."""
+    cublas = next(r for r in roots if r.name == "nvidia-xcublas-cu12")
+    cupy = _cupy_like_root(tmp_path / "extra", cublas / "site-packages" / "nvidia" / "xcublas" / "lib")
+    use = [str(cupy), str(cublas), *[str(r) for r in roots if r.name == "nvidia-xcuda-runtime-cu12"]]
+    refused = rpathfix("venv", str(tmp_path / "refused"), *use)
+    assert refused.returncode == 1 and "libxcublas.so.12" in refused.stderr  # the control
+    for name in ("libxcublas.so.12", "nvidia-xcublas-cu12"):
+        out = tmp_path / f"venv-{name}"
+        proc = rpathfix("venv", str(out), *use, "--assume-loaded", name)
+        assert proc.returncode == 0, proc.stderr
+        assert "loaded by the package at run time" in proc.stderr
+        ok = venv_python(out, "import cupystub; print(cupystub._cublas.answer())")
+        assert ok.returncode == 0 and ok.stdout.strip() == "2", ok.stderr

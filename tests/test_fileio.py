@@ -65,3 +65,26 @@ def test_leftovers_of_dead_writers_only(tmp_path):
     assert not stale.exists()
     assert os.path.exists(mine)  # this process is alive
     assert unrelated.exists()  # not a leftover of `out`
+
+
+def test_exchange_swaps_two_directories_in_one_step(tmp_path):
+    """Two non-empty directories trade places (a rename cannot replace a non-empty one:
+    the control); a missing side is an OSError naming both paths, and nothing moves."""
+    import errno
+
+    import pytest
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    (a / "one").write_text("1")
+    (b / "two").write_text("2")
+    with pytest.raises(OSError) as control:
+        os.rename(a, b)
+    assert control.value.errno in (errno.ENOTEMPTY, errno.EEXIST)
+    fileio.exchange(str(a), str(b))
+    assert os.listdir(a) == ["two"] and os.listdir(b) == ["one"]
+    with pytest.raises(OSError) as ei:
+        fileio.exchange(str(a), str(tmp_path / "missing"))
+    assert ei.value.errno == errno.ENOENT and ei.value.filename2 == str(tmp_path / "missing")
+    assert os.listdir(a) == ["two"]

@@ -6,7 +6,6 @@ import os
 import re
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -63,17 +62,6 @@ def test_matches_ldconfig_p() -> None:
         pytest.skip("ldconfig -p does not list libcudart.so.13 on this machine")
     found = cache.lookup("libcudart.so.13", "x86_64", 64)
     assert found is not None and found.startswith("/usr/local/cuda-13.0/")
-
-
-@needs_cache
-def test_fast() -> None:
-    start = time.perf_counter()
-    cache = load_cache(SYSTEM_CACHE)
-    assert cache is not None
-    names = [e.name for e in cache.entries] or ["libc.so.6"]
-    for i in range(1000):
-        cache.lookup(names[i % len(names)], "x86_64", 64)
-    assert time.perf_counter() - start < 0.05  # typically ~2 ms; generous for loaded CI
 
 
 def test_missing_file_is_none(tmp_path: Path) -> None:

@@ -18,8 +18,8 @@ import pytest
 from conftest import LIPO, zig_available, zig_cc
 from rpathfix.errors import FormatError
 from rpathfix.fstree import RealTree
-from rpathfix.loader_dyld import NO_RPATH_ERROR, DyldOptions, explain, load_macho
-from rpathfix.resolution import LoadResult, Resolution
+from rpathfix.loader_dyld import NO_RPATH_ERROR, DyldOptions, explain, load_macho, shared_cache_path
+from rpathfix.resolution import Attempt, LoadResult, Resolution
 
 if not zig_available():
     pytest.skip("`python -m ziglang` is not available: cannot link Mach-O test binaries", allow_module_level=True)
@@ -241,6 +241,59 @@ def test_libsystem_is_in_the_shared_cache(tmp_path: Path, built: dict[str, Path]
     assert r.found_via == "shared_cache" and r.path == "/usr/lib/libSystem.B.dylib"
     assert r.attempts[-1].rule == "absolute"
     assert [o.path for o in result.objects] == [str(t / "b/lib/libxb.dylib"), "/usr/lib/libSystem.B.dylib"]
+
+
+def test_only_dylibs_the_shared_cache_holds_resolve_there(tmp_path: Path, built: dict[str, Path]) -> None:
+    """Rule 41: LC_RPATH /usr/lib/swift finds @rpath/libswiftCore.dylib in the shared cache,
+    but not @rpath/libxmissing.dylib, which no macOS has (the model took any missing path
+    under /usr/lib for a cached one)."""
+    d = tmp_path / "build"
+    d.mkdir()
+    (d / "s.c").write_text("int s(void) { return 0; }\n")
+    (d / "u.c").write_text("int s(void);\nint u(void) { return s(); }\n")
+    for stub in ("libswiftCore", "libxmissing"):
+        _dylib(d, ARM, f"{stub}.dylib", "s.c", f"@rpath/{stub}.dylib")
+    for stub in ("libswiftCore", "libxmissing"):
+        user = _dylib(d, ARM, f"libxuses_{stub}.dylib", "u.c", f"@rpath/libxuses_{stub}.dylib", ("/usr/lib/swift",),
+                      f"./{stub}.dylib")
+        r = _res(load_macho(RealTree(), str(user)), f"@rpath/{stub}.dylib")
+        if stub == "libswiftCore":
+            assert r.found_via == "shared_cache" and r.path == "/usr/lib/swift/libswiftCore.dylib"
+        else:
+            assert not r.found, r
+            assert r.attempts[0] == Attempt("/usr/lib/swift/libxmissing.dylib", "rpath", "missing", "/usr/lib/swift",
+                                            str(user), "no such file, not in the dyld shared cache")
+
+
+@pytest.mark.parametrize(("path", "cached"), [
+    ("/usr/lib/libSystem.B.dylib", "/usr/lib/libSystem.B.dylib"), ("/usr/lib/libc.dylib", "/usr/lib/libSystem.B.dylib"),
+    ("/usr/lib/libz.1.dylib", "/usr/lib/libz.1.dylib"), ("/usr/lib/libxmissing.dylib", None),
+    ("/usr/lib/system/libsystem_kernel.dylib", "/usr/lib/system/libsystem_kernel.dylib"),
+    ("/usr/lib/swift/libswiftFoundation.dylib", "/usr/lib/swift/libswiftFoundation.dylib"),
+    ("/usr/lib/swift/libxswift.dylib", None),
+    ("/System/Library/Frameworks/Accelerate.framework/Versions/A/Accelerate",
+     "/System/Library/Frameworks/Accelerate.framework/Versions/A/Accelerate"),
+    ("/System/Library/Frameworks/CoreFoundation.framework/CoreFoundation",
+     "/System/Library/Frameworks/CoreFoundation.framework/CoreFoundation"),
+    ("/System/Library/Frameworks/Accelerate.framework/Versions/A/Frameworks/vecLib.framework/Versions/A/libBLAS.dylib",
+     "/System/Library/Frameworks/Accelerate.framework/Versions/A/Frameworks/vecLib.framework/Versions/A/libBLAS.dylib"),
+    ("/System/Library/Frameworks/Foo.framework/Versions/A/Bar", None), ("/usr/local/lib/libz.1.dylib", None)])
+def test_shared_cache_names(path: str, cached: str | None) -> None:
+    assert shared_cache_path(path) == cached
+
+
+def test_a_cached_leaf_is_found_by_the_fallbacks(tmp_path: Path, built: dict[str, Path]) -> None:
+    """Rule 41: the fallback /usr/lib/<leaf> is asked of the cache like any other candidate."""
+    d = tmp_path / "build"
+    d.mkdir()
+    (d / "s.c").write_text("int s(void) { return 0; }\n")
+    (d / "u.c").write_text("int s(void);\nint u(void) { return s(); }\n")
+    _dylib(d, ARM, "libz.1.dylib", "s.c", "@rpath/libz.1.dylib")
+    user = _dylib(d, ARM, "libxuser.dylib", "u.c", "@rpath/libxuser.dylib", (), "./libz.1.dylib")
+    r = _res(load_macho(RealTree(), str(user)), "@rpath/libz.1.dylib")
+    assert r.found_via == "shared_cache" and r.path == "/usr/lib/libz.1.dylib"
+    assert [(a.path, a.rule, a.result) for a in r.attempts] == [
+        ("/usr/local/lib/libz.1.dylib", "fallback", "missing"), ("/usr/lib/libz.1.dylib", "fallback", "found")]
 
 
 # (h) architectures: fat files, and a wrong-arch candidate skipped ------------------------

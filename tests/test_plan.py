@@ -157,3 +157,16 @@ def test_bare_site_packages_root(tmp_path: Path) -> None:
 )
 def test_climb(lib_dir: str, rel: str, expect: tuple[str, int] | None) -> None:
     assert climb(lib_dir, rel) == expect
+
+
+def test_root_or_site_packages_has_one_answer(tmp_path: Path) -> None:
+    """A directory holding a .dist-info is a site-packages directory, even with a child
+    named site-packages: the planner (load_root) and verify (layout_of) agree."""
+    from rpathfix.environment import layout_of
+
+    site = make_root(tmp_path, "gamma", "1.0", {"gamma/__init__.py": "", "site-packages/README": "data\n"}, bare=True)
+    root = make_root(tmp_path, "delta", "2.0", {"delta/__init__.py": ""})
+    tree = RealTree()
+    assert load_root(tree, str(site)).dirs == (("site-packages", str(site)),)
+    assert load_root(tree, str(root)).dir_for("site-packages") == str(root / "site-packages")
+    assert layout_of(tree, [str(site), str(root)]).site_dirs == [str(site), str(root / "site-packages")]

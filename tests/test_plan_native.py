@@ -111,40 +111,119 @@ def test_roots_made_of_symlinks(stub_wheels: dict[str, Path], tmp_path: Path, mo
     assert ok.stdout.strip() == "11", ok.stderr
 
 
-@pytest.mark.parametrize("dists", [
-    ("torchstub", "nvidia_xcublas", "nvidia_xcuda_runtime", "nvidia_xnvjitlink", "onnxstub"),
-    ("torchstub", "nvidia_xcuda_runtime", "onnxstub"),  # libxcublas missing: the module fails
-])
-def test_check_before_writing_agrees_with_verify_after(stub_wheels: dict[str, Path], tmp_path: Path,
-                                                       dists: tuple[str, ...]) -> None:
-    """`venv` checks the plan (extension modules, on the planned tree, without walking it);
-    `verify OUT` walks the written venv and loads every file: for the modules they agree."""
+def _run(cmd: list[str], path: Path) -> subprocess.CompletedProcess[str]:
+    """Run a program as a user would: by name through PATH, LD_LIBRARY_PATH unset."""
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=60,
+                          env={"PATH": f"{path}:/usr/bin:/bin", "HOME": str(path)})
+
+
+def test_executables_run_from_the_venv_as_from_pip(edge_wheels: dict[str, Path], tmp_path: Path) -> None:
+    """Issue 10 item 2: toolx/bin/xtool climbs $ORIGIN/../../nvidia/cux/lib, and the
+    .data/scripts program xscript reaches $ORIGIN/../lib/pythonX.Y/site-packages/toolx/lib.
+    The kernel gives a program the $ORIGIN of its resolved path (LOADERS.md rule 18): both
+    must be real files in the venv, as pip installs them."""
     import sys
 
-    from rpathfix.build_venv import check_plan, scripts_without_bin
-    from rpathfix.fstree import CachedTree, RealTree
-    from rpathfix.plan import make_plan
-    from rpathfix.roots import load_root
-    from rpathfix.venv import kind_dirs, python_info
-    from rpathfix.verify import LoaderOptions, verify
+    roots = unpack(edge_wheels, ("toolx", "nvidia_xcux"), tmp_path / "roots")
+    # The behaviour to match: uv installs the wheels into a venv, where both programs run.
+    pipv = tmp_path / "pipv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(pipv)], check=True)
+    uv = subprocess.run([sys.executable, "-m", "uv", "pip", "install", "--python", str(pipv / "bin" / "python"),
+                         "--no-index", "--find-links", str(edge_wheels["toolx"].parent), "--cache-dir",
+                         str(tmp_path / "uv-cache"), "toolx"], capture_output=True, text=True, timeout=300)
+    assert uv.returncode == 0, uv.stderr
+    assert _run(["xscript"], pipv / "bin").stdout == "xscript: 1\n"
+    assert _run(["xtool-run"], pipv / "bin").stdout == "xtool: 1\n"
 
-    roots = unpack(stub_wheels, dists, tmp_path / "roots")
-    out = str(tmp_path / "venv")
-    tree = CachedTree(RealTree())
-    rs = [load_root(tree, r) for r in roots]
-    plan = make_plan(tree, rs)
-    info = python_info(sys.executable)
-    options = LoaderOptions(interpreter=f"{out}/bin/python")
-    before = check_plan(tree, out, plan, kind_dirs(out, info), info.base_executable, scripts_without_bin(tree, rs),
-                        options)
-    assert rpathfix("venv", out, *roots, "--no-verify").returncode == 0
-    after = verify(RealTree(), [out], options)
-    modules = {f.path for f in after.environment.files if f.is_extension}
-    assert modules and before.checked == len(modules)
+    methods = {(e["kind"], e["venv_path"]): e["method"] for e in plan_json(roots)["entries"]}
+    assert methods[("site-packages", "toolx/bin/xtool")] == "copy"
+    assert methods[("bin", "xscript")] == "copy"
+    assert methods[("site-packages", "toolx/lib")] == "symlink"
+    out = tmp_path / "venv"
+    proc = rpathfix("venv", str(out), *roots)
+    assert proc.returncode == 0, proc.stderr
+    xtool = next(out.glob("lib/python*/site-packages/toolx/bin/xtool"))
+    for cmd, expect in ((["xscript"], "xscript: 1\n"), (["xtool-run"], "xtool: 1\n"), ([str(xtool)], "xtool: 1\n")):
+        ran = _run(cmd, out / "bin")
+        assert (ran.returncode, ran.stdout) == (0, expect), ran.stderr
+    assert rpathfix("verify", str(out)).returncode == 0
 
-    def rows(report) -> list[tuple[str, str, str, str | None, str]]:  # type: ignore[no-untyped-def]
-        return [(f.level, f.code, f.file, f.name, f.message) for f in report.findings
-                if f.file in modules and f.code != "duplicate-soname"]
+    # The control: the programs linked into their roots, as the planner placed them before.
+    # They fail to start, and verify, which runs them by their resolved path, says so.
+    (out / "bin" / "xscript").unlink()
+    (out / "bin" / "xscript").symlink_to(Path(roots[1]) / "bin" / "xscript")
+    xtool.unlink()
+    xtool.symlink_to(Path(roots[1]) / "site-packages" / "toolx" / "bin" / "xtool")
+    for cmd in (["xscript"], ["xtool-run"]):
+        ran = _run(cmd, out / "bin")
+        assert ran.returncode != 0 and "cannot open shared object file" in ran.stderr, ran
+    doc = json.loads(rpathfix("verify", "--json", str(out)).stdout)
+    assert {(Path(e["file"]).name, e["name"]) for e in doc["errors"]} == {
+        ("xscript", "libxtoolx.so"), ("xtool", "libxcux.so.1")}
 
-    assert rows(before) == rows(after)
-    assert bool(before.errors) == (len(dists) == 3)
+
+def test_the_check_before_writing_runs_executables(edge_wheels: dict[str, Path], tmp_path: Path) -> None:
+    """A program that cannot find a library the environment holds, in any layout (no
+    RUNPATH at all), makes `venv` refuse, as a module would; a program needing what nothing
+    here provides (a system library) is a warning."""
+    roots = unpack(edge_wheels, ("nvidia_xcux",), tmp_path / "roots")
+    lib = Path(roots[0]) / "site-packages" / "nvidia" / "cux" / "lib"
+    site = tmp_path / "roots" / "norunpath" / "site-packages"
+    (site / "norunpath" / "bin").mkdir(parents=True)
+    (site / "norunpath-1.0.dist-info").mkdir()
+    (site / "norunpath-1.0.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: norunpath\nVersion: 1.0\n")
+    src = tmp_path / "main.c"
+    src.write_text('#include <stdio.h>\nint stub_libxcux(void);\nint main(void) { printf("%d\\n", stub_libxcux()); }\n')
+    exe = site / "norunpath" / "bin" / "xnorunpath"
+    subprocess.run(["gcc", "-o", str(exe), str(src), f"-L{lib}", "-l:libxcux.so.1"], check=True)
+    ran = subprocess.run([str(exe)], capture_output=True, text=True)
+    assert "libxcux.so.1: cannot open shared object file" in ran.stderr
+    out = tmp_path / "venv"
+    refused = rpathfix("venv", str(out), str(tmp_path / "roots" / "norunpath"), *roots)
+    assert refused.returncode == 1 and not out.exists()
+    assert "executable xnorunpath will not start: libxcux.so.1 not found" in refused.stdout + refused.stderr
+    # Without nvidia-xcux nothing here provides the library: the machine's business, a warning.
+    alone = rpathfix("venv", str(out), str(tmp_path / "roots" / "norunpath"))
+    assert alone.returncode == 0, alone.stderr
+    assert "[missing-library]" in alone.stderr and "xnorunpath" in alone.stderr
+
+
+def test_macho_files_sharing_a_directory_with_another_wheel(tmp_path: Path) -> None:
+    """Issue 10 item 4: two wheels install into one directory macx/; macxa's extension has
+    LC_RPATH @loader_path and needs macxb's @rpath/libxb.dylib. No `..` climbs, but dyld
+    takes @loader_path from the real path (LOADERS.md rule 31): through a link it looks in
+    macxa's root, which holds no libxb.dylib. The extension must be a copy."""
+    from conftest import zig_available, zig_cc
+
+    if not zig_available():
+        pytest.skip("Mach-O test binaries need zig")
+    work = tmp_path / "build"
+    work.mkdir()
+    (work / "xb.c").write_text("int stub_xb(void) { return 2; }\n")
+    (work / "xa.c").write_text("int stub_xb(void);\nvoid *PyInit__xa(void) { stub_xb(); return 0; }\n")
+    zig_cc(work, "aarch64-macos", "-shared", "-o", "libxb.dylib", "xb.c", "-Wl,-install_name,@rpath/libxb.dylib")
+    ext = "_xa.cpython-311-darwin.so"
+    zig_cc(work, "aarch64-macos", "-shared", "-o", ext, "xa.c", "-L.", "-lxb", "-Wl,-rpath,@loader_path",
+           "-Wl,-undefined,dynamic_lookup")
+    roots = []
+    for dist, name in (("macxa", ext), ("macxb", "libxb.dylib")):
+        site = tmp_path / "roots" / dist / "site-packages"
+        (site / "macx").mkdir(parents=True)
+        (site / "macx" / name).write_bytes((work / name).read_bytes())
+        (site / f"{dist}-1.0.dist-info").mkdir()
+        (site / f"{dist}-1.0.dist-info" / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.0\n")
+        roots.append(str(site.parent))
+    methods = {e["venv_path"]: e["method"] for e in plan_json(roots)["entries"]}
+    assert methods[f"macx/{ext}"] == "copy"
+    assert methods["macx/libxb.dylib"] == "symlink"  # dyld opens it by the path that reaches it
+    out = tmp_path / "venv"
+    proc = rpathfix("venv", str(out), *roots)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    placed = next(out.glob(f"lib/python*/site-packages/macx/{ext}"))
+    assert not placed.is_symlink()
+    assert rpathfix("verify", str(out)).returncode == 0
+    # The control: the extension linked into its root, as the planner placed it before.
+    placed.unlink()
+    placed.symlink_to(Path(roots[0]) / "site-packages" / "macx" / ext)
+    doc = json.loads(rpathfix("verify", "--json", str(out)).stdout)
+    assert [(Path(e["file"]).name, e["name"]) for e in doc["errors"]] == [(ext, "@rpath/libxb.dylib")]

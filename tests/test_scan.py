@@ -177,3 +177,58 @@ def test_table_output_and_version() -> None:
 def test_scan_output_is_deterministic(stub_wheels: dict[str, Path]) -> None:
     args = [str(p) for p in sorted(stub_wheels.values())]
     assert rpathfix("scan", "--json", *args).stdout == rpathfix("scan", "--json", *args).stdout
+
+
+def _rows(doc: dict, top: Path) -> list[tuple[str, str | None, list[str], list[str], list[str]]]:  # type: ignore[type-arg]
+    return [(str(Path(r["path"]).relative_to(top)), r["dist"], r["needed"], r["rpath"], r["runpath"])
+            for r in doc["files"]]
+
+
+def test_scan_of_a_venv_reports_what_it_holds(stub_wheels: dict[str, Path], tmp_path: Path) -> None:
+    """Issue 10 item 15: a venv rpathfix wrote is directory and file links into the roots
+    (and hub links when texts are long). Scanning it reports the native files it holds,
+    under its own paths, as scanning the same venv written as copies does."""
+    deep = tmp_path.joinpath(*["deep"] * 12)  # long link texts: the writer adds .r/<n> hubs
+    roots = deep / "roots"
+    dists = ("torchstub", "nvidia_xcublas", "nvidia_xcuda_runtime", "nvidia_xnvjitlink", "onnxstub")
+    assert rpathfix("unpack", *[str(stub_wheels[d]) for d in dists], "--into", str(roots)).returncode == 0
+    root_dirs = sorted(str(p) for p in roots.iterdir() if not p.name.startswith("."))
+    links, copies = tmp_path / "links", tmp_path / "copies"
+    assert rpathfix("venv", str(links), *root_dirs).returncode == 0
+    assert rpathfix("venv", str(copies), *root_dirs, "--link-mode", "copy").returncode == 0
+    assert (links / ".r").is_dir() and any((links / ".r").iterdir())
+    site = next(links.glob("lib/python*/site-packages"))
+    assert (site / "torchstub").is_symlink() or (site / "torchstub" / "lib" / "libxc10.so").is_symlink()
+
+    linked = scan_json(str(links))
+    expected = _rows(scan_json(str(copies)), copies)
+    assert _rows(linked, links) == expected
+    here = rpathfix("scan", "--json", ".", cwd=links)  # the hubs found from a relative top too
+    assert _rows(json.loads(here.stdout), Path(".")) == expected
+    names = {Path(p).name.split(".")[0] for p, *_ in expected}
+    assert {"_C", "_pybind_state", "libxcudart", "libxtorch_cuda", "libxonnxruntime_providers_cuda"} <= names
+    assert {d for _, d, *_ in expected} >= {"torchstub", "nvidia-xcuda-runtime", "onnxstub"}
+    assert not any("/.r/" in r["path"] for r in linked["files"])  # a hub is an alias, not a place
+    table = rpathfix("scan", str(links)).stdout
+    assert "no native libraries found" not in table and "torchstub/lib/libxtorch_cuda.so" in table
+
+
+def test_scan_follows_links_out_of_the_tree_once_and_without_loops(tmp_path: Path, stub_tree: Path) -> None:
+    lib = stub_tree / "torchstub" / "torchstub" / "lib" / "libxc10.so"
+    outside = tmp_path / "outside"
+    (outside / "sub").mkdir(parents=True)
+    shutil.copy(lib, outside / "sub" / "libxout.so")
+    os.symlink("..", outside / "sub" / "back")             # leads up, out of what was entered
+    os.symlink("c2.so", outside / "sub" / "c1.so")         # a loop of file links
+    os.symlink("c1.so", outside / "sub" / "c2.so")
+    top = tmp_path / "tree"
+    top.mkdir()
+    shutil.copy(lib, top / "libxin.so")
+    os.symlink(".", top / "self")                          # into the tree: walked in place, not again
+    os.symlink(str(outside / "sub"), top / "ext")          # out of the tree: entered
+    os.symlink(str(outside / "sub"), top / "ext2")         # the same directory again: not entered twice
+    os.symlink(str(outside / "sub" / "libxout.so"), top / "libxfile.so")  # a file link to what ext holds
+    doc = scan_json(str(top))
+    assert sorted(str(Path(r["path"]).relative_to(top)) for r in doc["files"]) == ["ext/libxout.so", "libxin.so"]
+    assert sorted((str(Path(lk["path"]).relative_to(top)), lk["dangling"]) for lk in doc["links"]) == [
+        ("ext/c1.so", True), ("ext/c2.so", True), ("libxfile.so", False)]

@@ -231,3 +231,37 @@ def test_failure_keeps_existing_root(tmp_path: Path) -> None:
         unpack_wheel(str(bad), str(into))
     assert _tree(Path(root)) == before
     assert sorted(p.name for p in into.iterdir()) == ["tiny"]
+
+
+def test_record_check_is_stricter_than_pip_and_can_be_turned_off(tmp_path: Path) -> None:
+    """A member missing from RECORD, or a wrong hash: rpathfix refuses in one line naming
+    the wheel, the member and --no-verify-record; pip installs both wheels (the control
+    that rpathfix is the stricter one); --no-verify-record installs them. A root made that
+    way is not taken as up to date by a later run that verifies."""
+    (tmp_path / "unlisted").mkdir()
+    unlisted = make_wheel(tmp_path / "unlisted", dist="tiny")
+    with zipfile.ZipFile(unlisted, "a") as zf:
+        zf.writestr("tiny/extra.py", "EXTRA = 1\n")
+    (tmp_path / "tampered").mkdir()
+    tampered = make_wheel(tmp_path / "tampered", dist="tiny", bad_hash_for="tiny/__init__.py")
+    for whl, why in ((unlisted, "tiny/extra.py is not mentioned in RECORD"),
+                     (tampered, "hash / size of tiny/__init__.py didn't match RECORD")):
+        into = tmp_path / f"roots-{whl.parent.name}"
+        r = rpathfix("unpack", str(whl), "--into", str(into))
+        assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+        assert r.stderr.startswith(f"rpathfix unpack: error: {whl}: {why}") and "--no-verify-record" in r.stderr
+        assert "pip installs it" in r.stderr
+        venv = tmp_path / f"pip-{whl.parent.name}"
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+        pip = subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "-q",
+                              "--no-index", "--no-deps", str(whl)], capture_output=True, text=True)
+        assert pip.returncode == 0, pip.stderr  # the control: pip installs it
+        r = rpathfix("unpack", str(whl), "--into", str(into), "--no-verify-record")
+        assert r.returncode == 0, r.stderr
+        assert (into / "tiny" / "site-packages" / "tiny" / "__init__.py").is_file()
+        assert "record: not verified" in (into / "tiny" / MARKER).read_text()
+        again = rpathfix("unpack", str(whl), "--into", str(into), "--no-verify-record")
+        assert again.returncode == 0 and again.stdout.startswith("up to date")
+        strict = rpathfix("unpack", str(whl), "--into", str(into))
+        assert strict.returncode == 2 and "--no-verify-record" in strict.stderr
+    assert (tmp_path / "roots-unlisted" / "tiny" / "site-packages" / "tiny" / "extra.py").is_file()

@@ -102,7 +102,7 @@ SCRIPTS = [("console_scripts", "alpha-run", "alpha.cli:main"), ("gui_scripts", "
 
 def build(w: Path, out: Path | None = None, mode: str = "symlink") -> Path:
     out = out or w / "out"
-    assert write_venv(out, entries(w), python=sys.executable, link_mode=mode, entry_points=SCRIPTS) is True
+    assert write_venv(out, entries(w), python=sys.executable, link_mode=mode, entry_points=SCRIPTS).changed is True
     return out
 
 
@@ -252,8 +252,39 @@ def test_launcher_through_runfiles_tree(world: Path, tmp_path: Path) -> None:
         (rf / rel).mkdir(parents=True, exist_ok=True)
         for n in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
             os.symlink(os.path.join(dirpath, n), rf / rel / n)
+    # The launcher is a symlink into the venv: the python beside its real file runs it.
     got = run([str(rf / "bin" / "alpha-run"), "q"])
-    assert got == f"alpha-run ['q'] {rf}\n"
+    assert got == f"alpha-run ['q'] {out}\n"
+
+
+def test_launcher_reached_through_a_symlink(world: Path, tmp_path: Path) -> None:
+    """`ln -s OUT/bin/tool ~/bin/`: the launcher finds OUT's python through the link, run
+    by path, from PATH, through a chain of two links (one relative), and as `sh NAME`.
+    The control: the link's own directory holds no python, which is where the launcher
+    looked before it resolved its own path ("python: not found")."""
+    out = build(world)
+    home_bin = tmp_path / "home" / "bin"
+    home_bin.mkdir(parents=True)
+    os.symlink(out / "bin" / "alpha-run", home_bin / "ar")
+    os.symlink(out / "bin" / "alpha-tool", home_bin / "at")
+    os.symlink("ar", home_bin / "ar2")  # relative, to the first link
+    assert not (home_bin / "python").exists()  # the control
+    assert run([str(home_bin / "ar"), "x"]) == f"alpha-run ['x'] {out}\n"
+    assert run([str(home_bin / "at")]) == "alpha-tool [] alpha.cli\n"
+    assert run([str(home_bin / "ar2"), "y"]) == f"alpha-run ['y'] {out}\n"
+    assert run(["ar2", "p"], env={"PATH": f"{home_bin}:/usr/bin:/bin"}) == f"alpha-run ['p'] {out}\n"
+    assert run(["/bin/sh", "ar"], cwd=home_bin) == f"alpha-run [] {out}\n"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    assert run([os.path.relpath(home_bin / "ar", elsewhere)], cwd=elsewhere) == f"alpha-run [] {out}\n"
+    # sys.argv[0] is the path the user ran, as with pip's launchers
+    argv0 = _write(world / "roots" / "alpha" / "bin" / "argv0", "#!/usr/bin/python3\nimport sys\nprint(sys.argv[0])\n",
+                   0o755)
+    out2 = world / "out2"
+    assert write_venv(out2, [*entries(world), PlanEntry("bin", "argv0", str(argv0), "alpha")],
+                      python=sys.executable).changed
+    os.symlink(out2 / "bin" / "argv0", home_bin / "a0")
+    assert run([str(home_bin / "a0")]) == f"{home_bin / 'a0'}\n"
 
 
 def test_launcher_texts_are_valid_sh_and_python(tmp_path: Path) -> None:
@@ -304,24 +335,24 @@ def test_idempotent(world: Path, mode: str) -> None:
     out = build(world, mode=mode)
     before = snapshot(out)
     parent_before = os.lstat(world).st_mtime_ns
-    assert write_venv(out, entries(world), python=sys.executable, link_mode=mode, entry_points=SCRIPTS) is False
+    assert write_venv(out, entries(world), python=sys.executable, link_mode=mode, entry_points=SCRIPTS).changed is False
     assert snapshot(out) == before
     assert os.lstat(world).st_mtime_ns == parent_before
     # a changed entry is applied, and the swap leaves nothing beside OUT
     extra = _write(world / "roots" / "beta" / "site-packages" / "gamma.py", "G = 7\n")
     changed = [*entries(world), PlanEntry("site-packages", "gamma.py", str(extra), "beta")]
-    assert write_venv(out, changed, python=sys.executable, link_mode=mode, entry_points=SCRIPTS) is True
+    assert write_venv(out, changed, python=sys.executable, link_mode=mode, entry_points=SCRIPTS).changed is True
     # running it leaves __pycache__/ in real directories: a cache, not a difference
     assert run([str(out / "bin" / "python"), "-c", "import gamma; print(gamma.G)"]) == "7\n"
     assert (out / SITE / "__pycache__").is_dir()
     assert sorted(p.name for p in world.iterdir()) == ["out", "roots"]
-    assert write_venv(out, changed, python=sys.executable, link_mode=mode, entry_points=SCRIPTS) is False
+    assert write_venv(out, changed, python=sys.executable, link_mode=mode, entry_points=SCRIPTS).changed is False
     # a dropped entry is removed
-    assert write_venv(out, entries(world), python=sys.executable, link_mode=mode, entry_points=SCRIPTS) is True
+    assert write_venv(out, entries(world), python=sys.executable, link_mode=mode, entry_points=SCRIPTS).changed is True
     assert not os.path.lexists(out / SITE / "gamma.py")
     if mode == "copy":  # changed bytes of a copied target are noticed
         (world / "roots/alpha/site-packages/alpha/cli.py").write_text(CLI + "# changed\n")
-        assert write_venv(out, entries(world), python=sys.executable, link_mode=mode, entry_points=SCRIPTS)
+        assert write_venv(out, entries(world), python=sys.executable, link_mode=mode, entry_points=SCRIPTS).changed
         assert (out / SITE / "alpha" / "cli.py").read_text().endswith("# changed\n")
 
 
@@ -333,18 +364,128 @@ def test_deterministic(world: Path, mode: str) -> None:
 
 
 def test_refuses_to_replace_a_non_venv(world: Path) -> None:
+    """Only a directory rpathfix wrote (it holds .rpathfix-venv) or an empty one is
+    replaced: a venv made by `python -m venv` (pip's kind) and a directory of the user's
+    are one-line refusals and stay as they were. The control: rpathfix's own venv, and an
+    empty directory (what Bazel's declare_directory hands over), are written."""
+    pip_venv = world / "pipvenv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(pip_venv)], check=True)
+    (pip_venv / "mine.txt").write_text("keep\n")
     precious = world / "precious"
     _write(precious / "keep.txt", "keep\n")
-    with pytest.raises(UsageError, match="not a venv"):
-        write_venv(precious, entries(world), python=sys.executable)
-    assert (precious / "keep.txt").read_text() == "keep\n"
+    for target, what in ((pip_venv, "a venv that rpathfix did not write"),
+                         (precious, "was not written by rpathfix")):
+        before = sorted(str(p) for p in target.rglob("*"))
+        with pytest.raises(UsageError, match=what) as ei:
+            write_venv(target, entries(world), python=sys.executable)
+        assert "\n" not in str(ei.value) and ".rpathfix-venv" in str(ei.value)
+        assert sorted(str(p) for p in target.rglob("*")) == before
+    assert (pip_venv / "mine.txt").read_text() == "keep\n" and (pip_venv / "pyvenv.cfg").is_file()
     empty = world / "empty"
-    empty.mkdir()  # what Bazel's declare_directory hands over
-    assert write_venv(empty, entries(world), python=sys.executable) is True
+    empty.mkdir()
+    assert write_venv(empty, entries(world), python=sys.executable).changed is True
+    assert (empty / ".rpathfix-venv").is_file()
+    extra = _write(world / "roots" / "beta" / "site-packages" / "gamma.py", "G = 7\n")
+    changed = [*entries(world), PlanEntry("site-packages", "gamma.py", str(extra), "beta")]
+    assert write_venv(empty, changed, python=sys.executable).changed is True  # ours: replaced
+    assert run([str(empty / "bin" / "python"), "-c", "import gamma; print(gamma.G)"]) == "7\n"
     with pytest.raises(UsageError, match="written twice"):
         write_venv(world / "dup", [*entries(world), entries(world)[0]], python=sys.executable)
     assert not (world / "dup").exists()
     assert not [p for p in world.iterdir() if p.name.startswith(".")]
+
+
+def test_refuses_a_pip_venv_from_the_command_line(world: Path) -> None:
+    """The same through the CLI: exit 2, one line; the pip venv is intact."""
+    from conftest import rpathfix
+
+    pip_venv = world / ".venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(pip_venv)], check=True)
+    before = sorted(str(p) for p in pip_venv.rglob("*"))
+    proc = rpathfix("venv", str(pip_venv), str(world / "roots" / "alpha"))
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "a venv that rpathfix did not write" in proc.stderr
+    assert sorted(str(p) for p in pip_venv.rglob("*")) == before
+
+
+READER = """
+import os, sys, time
+out, stop = sys.argv[1], sys.argv[2]
+seen, missing, stats = set(), 0, 0
+open(stop + ".ready", "w").close()
+while not os.path.exists(stop):
+    stats += 1
+    try:
+        os.stat(os.path.join(out, "pyvenv.cfg"))
+        with open(os.path.join(out, "version.txt")) as f:
+            seen.add(f.read())
+    except OSError:
+        missing += 1
+print(missing, stats, len(seen))
+"""
+
+
+def test_a_reader_never_sees_out_missing_while_it_is_replaced(world: Path) -> None:
+    """Another process stats OUT in a loop while OUT is replaced 60 times (two versions in
+    turn): it never finds OUT or a file of it missing, and it saw both versions (so it did
+    watch the swaps). The writer of rpathfix before this change left OUT absent between
+    two renames, and this reader caught it."""
+    out = world / "out"
+    versions = []
+    for v in ("one", "two"):
+        f = _write(world / "roots" / "beta" / f"version-{v}.txt", v)
+        versions.append([*entries(world), PlanEntry("data", "version.txt", str(f), "beta")])
+    write_venv(out, versions[0], python=sys.executable)
+    stop = world / "stop"
+    reader = subprocess.Popen([sys.executable, "-c", READER, str(out), str(stop)], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        while not os.path.exists(str(stop) + ".ready"):
+            assert reader.poll() is None
+        for i in range(60):
+            write_venv(out, versions[(i + 1) % 2], python=sys.executable)
+    finally:
+        stop.touch()
+        stdout, _ = reader.communicate(timeout=60)
+    missing, stats, seen = map(int, stdout.split())
+    assert missing == 0, f"OUT was missing for {missing} of {stats} looks"
+    assert seen == 2
+    assert sorted(p.name for p in world.iterdir() if p.name.startswith(".out")) == []
+
+
+KILLED_WRITER = """
+import os, sys
+import rpathfix.venv as v
+from rpathfix.model import PlanEntry
+def die(root, tree):  # the tree is built beside OUT: killed before the swap
+    os.kill(os.getpid(), 9)
+v._check_links = die
+v.write_venv(sys.argv[1], [PlanEntry("site-packages", "beta", sys.argv[2], "beta")], python=sys.executable)
+"""
+
+
+def test_leftovers_of_a_killed_run_are_removed_by_the_next(world: Path) -> None:
+    """A writer killed (SIGKILL) after building its tree beside OUT leaves it there; the
+    next run removes it, and the untagged .out.tmp-*/.out.old-* of older versions too,
+    but not the temporary tree of a writer that still runs."""
+    out = world / "out"
+    beta = world / "roots" / "beta" / "site-packages" / "beta"
+    killed = subprocess.run([sys.executable, "-c", KILLED_WRITER, str(out), str(beta)])
+    assert killed.returncode == -9
+    left = [p.name for p in world.iterdir() if p.name.startswith(".out.rpathfix-")]
+    assert len(left) == 1 and (world / left[0] / "pyvenv.cfg").is_file()  # the control: it is there
+    for name in (".out.tmp-0123456789ab", ".out.old-ba9876543210"):
+        _write(world / name / "pyvenv.cfg", "")
+    alive = subprocess.Popen(["sleep", "60"])
+    try:
+        busy = world / f".out.rpathfix-{alive.pid}-00000000"
+        busy.mkdir()
+        build(world)
+        assert sorted(p.name for p in world.iterdir() if p.name.startswith(".")) == [busy.name]
+    finally:
+        alive.kill()
+        alive.wait()
+    assert (out / ".rpathfix-venv").is_file()
 
 
 def test_renamed_out_still_works(world: Path) -> None:
@@ -380,73 +521,17 @@ def test_a_link_text_that_leads_nowhere_is_caught_before_out_exists(world: Path,
     import rpathfix.venv as venv_mod
 
     build(world, world / "good")
-    right = venv_mod._Tree._link
+    right = venv_mod.VenvTree._link
 
-    def one_short(self: venv_mod._Tree, rel: str, head: str, name: str):  # type: ignore[no-untyped-def]
+    def one_short(self: venv_mod.VenvTree, rel: str, head: str, name: str):  # type: ignore[no-untyped-def]
         node = right(self, rel, head, name)
         return node._replace(link=node.link.replace("../", "", 1)) if node.link else node
 
-    monkeypatch.setattr(venv_mod._Tree, "_link", one_short)
+    monkeypatch.setattr(venv_mod.VenvTree, "_link", one_short)
     with pytest.raises(UsageError, match="leads nowhere"):
         build(world, world / "bad")
     assert not (world / "bad").exists()
     assert [p.name for p in world.iterdir() if p.name.startswith(".bad")] == []  # no temp left
-
-
-def _report(errors: int):  # type: ignore[no-untyped-def]
-    from rpathfix.environment import Environment
-    from rpathfix.verify import Finding, Report
-
-    findings = [Finding("error", "missing-library", "/x/_C.so", "libx.so", "libx.so not found")] * errors
-    findings.append(Finding("warning", "shadowed", "/x/y.so", "liby.so", "resolves elsewhere"))
-    return Report(Environment((), None, ()), findings, 1)
-
-
-def test_child_check_verdicts_cross_the_pipe() -> None:
-    from rpathfix.build_venv import _ChildCheck
-
-    parent = os.getpid()
-    ran_here: list[int] = []
-
-    def fn(errors: int):  # type: ignore[no-untyped-def]
-        if os.getpid() == parent:
-            ran_here.append(errors)
-        return _report(errors)
-
-    refused, lines = _ChildCheck(lambda: fn(1)).result()
-    assert refused is not None and "libx.so not found" in refused and lines == []
-    refused, lines = _ChildCheck(lambda: fn(0)).result()
-    assert refused is None and lines == ["warning [shadowed] /x/y.so: resolves elsewhere"]
-    assert ran_here == []  # both ran in the child
-
-
-def test_child_check_that_fails_runs_again_here() -> None:
-    from rpathfix.build_venv import _ChildCheck
-
-    parent = os.getpid()
-
-    def fn():  # type: ignore[no-untyped-def]
-        if os.getpid() != parent:
-            raise RuntimeError("the child fails")
-        return _report(1)
-
-    refused, _ = _ChildCheck(fn).result()
-    assert refused is not None and "libx.so not found" in refused
-
-
-def test_child_check_is_stopped_when_the_build_fails() -> None:
-    import time
-
-    from rpathfix.build_venv import _ChildCheck
-
-    def slow():  # type: ignore[no-untyped-def]
-        time.sleep(30)
-        return _report(0)
-
-    t = time.monotonic()
-    _ChildCheck(slow).abandon()
-    assert time.monotonic() - t < 5
-
 
 
 def test_long_link_texts_go_through_hub_links(tmp_path: Path) -> None:
@@ -459,7 +544,7 @@ def test_long_link_texts_go_through_hub_links(tmp_path: Path) -> None:
     targets = {f"alpha/sub/{n}": deep / "site-packages" / "alpha" / "sub" / n for n in ("one.py", "two.py")}
     plan = [PlanEntry("site-packages", rel, str(t), "alpha") for rel, t in targets.items()]
     out = tmp_path / "venv"
-    assert write_venv(out, plan, python=sys.executable) is True
+    assert write_venv(out, plan, python=sys.executable).changed is True
     site = next(out.glob("lib/python*/site-packages"))
     for rel, target in targets.items():
         text = os.readlink(site / rel)
@@ -475,7 +560,7 @@ def test_long_link_texts_go_through_hub_links(tmp_path: Path) -> None:
     _write(near / "one.py", "X = 1\n")
     out2 = tmp_path / "v"
     assert write_venv(out2, [PlanEntry("site-packages", "one.py", str(near / "one.py"), "a")],
-                      python=sys.executable) is True
+                      python=sys.executable).changed is True
     assert not (out2 / ".r").exists()
     assert "/.r/" not in os.readlink(next(out2.glob("lib/python*/site-packages")) / "one.py")
 
@@ -487,7 +572,7 @@ def test_a_distribution_that_ships_the_hub_name_keeps_direct_links(tmp_path: Pat
     plan = [PlanEntry("site-packages", "alpha.py", str(deep / "site-packages" / "alpha.py"), "alpha"),
             PlanEntry("data", ".r", str(deep / "data" / ".r"), "alpha")]
     out = tmp_path / "venv"
-    assert write_venv(out, plan, python=sys.executable) is True
+    assert write_venv(out, plan, python=sys.executable).changed is True
     assert (out / ".r" / "notes.txt").read_text() == "mine\n"
     link = os.readlink(next(out.glob("lib/python*/site-packages")) / "alpha.py")
     assert "/.r/" not in link and len(link) >= 60
@@ -508,13 +593,190 @@ def test_writer_threads_build_the_same_tree_and_hand_back_a_failure(world: Path,
 
     real_create = venv_mod._create
 
-    def failing(p: str, node: object) -> None:
+    def failing(p: str, node: object, copied: object) -> None:
         if p.endswith("/pyvenv.cfg"):
             raise OSError(28, "No space left on device", p)
-        real_create(p, node)  # type: ignore[arg-type]
+        real_create(p, node, copied)  # type: ignore[arg-type]
 
     monkeypatch.setattr(venv_mod, "_create", failing)
     with pytest.raises(OSError, match="No space left"):
         build(world, world / "broken")
     assert not (world / "broken").exists()
     assert [p.name for p in world.iterdir() if p.name.startswith(".broken")] == []
+
+
+# ---------------------------------------------------------------- the check reads what is written
+
+
+EXT_C = """#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+int {dep}(void);
+static struct PyModuleDef def = {{PyModuleDef_HEAD_INIT, "{full}", NULL, -1, NULL}};
+PyMODINIT_FUNC PyInit_{name}(void) {{ {dep}(); return PyModule_Create(&def); }}
+"""
+
+
+def _gcc(out: Path, source: str, *, needs: tuple[str, ...] = (), link_dir: Path | None = None,
+         runpath: str | None = None, include: bool = False) -> Path:
+    import sysconfig
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    c = out.parent / (out.name.split(".")[0] + ".c")
+    c.write_text(source)
+    cmd = ["gcc", "-shared", "-fPIC", "-O1", "-o", str(out), str(c), f"-Wl,-soname,{out.name}"]
+    if include:
+        cmd.append(f"-I{sysconfig.get_paths()['include']}")
+    if link_dir is not None:
+        cmd += [f"-L{link_dir}", "-Wl,--no-as-needed", *[f"-l:{n}" for n in needs]]
+    if runpath is not None:
+        cmd += ["-Wl,--enable-new-dtags", f"-Wl,-rpath,{runpath}"]
+    subprocess.run(cmd, check=True, capture_output=True)
+    c.unlink()
+    return out
+
+
+def _extension(site: Path, pkg: str, name: str, dep: str, link_dir: Path, runpath: str) -> Path:
+    import sysconfig
+
+    suffix = sysconfig.get_config_var("EXT_SUFFIX")
+    _write(site / pkg / "__init__.py", f"from {pkg} import {name}\n")
+    src = EXT_C.format(dep=dep, full=f"{pkg}.{name}", name=name)
+    return _gcc(site / pkg / f"{name}{suffix}", src, needs=(f"lib{dep}.so",), link_dir=link_dir, runpath=runpath,
+                include=True)
+
+
+def _dist_info(site: Path, dist: str, files: list[str]) -> None:
+    di = site / f"{dist}-1.0.dist-info"
+    _write(di / "METADATA", f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.0\n")
+    _write(di / "RECORD", "".join(f"{f},,\n" for f in [*files, f"{di.name}/METADATA", f"{di.name}/RECORD"]))
+
+
+def climb_out_of_site_packages(top: Path) -> list[Path]:
+    """xa/_xa needs libxa_dep.so through RUNPATH $ORIGIN/../../xlibs, a directory of its root
+    beside site-packages. Through the symlinked xa/ the climb lands in the root and finds
+    it; from a real xa/ (hard links, copies) it lands in OUT/lib and does not."""
+    root = top / "xa"
+    dep = _gcc(root / "xlibs" / "libxa_dep.so", "int xa_dep(void) { return 1; }\n")
+    _extension(root / "site-packages", "xa", "_xa", "xa_dep", dep.parent, "$ORIGIN/../../xlibs")
+    return [root]
+
+
+def symlinked_library_directory(top: Path) -> list[Path]:
+    """xb/lib is a symlink (to ../../store/lib) in its root, and libxb_dep.so there needs
+    libxc.so from another root through RUNPATH $ORIGIN/../../xc. Through the symlinked lib/
+    the kernel climbs from store/lib, in xb's root, and misses; in a real lib/ (hard links,
+    copies) the climb stays in the venv and finds xc."""
+    xb, xc = top / "xb", top / "xc"
+    libxc = _gcc(xc / "site-packages" / "xc" / "libxc.so", "int xc(void) { return 1; }\n")
+    _write(xc / "site-packages" / "xc" / "__init__.py", "")
+    _dist_info(xc / "site-packages", "xc", ["xc/__init__.py", "xc/libxc.so"])
+    store = xb / "store" / "lib"
+    _gcc(store / "libxb_dep.so", "int xc(void);\nint xb_dep(void) { return xc(); }\n", needs=("libxc.so",),
+         link_dir=libxc.parent, runpath="$ORIGIN/../../xc")
+    ext = _extension(xb / "site-packages", "xb", "_xb", "xb_dep", store, "$ORIGIN/lib")
+    os.symlink("../../store/lib", xb / "site-packages" / "xb" / "lib")
+    _dist_info(xb / "site-packages", "xb", ["xb/__init__.py", f"xb/{ext.name}", "xb/lib/libxb_dep.so"])
+    return [xb, xc]
+
+
+@pytest.mark.parametrize("layout, works_in", [
+    (climb_out_of_site_packages, {"symlink"}),
+    (symlinked_library_directory, {"hardlink", "copy"}),
+])
+def test_the_check_before_writing_agrees_with_the_real_loader_in_every_link_mode(
+        tmp_path: Path, layout: object, works_in: set[str]) -> None:
+    """For each link mode: `rpathfix venv` (the loader model on the tree it is about to
+    write) accepts exactly when the real interpreter can import the extension module from
+    the venv written with --no-verify in that mode. Each layout loads in some modes and
+    not in others (the control: a check that models one mode for all gets one wrong)."""
+    from conftest import rpathfix
+
+    roots = [str(r) for r in layout(tmp_path / "roots")]  # type: ignore[operator]
+    module = Path(roots[0]).name
+    verdicts, real = {}, {}
+    for mode in ("symlink", "hardlink", "copy"):
+        checked = rpathfix("venv", str(tmp_path / f"checked-{mode}"), *roots, "--link-mode", mode)
+        assert checked.returncode in (0, 1), checked.stderr
+        verdicts[mode] = checked.returncode == 0
+        if not verdicts[mode]:
+            assert "will not load" in checked.stderr and not (tmp_path / f"checked-{mode}").exists()
+        out = tmp_path / f"written-{mode}"
+        written = rpathfix("venv", str(out), *roots, "--link-mode", mode, "--no-verify")
+        assert written.returncode == 0, written.stderr
+        imported = subprocess.run([str(out / "bin" / "python"), "-c", f"import {module}"], capture_output=True,
+                                  text=True, env={"PATH": "/usr/bin:/bin"})
+        real[mode] = imported.returncode == 0
+        assert real[mode] or "cannot open shared object file" in imported.stderr, imported.stderr
+    assert verdicts == real
+    assert {m for m, ok in real.items() if ok} == works_in
+
+
+# ---------------------------------------------------------------- Ctrl-C, failures, link mode
+
+
+def test_ctrl_c_while_writers_run_stops_them_before_cleaning_up(world: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGINT reaches the main thread while the writer threads create entries: the
+    KeyboardInterrupt reaches the caller only after every writer has stopped, so the
+    cleanup does not race them: no writer creates anything after it, and neither OUT nor
+    a temporary tree is left. (Before, the interrupted wait returned at once and the
+    writers went on creating entries in the tree being deleted.)"""
+    import signal
+    import threading
+    import time
+
+    import rpathfix.venv as venv_mod
+
+    monkeypatch.setattr(venv_mod, "_WRITERS", 2)
+    monkeypatch.setattr(venv_mod, "_THREADED", 0)
+    real_create = venv_mod._create
+    main = threading.main_thread().ident
+    assert main is not None
+    created: list[str] = []
+
+    def slow(p: str, node: object, *copied: object) -> None:
+        if not created:
+            signal.pthread_kill(main, signal.SIGINT)  # a real signal, to the main thread
+        time.sleep(0.005)
+        real_create(p, node, *copied)  # type: ignore[arg-type]
+        created.append(p)
+
+    monkeypatch.setattr(venv_mod, "_create", slow)
+    many = [PlanEntry("site-packages", f"m{i}.py", str(world / "roots/beta/site-packages/beta/util.py"), "beta")
+            for i in range(40)]
+    with pytest.raises(KeyboardInterrupt):
+        write_venv(world / "out", [*entries(world), *many], python=sys.executable)
+    n = len(created)
+    time.sleep(0.5)  # a writer still running would create more meanwhile
+    assert len(created) == n < 40
+    assert not (world / "out").exists()
+    assert [p.name for p in world.iterdir() if p.name.startswith(".")] == []
+
+
+def test_hardlink_mode_says_when_it_copies(world: Path, tmp_path: Path) -> None:
+    """Roots on another file system (/dev/shm, tmpfs) cannot be hard-linked into OUT: the
+    files are copied and one note on stderr says so; the link mode never changes
+    silently. The control: roots on OUT's file system are hard-linked, with no note."""
+    from conftest import rpathfix
+
+    shm = Path("/dev/shm")
+    if not (shm.is_dir() and os.access(shm, os.W_OK)) or os.stat(shm).st_dev == os.stat(tmp_path).st_dev:
+        pytest.skip("needs /dev/shm on another file system than the temp directory")
+    import shutil
+    import tempfile
+
+    far = Path(tempfile.mkdtemp(dir=shm, prefix="rpathfix-test-"))
+    try:
+        shutil.copytree(world / "roots" / "beta", far / "beta", symlinks=True)
+        for roots, copied in (([str(world / "roots" / "beta")], False), ([str(far / "beta")], True)):
+            out = tmp_path / f"out-{copied}"
+            proc = rpathfix("venv", str(out), *roots, "--link-mode", "hardlink")
+            assert proc.returncode == 0, proc.stderr
+            notes = [ln for ln in proc.stderr.splitlines() if "copied instead" in ln]
+            assert len(notes) == (1 if copied else 0), proc.stderr
+            site = next(out.glob("lib/python*/site-packages"))
+            same = os.path.samestat(os.stat(site / "beta" / "util.py"), os.stat(Path(roots[0]) / "site-packages/beta/util.py"))
+            assert same is not copied
+        assert "Invalid cross-device link" in notes[0] and "2 file(s)" in notes[0]
+    finally:
+        shutil.rmtree(far)

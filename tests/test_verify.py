@@ -140,3 +140,79 @@ def test_why_explains_and_names_the_providing_wheel(stub_tree: Path) -> None:
 def test_verify_bad_input() -> None:
     proc = rpathfix("verify", "/nonexistent/dir")
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "/nonexistent/dir" in proc.stderr
+
+
+def test_assume_loaded_turns_a_preloaded_library_into_a_warning(stub_wheels: dict[str, Path],
+                                                                 edge_wheels: dict[str, Path], tmp_path: Path) -> None:
+    """Issue 10 item 13: cupystub's extension module has no RPATH by design; the package
+    loads libxcublas.so.12 by path before importing it (cupy through cuda-pathfinder)."""
+    roots = tmp_path / "roots"
+    unpacked = rpathfix("unpack", str(edge_wheels["cupystub"]), str(stub_wheels["nvidia_xcublas_cu12"]),
+                        "--into", str(roots))
+    assert unpacked.returncode == 0, unpacked.stderr
+    split = [str(roots / "cupystub"), str(roots / "nvidia-xcublas-cu12")]
+    # The real interpreter: the package imports (it preloads), the module alone does not.
+    env = {"PYTHONPATH": ":".join(f"{r}/site-packages" for r in split), "PATH": "/usr/bin:/bin"}
+    ok = subprocess.run([sys.executable, "-c", "import cupystub; print(cupystub.answer())"],
+                        capture_output=True, text=True, env=env)
+    assert ok.stdout == "2\n", ok.stderr
+    ext = next((roots / "cupystub" / "site-packages" / "cupystub" / "_libs").glob("xblas*.so"))
+    bare = subprocess.run([sys.executable, "-c", f"import ctypes; ctypes.CDLL({str(ext)!r})"],
+                          capture_output=True, text=True, env=env)
+    assert "libxcublas.so.12: cannot open shared object file" in bare.stderr
+
+    # The control: without --assume-loaded the module is an error.
+    plain = rpathfix("verify", "--json", *split)
+    assert plain.returncode == 1
+    assert [(e["code"], e["name"]) for e in json.loads(plain.stdout)["errors"]] == [
+        ("missing-library", "libxcublas.so.12")]
+    # A library's file name, the module's distribution, or the provider's distribution covers it.
+    for name in ("libxcublas.so.12", "cupystub", "CupyStub", "nvidia_xcublas_cu12"):
+        proc = rpathfix("verify", "--json", "--assume-loaded", name, *split)
+        assert proc.returncode == 0, (name, proc.stdout)
+        warned = [(w["code"], w["name"], w["message"]) for w in json.loads(proc.stdout)["warnings"]]
+        assert [(c, n) for c, n, _ in warned] == [("assumed-loaded", "libxcublas.so.12")]
+        assert f"loaded by the package at run time (--assume-loaded {name})" in warned[0][2]
+    # A name that covers nothing changes nothing.
+    other = rpathfix("verify", "--assume-loaded", "libxother.so.1", "--assume-loaded", "torchstub", *split)
+    assert other.returncode == 1 and "[assumed-loaded]" not in other.stdout
+
+
+def test_identical_copies_of_one_soname_are_not_a_conflict(tmp_path: Path) -> None:
+    """Issue 10 item 14: numpy.libs and scipy.libs vendor byte-identical libgfortran copies."""
+    build = tmp_path / "build"
+    build.mkdir()
+    (build / "g.c").write_text("int stub_gfortran(void) { return 5; }\n")
+    soname = "libxgfortran-040039e1.so.5.0.0"
+
+    def compile_lib(out: Path, answer: int = 5, extra: str = "") -> None:
+        (build / "g2.c").write_text(f"int stub_gfortran(void) {{ return {answer}; }}\n{extra}")
+        subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(out), str(build / "g2.c"), f"-Wl,-soname,{soname}"],
+                       check=True)
+
+    site = tmp_path / "site"
+    for pkg in ("numpyx", "scipyx"):
+        (site / f"{pkg}.libs").mkdir(parents=True)
+        (site / pkg).mkdir()
+        compile_lib(site / f"{pkg}.libs" / soname)
+        (site / pkg / "m.c").write_text(f"int stub_gfortran(void);\nvoid *PyInit__{pkg}(void) {{ stub_gfortran(); return 0; }}\n")
+        subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(site / pkg / f"_{pkg}.so"), str(site / pkg / "m.c"),
+                        f"-L{site / f'{pkg}.libs'}", f"-l:{soname}", "-Wl,--disable-new-dtags",
+                        f"-Wl,-rpath,$ORIGIN/../{pkg}.libs"], check=True)
+    a, b = (site / f"{p}.libs" / soname for p in ("numpyx", "scipyx"))
+    assert a.read_bytes() == b.read_bytes()
+    doc = json.loads(rpathfix("verify", "--json", str(site)).stdout)
+    assert doc["errors"] == [] and doc["warnings"] == [], doc
+    # The controls: two different files with that SONAME still warn, whether their sizes
+    # differ or only their bytes do (then the digest tells them apart).
+    for answer, extra in ((5, "int other(void) { return 6; }\n"), (7, "")):
+        compile_lib(b, answer, extra)
+        assert (a.stat().st_size == b.stat().st_size) == (answer == 7)
+        doc = json.loads(rpathfix("verify", "--json", str(site)).stdout)
+        assert [(w["code"], w["name"]) for w in doc["warnings"]] == [("duplicate-soname", soname)]
+        assert "provided by 2 different files" in doc["warnings"][0]["message"]
+    # A third copy, identical to the first: three files, two contents.
+    (site / "third.libs").mkdir()
+    (site / "third.libs" / soname).write_bytes(a.read_bytes())
+    doc = json.loads(rpathfix("verify", "--json", str(site)).stdout)
+    assert "provided by 3 files with 2 different contents" in doc["warnings"][0]["message"]

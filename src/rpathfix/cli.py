@@ -18,7 +18,7 @@ from rpathfix import __version__
 from rpathfix.errors import RpathfixError
 
 # In the order `--help` lists them.
-COMMANDS = ("scan", "ldd", "why", "verify", "unpack", "plan", "venv")
+COMMANDS = ("scan", "ldd", "why", "verify", "unpack", "plan", "venv", "repair", "index")
 
 
 def _command_module(name: str) -> ModuleType | None:
@@ -110,17 +110,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def console() -> None:
-    """The `rpathfix` command (console script and `python -m rpathfix`): main(), then exit.
+    """The `rpathfix` command (console script and `python -m rpathfix`): main(), then a
+    normal exit (atexit handlers run, every buffer is flushed).
 
-    A run is short and its objects die with it, so three costs of a long-lived interpreter
-    are skipped. The cyclic garbage collector is told the modules imported so far are
-    permanent (gc.freeze: its passes no longer walk them), and it runs after 20,000 new
-    objects instead of 700: a plan allocates tens of thousands of objects that all live
-    until the end, and `rpathfix venv` of the torch stack spent 1-3 ms walking them over
-    and over in 15 passes (now none; larger runs still collect). And once the output is
-    flushed the process ends without the interpreter's teardown (freeing every object one
-    by one), which takes a few milliseconds. Every file rpathfix writes is closed and
-    renamed into place before main() returns, and no thread is left running.
+    A run is short and its objects live until its end, so the cyclic garbage collector is
+    told that the modules imported so far are permanent (gc.freeze: its passes no longer
+    walk them), and it runs after 20,000 new objects instead of 700: a plan allocates tens
+    of thousands of objects that all live until the end, and `rpathfix venv` of the torch
+    stack spent 1-3 ms walking them over and over in 15 passes (now none; larger runs still
+    collect). Both only change when collections happen, never what is freed.
     """
     import gc
 
@@ -129,7 +127,10 @@ def console() -> None:
     code = main()
     try:
         sys.stdout.flush()
-        sys.stderr.flush()
     except BrokenPipeError:
-        pass
-    os._exit(code)
+        # The reader went away (`rpathfix scan ... | head`): what is left for it goes
+        # nowhere, so that the interpreter's own flush at exit does not complain either.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    sys.exit(code)

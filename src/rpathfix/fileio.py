@@ -90,6 +90,37 @@ def clean_leftovers(dest: str) -> list[str]:
     return gone
 
 
+def exchange(a: str, b: str) -> None:
+    """Swap the entries at `a` and `b` in one step: a reader sees either the old or the new
+    entry at each name, never a name that is missing (two renames would leave a moment
+    between them). Both must exist; directories are swapped whole, non-empty ones too.
+
+    Linux renameat2(RENAME_EXCHANGE) or macOS renamex_np(RENAME_SWAP); OSError (ENOTSUP,
+    EINVAL, ENOSYS) where the system or the file system cannot. ctypes is imported here
+    only: replacing a directory is the only write that needs it.
+    """
+    import ctypes
+    import sys
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    fa, fb = os.fsencode(a), os.fsencode(b)
+    if sys.platform.startswith("linux") and hasattr(libc, "renameat2"):
+        at_fdcwd, rename_exchange = -100, 2
+        fn = libc.renameat2
+        fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+        rc = fn(at_fdcwd, fa, at_fdcwd, fb, rename_exchange)
+    elif sys.platform == "darwin" and hasattr(libc, "renamex_np"):
+        rename_swap = 2
+        fn = libc.renamex_np
+        fn.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_uint]
+        rc = fn(fa, fb, rename_swap)
+    else:
+        raise OSError(errno.ENOTSUP, "this system cannot swap two paths in one step", a, None, b)
+    if rc != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), a, None, b)
+
+
 def _fsync_dir(path: str) -> None:
     with contextlib.suppress(OSError):
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
@@ -186,6 +217,7 @@ def pwrite_all(fd: int, data: bytes, offset: int) -> None:
 
 __all__ = [
     "clean_leftovers",
+    "exchange",
     "has_other_links",
     "leftovers",
     "pwrite_all",

@@ -5,13 +5,18 @@ RealTree answers from the file system; OverlayTree answers for a planned venv th
 does not exist yet (its directories, symlinks and copied files), falling back to the
 real tree elsewhere. So one simulation checks a layout before and after it is written.
 
-resolve() follows symlinks component by component and applies `..` to the resolved
-directory, as the kernel does: `$ORIGIN/..` under a symlinked directory climbs from
-the link's target (LOADERS.md rule 17, experiment O2b).
+lookup() is the one path resolver: it walks a path component by component as Linux's
+path walk does (fs/namei.c link_path_walk), so it gives the errno open(2) would give:
+ENOENT, ENOTDIR, ELOOP after 40 symlinks in one walk, EACCES for a directory that may not
+be searched (or a file that may not be read) by the simulated user, ENAMETOOLONG. `..`
+applies to the directory reached so far, after its symlinks are resolved: `$ORIGIN/..`
+under a symlinked directory climbs from the link's target (LOADERS.md rule 17, experiment
+O2b). The loader models act on each errno as the real loaders do (loader_glibc: rule 38).
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import posixpath
 import stat
@@ -26,8 +31,15 @@ if TYPE_CHECKING:
 
     Kind = Literal["file", "dir", "link", "other"]
 
-# Linux gives ELOOP after 40 symlinks in one resolution.
+# Linux's limits (include/linux/namei.h, include/uapi/linux/limits.h): following a 41st
+# symlink in one path walk gives ELOOP (verified here: a chain of 40 links opens, 41 do not);
+# a component longer than NAME_MAX bytes, or a path of PATH_MAX bytes with its NUL, gives
+# ENAMETOOLONG.
 MAX_SYMLINKS = 40
+NAME_MAX = 255
+PATH_MAX = 4096
+ENOENT, ENOTDIR, ELOOP, EACCES, ENAMETOOLONG = errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.EACCES, errno.ENAMETOOLONG
+SEARCH, READ = 1, 4  # permission bits: x (search a directory), r (open for reading)
 
 
 class Node(NamedTuple):
@@ -38,6 +50,53 @@ class Node(NamedTuple):
     mode: int = 0
     size: int = 0  # of a regular file on disk (0 in a planned tree)
     mtime_ns: int = 0
+    uid: int = -1  # owner; -1 (a planned entry): the simulated user's own
+    gid: int = -1
+
+
+DIR_NODE = Node("dir", None, 0o755)
+
+
+class Credentials(NamedTuple):
+    """Whose permission bits a path walk checks: the effective uid and every group (the
+    kernel's fsuid and group list). A walk with None checks no bits, as for root, whom
+    CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH let through any mode."""
+
+    uid: int
+    gids: frozenset[int]
+
+
+def current_credentials() -> Credentials | None:
+    """This process's credentials; None for root (no mode bit stops it)."""
+    uid = os.geteuid()
+    if uid == 0:
+        return None
+    return Credentials(uid, frozenset((os.getegid(), *os.getgroups())))
+
+
+def permits(node: Node, cred: Credentials | None, bit: int) -> bool:
+    """Whether `cred` has permission `bit` (SEARCH or READ) on `node`: the owner's bits for
+    the owner, else the group's for a member, else the others' (generic_permission without
+    ACLs)."""
+    if cred is None:
+        return True
+    if node.uid < 0 or node.uid == cred.uid:
+        mode = node.mode >> 6
+    elif node.gid in cred.gids:
+        mode = node.mode >> 3
+    else:
+        mode = node.mode
+    return bool(mode & bit)
+
+
+class Lookup(NamedTuple):
+    """The outcome of one path walk: the physical path and its lstat, or the errno open(2)
+    would give (then path and node are None)."""
+
+    path: str | None
+    node: Node | None
+    error: int = 0
+    links: int = 0  # symlinks followed, up to the error if there is one
 
 
 if TYPE_CHECKING:  # an interface for the type checker; nothing subclasses it (static.py)
@@ -68,14 +127,14 @@ class RealTree:
             return None
         if stat.S_ISLNK(st.st_mode):
             try:
-                return Node("link", os.readlink(path), st.st_mode)
+                return Node("link", os.readlink(path), st.st_mode, 0, 0, st.st_uid, st.st_gid)
             except OSError:
                 return None
         if stat.S_ISDIR(st.st_mode):
-            return Node("dir", None, st.st_mode)
+            return Node("dir", None, st.st_mode, 0, 0, st.st_uid, st.st_gid)
         if stat.S_ISREG(st.st_mode):
-            return Node("file", None, st.st_mode, st.st_size, st.st_mtime_ns)
-        return Node("other", None, st.st_mode)
+            return Node("file", None, st.st_mode, st.st_size, st.st_mtime_ns, st.st_uid, st.st_gid)
+        return Node("other", None, st.st_mode, 0, 0, st.st_uid, st.st_gid)
 
     def listdir(self, path: str) -> list[str]:
         try:
@@ -196,49 +255,150 @@ def scan(tree: FileTree, path: str) -> list[tuple[str, Kind]]:
     return out
 
 
-def resolve(tree: FileTree, path: str, cwd: str = "/") -> str | None:
-    """The physical path `path` names, following every symlink; None if it does not exist.
+def lookup(tree: FileTree, path: str, cwd: str = "/", cred: Credentials | None = None, *,
+           read: bool = False) -> Lookup:
+    """Walk `path` (relative ones from `cwd`) as open(2) does, following every symlink.
 
-    `..` applies to the directory reached so far, after its symlinks are resolved,
-    which is what open(2) does. A dangling link, a loop or a non-directory in the
-    middle gives None.
+    With `read`, the file reached must also be readable by `cred` (open with O_RDONLY).
+    The one resolver: every question about where a path leads comes here.
     """
     if not path.startswith("/"):
         path = posixpath.join(cwd, path)
-    if isinstance(tree, CachedTree):
-        return tree.resolve(path)
-    return _walk(tree, path)
+    if len(path) >= PATH_MAX // 4 and len(path.encode("utf-8", "surrogateescape")) >= PATH_MAX:
+        return Lookup(None, None, ENAMETOOLONG)
+    walker = tree.walker(cred) if isinstance(tree, CachedTree) else _Walker(tree, cred)
+    found = walker.path(path)
+    if read and found.node is not None and not permits(found.node, cred, READ):
+        return Lookup(None, None, EACCES, found.links)
+    return found
 
 
-def _walk(tree: FileTree, path: str) -> str | None:
-    """resolve() for an absolute path, component by component."""
-    pending = [c for c in path.split("/") if c not in ("", ".")]
-    pending.reverse()
-    current = "/"
-    links = 0
-    while pending:
-        comp = pending.pop()
-        if comp == "..":
-            current = posixpath.dirname(current) if current != "/" else "/"
-            continue
-        candidate = posixpath.join(current, comp)
-        node = tree.lstat(candidate)
-        if node is None:
-            return None
-        if node.kind == "link":
-            links += 1
-            if links > MAX_SYMLINKS or node.target is None:
-                return None
-            target = node.target
-            if target.startswith("/"):
-                current = "/"
-            parts = [c for c in target.split("/") if c not in ("", ".")]
-            pending.extend(reversed(parts))
-            continue
-        if pending and node.kind != "dir":
-            return None
-        current = candidate
-    return current
+def resolve(tree: FileTree, path: str, cwd: str = "/") -> str | None:
+    """The physical path `path` names, following every symlink; None when open(2) would fail
+    (missing, a dangling link, a loop, a non-directory in the middle)."""
+    return lookup(tree, path, cwd).path
+
+
+class _Walker:
+    """Linux's path walk over a FileTree for one set of credentials.
+
+    A walk is a sequence of steps, each one component from a physical directory. A step's
+    outcome depends only on (directory, component), so steps are remembered: resolving
+    the 2,000 files of one directory walks its parents once. A symlink's target is walked
+    from the link's directory (or from / when absolute); the links it follows add to the
+    walk's count, and the 41st gives ELOOP wherever it is met. Nesting deeper than the
+    limit is cut short with ELOOP (a loop, or a chain too long to ever resolve), and what
+    was computed under a cut is not remembered: it would be wrong from a shallower start.
+    """
+
+    __slots__ = ("cred", "cuts", "paths", "steps", "tree")
+
+    def __init__(self, tree: FileTree, cred: Credentials | None) -> None:
+        self.tree = tree
+        self.cred = cred
+        self.steps: dict[tuple[str, str], Lookup] = {}
+        self.paths: dict[str, Lookup] = {}
+        self.cuts = 0
+
+    def path(self, path: str) -> Lookup:
+        """An absolute path, walked from /. The state of the walk after each textual prefix
+        is remembered, so a new file in a known directory costs one step."""
+        found = self.paths.get(path)
+        if found is not None:
+            return found
+        # Climb to the longest prefix already walked (the root at worst)...
+        pending: list[tuple[str, str]] = []  # (prefix, its last name), longest first
+        prefix = path
+        while True:
+            cut = prefix.rfind("/")
+            name = prefix[cut + 1:]
+            if not name and prefix is path and len(path) > 1:
+                name = "."  # "x/" must be a directory, as "x/." must
+            pending.append((prefix, name))
+            prefix = prefix[:cut] if cut > 0 else "/"
+            found = self.root() if cut <= 0 else self.paths.get(prefix)
+            if found is not None:
+                break
+        # ... then walk down from it, one name at a time.
+        for prefix, name in reversed(pending):
+            if not name:
+                continue  # "a//b": nothing to walk, and "a/" is not remembered as "a" (not a dir check)
+            if found.path is not None:
+                step = self.step(found, name, 0)
+                links = found.links + step.links
+                if links > MAX_SYMLINKS:
+                    found = Lookup(None, None, ELOOP, links)
+                elif step.error:
+                    found = Lookup(None, None, step.error, links)
+                else:
+                    found = Lookup(step.path, step.node, 0, links)
+            self.paths[prefix] = found
+        return found
+
+    def walk(self, start: Lookup, rel: str, depth: int) -> Lookup:
+        """`rel` (a symlink's target) walked from the directory `start` reached before it."""
+        names = [c for c in rel.split("/") if c]
+        if rel.endswith("/") and names:
+            names.append(".")  # "x/" must be a directory, as "x/." must
+        here, links = start, 0
+        for name in names:
+            step = self.step(here, name, depth)
+            links += step.links
+            if links > MAX_SYMLINKS:
+                return Lookup(None, None, ELOOP, links)
+            if step.error:
+                return Lookup(None, None, step.error, links)
+            here = step
+        return Lookup(here.path, here.node, 0, links)
+
+    def root(self) -> Lookup:
+        found = self.paths.get("/")
+        if found is None:
+            node = self.tree.lstat("/")
+            found = self.paths["/"] = Lookup("/", node if node is not None else DIR_NODE)
+        return found
+
+    def step(self, here: Lookup, name: str, depth: int) -> Lookup:
+        assert here.path is not None
+        key = (here.path, name)
+        found = self.steps.get(key)
+        if found is None:
+            cuts = self.cuts
+            found = self._step(here.path, here.node, name, depth)
+            if self.cuts == cuts:
+                self.steps[key] = found
+        return found
+
+    def _step(self, cur: str, node: Node | None, name: str, depth: int) -> Lookup:
+        """One component from directory `cur` (may_lookup, then the lookup, then the link)."""
+        if node is None or node.kind != "dir":
+            return Lookup(None, None, ENOTDIR)
+        if not permits(node, self.cred, SEARCH):
+            return Lookup(None, None, EACCES)
+        if name == ".":
+            return Lookup(cur, node)
+        if name == "..":
+            parent = posixpath.dirname(cur)
+            return Lookup(parent, self.tree.lstat(parent) or DIR_NODE)
+        if len(name) > NAME_MAX // 4 and len(name.encode("utf-8", "surrogateescape")) > NAME_MAX:
+            return Lookup(None, None, ENAMETOOLONG)
+        child = cur + name if cur == "/" else f"{cur}/{name}"
+        entry = self.tree.lstat(child)
+        if entry is None:
+            return Lookup(None, None, ENOENT)
+        if entry.kind != "link":
+            return Lookup(child, entry)
+        if depth >= MAX_SYMLINKS:
+            self.cuts += 1
+            return Lookup(None, None, ELOOP, MAX_SYMLINKS + 1)
+        if not entry.target:
+            return Lookup(None, None, ENOENT, 1)  # an empty symlink names nothing
+        start = self.root() if entry.target.startswith("/") else Lookup(cur, node)
+        found = self.walk(start, entry.target, depth + 1)
+        links = found.links + 1
+        if links > MAX_SYMLINKS:
+            return Lookup(None, None, ELOOP, links)
+        return Lookup(found.path, found.node, found.error, links)
 
 
 def exists(tree: FileTree, path: str) -> bool:
@@ -247,11 +407,10 @@ def exists(tree: FileTree, path: str) -> bool:
 
 def regular_file(tree: FileTree, path: str) -> tuple[str, Node] | None:
     """(physical path, its lstat) when `path` names a regular file, following every link."""
-    real = resolve(tree, path)
-    if real is None:
+    found = lookup(tree, path)
+    if found.path is None or found.node is None or found.node.kind != "file":
         return None
-    node = tree.lstat(real)
-    return (real, node) if node is not None and node.kind == "file" else None
+    return found.path, found.node
 
 
 def is_file(tree: FileTree, path: str) -> bool:
@@ -259,10 +418,7 @@ def is_file(tree: FileTree, path: str) -> bool:
 
 
 def is_dir(tree: FileTree, path: str) -> bool:
-    real = resolve(tree, path)
-    if real is None:
-        return False
-    node = tree.lstat(real)
+    node = lookup(tree, path).node
     return node is not None and node.kind == "dir"
 
 
@@ -292,12 +448,11 @@ class CachedTree:
     def __init__(self, base: FileTree, memo: dict[tuple[str, str], object] | None = None) -> None:
         self.base = base
         self._lstat: dict[str, Node | None] = {}
-        self._resolve: dict[str, str | None] = {}
+        self._walkers: dict[Credentials | None, _Walker] = {}
         self._scan: dict[str, list[tuple[str, Kind]]] = {}
         # Parsed headers, keyed by (kind, real path). A view of a planned venv shares the
         # roots' memo: a real path outside the venv has the same bytes in both.
         self.memo: dict[tuple[str, str], object] = {} if memo is None else memo
-        self._busy: set[str] = set()
 
     def lstat(self, path: str) -> Node | None:
         try:
@@ -319,51 +474,16 @@ class CachedTree:
     def open(self, path: str) -> ByteSource:
         return self.base.open(path)
 
-    def resolve(self, path: str) -> str | None:
-        """resolve() with every prefix remembered: the parent is resolved once for all its
-        children, then one component is applied, as the kernel does (`..` from the parent's
-        physical path)."""
-        if not path.startswith("/"):
-            return _walk(self, path)
-        try:
-            return self._resolve[path]
-        except KeyError:
-            pass
-        if path in self._busy or len(self._busy) > MAX_SYMLINKS * 8:
-            return None  # a symlink loop (ELOOP)
-        self._busy.add(path)
-        try:
-            real = self._resolve_one(path)
-        finally:
-            self._busy.discard(path)
-        self._resolve[path] = real
-        return real
+    def walker(self, cred: Credentials | None) -> _Walker:
+        """The path walker of these credentials, remembering its steps for this tree's life."""
+        w = self._walkers.get(cred)
+        if w is None:
+            w = self._walkers[cred] = _Walker(self, cred)
+        return w
 
-    def _resolve_one(self, path: str) -> str | None:
-        parent, base = posixpath.split(path.rstrip("/"))
-        if not base:
-            return "/"
-        rp = self.resolve(parent or "/")
-        if rp is None:
-            return None
-        if rp != "/":
-            pnode = self.lstat(rp)
-            if pnode is None or pnode.kind != "dir":
-                return None  # ENOTDIR
-        if base == ".":
-            return rp
-        if base == "..":
-            return posixpath.dirname(rp)
-        cand = rp + base if rp == "/" else rp + "/" + base
-        node = self.lstat(cand)
-        if node is None:
-            return None
-        if node.kind == "link":
-            if node.target is None or node.target == "":
-                return None
-            target = node.target if node.target.startswith("/") else posixpath.join(rp, node.target)
-            return self.resolve(target.rstrip("/") or "/")
-        return cand
+    def resolve(self, path: str) -> str | None:
+        """resolve() of an absolute path, remembered."""
+        return lookup(self, path).path
 
 
 def as_cached(tree: FileTree) -> CachedTree:

@@ -80,3 +80,10 @@ def parse_hwcaps_help(text: str) -> tuple[str, ...]:
         for c in combos:
             out.append("/".join(c))
     return tuple(out)
+
+
+def glibc_hwcaps_levels(subdirs: tuple[str, ...]) -> tuple[str, ...]:
+    """The glibc-hwcaps level names among search subdirectories, best first: what ld.so
+    matches ld.so.cache's hwcaps variants against (LOADERS.md rule 21)."""
+    prefix = "glibc-hwcaps/"
+    return tuple(s[len(prefix):] for s in subdirs if s.startswith(prefix))

@@ -1,16 +1,21 @@
 """Relocatable script launchers for a written venv.
 
 A launcher is a /bin/sh + Python polyglot. /bin/sh runs line 2, which finds the
-launcher's own directory from $0 and execs the `python` beside it (the venv's
-bin/python) on the launcher itself; Python sees line 2-3 as a string expression and
-runs the rest. No absolute path is baked in, so the venv still works when it is moved,
-copied, or reached through a Bazel runfiles tree of symlinks (bin/python and
-pyvenv.cfg are found next to the path the launcher was reached by).
+launcher's own file from $0, follows it while it is a symlink (`ln -s OUT/bin/tool
+~/bin/tool` must still find OUT/bin/python), and execs the `python` beside the real
+file (the venv's bin/python) on the launcher; Python sees lines 2-3 as a string
+expression and runs the rest. No absolute path is baked in, so the venv still works
+when it is moved or copied, and through a Bazel runfiles tree whose files are symlinks
+into the venv (the python beside the real launcher is the venv's).
 
-The sh line uses only shell builtins (PATH may hold nothing but the venv's bin/), and
-handles a $0 without a slash: `sh script` in the current directory, or a shell that
-found the script on PATH and passed only its name. It holds no `'''` and no backslash,
-so it is a valid Python string literal.
+The sh line handles a $0 without a slash (`sh script` in the current directory, or a
+shell that found the script on PATH and passed only its name). It uses shell builtins
+only (PATH may hold nothing but the venv's bin/), except `readlink` (POSIX.1-2024, in
+coreutils, busybox and macOS), which runs only when the launcher is reached through a
+symlink; a chain of more than 40 links is not followed (the kernel's ELOOP bound).
+Python is given the launcher's path as it was reached (its sys.argv[0] is what the user
+typed). The line holds no three quotes in a row and no backslash, so it is a valid
+Python string literal.
 """
 
 from __future__ import annotations
@@ -18,8 +23,10 @@ from __future__ import annotations
 _SH = (
     "'''true' && s=$0 && "
     'case $s in */*) ;; *) [ -f "$s" ] || s=$(command -v -- "$s") || exit 127;; esac && '
-    "case $s in */*) d=${s%/*};; *) d=.;; esac && "
-    'exec "$d/python" "$s" "$@"'
+    "case $s in */*) ;; *) s=./$s;; esac && p=$s && n=0 && "
+    'while [ -L "$s" ] && [ $n -lt 40 ]; do l=$(readlink -- "$s") || exit 127; '
+    "case $l in /*) s=$l;; *) s=${s%/*}/$l;; esac; n=$((n+1)); done && "
+    'exec "${s%/*}/python" "$p" "$@"'
 )
 
 HEADER = f"#!/bin/sh\n{_SH}\n' '''\n"

@@ -20,10 +20,12 @@ Layouts (glibc sysdeps/generic/dl-cache.h):
   ldconfig writes the names relative to the new header, so ld.so (and ldconfig -p)
   read the wrong bytes there; we read what ld.so reads.
 
-Lookup follows search_cache() in elf/dl-cache.c of glibc 2.37+: entries for one name
-are in file order with the glibc-hwcaps variants first; the best supported variant wins,
-else the first plain entry whose flags match the requester (legacy hwcap/platform
-entries, dropped in glibc 2.37, are skipped).
+Lookup follows search_cache() in elf/dl-cache.c: entries for one name are in file order
+with the glibc-hwcaps variants first; the best supported variant wins, else the first
+other entry whose flags match the requester. Entries for the legacy hwcap and platform
+subdirectories (tls/, x86_64/, haswell/; glibc 2.36 reads them, 2.37 dropped them) count
+when every hwcap bit they carry is one the process has (`legacy`, below), and are
+skipped without it.
 """
 
 from __future__ import annotations
@@ -56,6 +58,30 @@ EXTENSION_MAGIC = 0xEAA42174
 EXTENSION_TAG_GLIBC_HWCAPS = 1
 MAX_SECTIONS = 1024
 HWCAP_EXTENSION = 1 << 62  # dl_cache_hwcap_extension: (hwcap >> 62) == 1
+HWCAP_TLS = 1 << 63  # _DL_HWCAP_TLS_MASK: a tls/ subdirectory, usable everywhere
+
+# glibc 2.36's legacy hwcap and platform bits, by subdirectory name (what ldconfig writes
+# into an entry's hwcap field, and ld.so compares): sysdeps/x86/dl-hwcap.h (HWCAP_X86_64 is
+# bit 1, HWCAP_X86_AVX512_1 bit 2) and dl-procinfo.c/.h (platforms from bit 48: haswell is
+# i586, i686, haswell, xeon_phi's third). Machines not listed here use no legacy entries.
+LEGACY_HWCAP_BITS: dict[str, dict[str, int]] = {
+    "x86_64": {"tls": HWCAP_TLS, "x86_64": 1 << 1, "avx512_1": 1 << 2, "haswell": 1 << 50, "xeon_phi": 1 << 51},
+}
+
+
+def legacy_hwcap_mask(arch: str, subdirs: Sequence[str]) -> int | None:
+    """The hwcap bits ld.so accepts in legacy cache entries, from the legacy subdirectories it
+    searches (`subdirs` as hwcaps.host_hwcap_subdirs gives them; a name is searched only when
+    the CPU has it): search_cache's ~hwcap_exclude, g:elf/dl-cache.c:205-211. None when the
+    machine's bits are not known."""
+    bits = LEGACY_HWCAP_BITS.get(arch)
+    if bits is None:
+        return None
+    mask = HWCAP_TLS
+    for sub in subdirs:
+        for name in sub.split("/"):
+            mask |= bits.get(name, 0)
+    return mask
 
 # (arch, elf_class) -> (the requester's _DL_CACHE_DEFAULT_ID, every flags value its
 # _dl_cache_check_flags accepts). Where one ELF arch has several ABIs we pick the
@@ -129,12 +155,15 @@ class LdCache:
                 index.setdefault(e.name, []).append(e)
         return index.get(name, [])
 
-    def lookup(self, name: str, arch: str, elf_class: int, hwcaps_supported: Sequence[str] = ()) -> str | None:
+    def lookup(self, name: str, arch: str, elf_class: int, hwcaps_supported: Sequence[str] = (),
+               legacy: int | None = None) -> str | None:
         """The path ld.so would try for ``name`` (exact key) for a requester of this arch.
 
         ``hwcaps_supported`` lists the glibc-hwcaps subdirectories the CPU supports, best
         first (e.g. ``("x86-64-v3", "x86-64-v2")``); with the default, variants are ignored,
-        which is what ld.so does on a CPU that supports none. Unknown arches give None.
+        which is what ld.so does on a CPU that supports none. ``legacy`` is the set of
+        legacy hwcap bits the process has (legacy_hwcap_mask); None skips every legacy
+        entry, as glibc 2.37 does. Unknown arches give None.
         """
         accept = ARCH_FLAGS.get((arch, elf_class))
         if accept is None:
@@ -157,8 +186,8 @@ class LdCache:
                 continue  # a variant whose subdir name we could not read: unusable
             if best is not None:
                 break  # variants are listed first; a supported one beats any plain entry
-            if e.hwcap != 0:
-                continue  # legacy hwcap/platform subdirectory, ignored since glibc 2.37
+            if e.hwcap != 0 and (legacy is None or e.hwcap & ~legacy):
+                continue  # a legacy subdirectory for bits this process lacks (or glibc >= 2.37)
             best = e.path
             if e.flags == default_id:
                 break  # nothing later can be better; otherwise keep looking for the default id

@@ -18,11 +18,18 @@ What the model does:
 - Already loaded (rule 33, d:dyld/Loader.cpp:797-820): P is first compared with every
   loaded image's recorded path and install name; each candidate path is compared with
   recorded paths and install names too; a found file is deduplicated by physical path.
-- Shared cache (rule 35, d:dyld/Loader.cpp:702-708): a path that P itself names (after
-  @-expansion) under /usr/lib/, /System/Library/ or /System/iOSSupport/ and that does not
-  exist in the tree is taken to be in the dyld shared cache. Leaf-name guesses
-  (DYLD_LIBRARY_PATH, fallbacks) are never presumed cached: otherwise every missing
-  library would "resolve" to /usr/lib/<leaf>.
+- Shared cache (rules 35 and 41): a candidate that names a dylib the shared cache holds
+  (SHARED_CACHE_DYLIBS and the patterns below: the system's own install names, not every
+  path under /usr/lib) resolves there, whichever step produced it, before the disk is
+  asked; any other candidate must exist on disk.
+
+41. Which candidates the shared cache answers (d:dyld/Loader.cpp:836, 972-986): on a
+    customer cache dyld asks the cache for every candidate path of every kind (DYLD_LIBRARY_PATH,
+    @rpath and @loader_path expansions, the path itself, the fallbacks; only the
+    "on disk" variants skip it) by its exact install name or an alias the cache records
+    (d:dyld/DyldProcessConfig.cpp:1719-1737, 2798-2811), and stats the disk only for a path
+    the cache does not hold. So a missing @rpath/libxmissing.dylib with LC_RPATH
+    /usr/lib/swift is not found ("not in dyld cache"), while @rpath/libswiftCore.dylib is.
 
 Left out: DYLD_FRAMEWORK_PATH and framework partial paths, DYLD_VERSIONED_*, root/overlay
 prefixes (rule 29.2), LC_DYLD_ENVIRONMENT, the SDK-version condition on the default
@@ -36,6 +43,7 @@ library needed from two places) follows load-command order level by level.
 from __future__ import annotations
 
 import posixpath
+import re
 from collections import deque
 
 from rpathfix.errors import FormatError
@@ -53,8 +61,50 @@ MAX_IMAGES = 10_000
 MAX_ATTEMPTS_PER_NAME = 10_000
 MAX_ATTEMPTS_TOTAL = 1_000_000
 
-# Install-name prefixes whose dylibs live in the dyld shared cache (rule 35).
-SHARED_CACHE_PREFIXES = ("/usr/lib/", "/System/Library/", "/System/iOSSupport/")
+# Where dyld looks for cached dylibs (mightBeInSharedCache, d:dyld/Loader.cpp:702-708): a
+# missing path under these is reported "not in the dyld shared cache".
+SHARED_CACHE_PREFIXES = ("/usr/lib/", "/System/Library/", "/System/iOSSupport/", "/System/DriverKit/")
+
+# Rule 41: the dylibs of macOS's dyld shared cache that a wheel can name, as install names.
+# Source: the install names of the macOS 14 SDK's text stubs (MacOSX.sdk/usr/lib/*.tbd, e.g.
+# alexey-lysiuk/macos-sdk MacOSX14.0.sdk/usr/lib/), which list what the OS provides; since
+# macOS 11 these live only in the shared cache. libSystem's parts (/usr/lib/system/*) are the
+# reexported-libraries of libSystem.tbd (zig's lib/libc/darwin/libSystem.tbd). A dylib not
+# listed here counts as missing: the model then errs towards "will not load".
+SHARED_CACHE_DYLIBS = frozenset("/usr/lib/" + name for name in (
+    "libSystem.B.dylib", "libc++.1.dylib", "libc++abi.dylib", "libobjc.A.dylib", "libz.1.dylib",
+    "libiconv.2.dylib", "libcharset.1.dylib", "libresolv.9.dylib", "libsqlite3.dylib", "libxml2.2.dylib",
+    "libxslt.1.dylib", "libexslt.0.dylib", "libbz2.1.0.dylib", "libcurl.4.dylib", "libedit.3.dylib",
+    "libncurses.5.4.dylib", "libpanel.5.4.dylib", "libform.5.4.dylib", "libmenu.5.4.dylib", "libexpat.1.dylib",
+    "libffi.dylib", "libpam.2.dylib", "libarchive.2.dylib", "libcompression.dylib", "libutil.dylib",
+    "libpcap.A.dylib", "libicucore.A.dylib", "libbsm.0.dylib", "libMatch.1.dylib", "libsandbox.1.dylib",
+    "libcups.2.dylib", "libDiagnosticMessagesClient.dylib", "libgcc_s.1.dylib", "libapple_nghttp2.dylib",
+    "libboringssl.dylib", "libnetwork.dylib", "libobjc-trampolines.dylib", "libffi-trampolines.dylib",
+))
+# Names the cache records as aliases of another image (the SDK's libc.tbd, libm.tbd, ... are
+# links to libSystem.tbd; dyld canonicalizes them, d:dyld/Loader.cpp:825-832).
+SHARED_CACHE_ALIASES = {f"/usr/lib/{alias}.dylib": "/usr/lib/libSystem.B.dylib" for alias in (
+    "libc", "libm", "libdl", "libpthread", "libinfo", "libdbm", "libpoll", "libproc", "librpcsvc", "libSystem")}
+# Whole families: libSystem's parts; the Swift runtime and overlays (in the OS since macOS
+# 10.14.4, SDK usr/lib/swift/libswift*.tbd); a framework's binary (Foo.framework/Foo or
+# Foo.framework/Versions/A/Foo, also nested in an umbrella framework) and the lib*.dylib
+# files inside frameworks (vecLib's libBLAS.dylib, OpenGL's Libraries/libGL.dylib).
+_FRAMEWORKS = r"/System/Library/(?:Private)?Frameworks/(?:[^/]+\.framework/(?:Versions/[^/]+/)?Frameworks/)*"
+SHARED_CACHE_PATTERN = re.compile(
+    r"(?:/System/iOSSupport)?(?:/usr/lib/system/[^/]+\.dylib|/usr/lib/swift/libswift[^/]+\.dylib"
+    rf"|{_FRAMEWORKS}(?P<fw>[^/]+)\.framework/(?:Versions/[^/]+/)?(?P=fw)"
+    rf"|{_FRAMEWORKS}[^/]+\.framework/(?:Versions/[^/]+/)?(?:Libraries/)?lib[^/]+\.dylib)")
+
+
+def shared_cache_path(path: str) -> str | None:
+    """The install name of the cached dylib `path` names (rule 41), or None when the shared
+    cache does not hold it."""
+    alias = SHARED_CACHE_ALIASES.get(path)
+    if alias is not None:
+        return alias
+    if path in SHARED_CACHE_DYLIBS or SHARED_CACHE_PATTERN.fullmatch(path):
+        return path
+    return None
 
 # Used when DYLD_FALLBACK_LIBRARY_PATH is unset (rule 29.4, d:dyld/DyldProcessConfig.cpp:2230-2285).
 DEFAULT_FALLBACK_DIRS = ("/usr/local/lib", "/usr/lib")
@@ -194,16 +244,22 @@ class _Simulation:
 
     # -- one load command --------------------------------------------------------------------
 
-    def check(self, candidate: str, *, cache_ok: bool) -> _Found:
-        """Validate one candidate path: loaded already, on disk with our arch, or in the cache."""
+    def check(self, candidate: str) -> _Found:
+        """Validate one candidate path: loaded already, in the shared cache, or on disk with our
+        arch. The cache is asked first, as on a customer cache (rule 41)."""
         loaded = self.by_path.get(candidate) or self.by_install.get(candidate)
         if loaded is not None:
             return _Found("found", loaded.path, "already loaded", image=loaded)
+        cached = shared_cache_path(candidate)
+        if cached is not None:
+            loaded = self.by_path.get(cached)
+            if loaded is not None:
+                return _Found("found", loaded.path, "already loaded", image=loaded)
+            return _Found("found", cached, "in the dyld shared cache (rules 35, 41)")
         physical = self.physical(candidate)
         if physical is None:
-            if cache_ok and candidate.startswith(SHARED_CACHE_PREFIXES):
-                return _Found("found", candidate, "in the dyld shared cache (rule 35)")
-            return _Found("missing")
+            note = "no such file, not in the dyld shared cache" if candidate.startswith(SHARED_CACHE_PREFIXES) else None
+            return _Found("missing", note=note)
         loaded = self.by_path.get(physical)
         if loaded is not None:
             return _Found("found", physical, "already loaded", image=loaded)
@@ -260,13 +316,13 @@ class _Simulation:
         leaf = posixpath.basename(name)
         no_rpath = False
 
-        def plan() -> list[tuple[str, str, str | None, str | None, bool, str | None]]:
-            # (candidate, rule, entry, contributor, cache_ok, skip_note)
-            out: list[tuple[str, str, str | None, str | None, bool, str | None]] = []
+        def plan() -> list[tuple[str, str, str | None, str | None, str | None]]:
+            # (candidate, rule, entry, contributor, skip_note)
+            out: list[tuple[str, str, str | None, str | None, str | None]] = []
             nonlocal no_rpath
             # 29.1: DYLD_LIBRARY_PATH + leaf name, even for @rpath/ and absolute paths.
             for d in self.library_path:
-                out.append((posixpath.join(d, leaf), "dyld_library_path", d, None, False, None))
+                out.append((posixpath.join(d, leaf), "dyld_library_path", d, None, None))
             # 29.3: P expanded.
             if name.startswith("@rpath/"):
                 rest = name[len("@rpath/"):]
@@ -277,39 +333,42 @@ class _Simulation:
                         if len(out) >= MAX_ATTEMPTS_PER_NAME:
                             break
                         if raw.startswith("@") and not raw.startswith(("@loader_path", "@executable_path")):
-                            out.append((raw, "rpath", raw, holder.path, False, "unknown @ token in LC_RPATH"))
+                            out.append((raw, "rpath", raw, holder.path, "unknown @ token in LC_RPATH"))
                             continue
                         expanded, why = self.expand_token(raw, holder)
                         if expanded is None:
-                            out.append((raw, "rpath", raw, holder.path, False, why))
+                            out.append((raw, "rpath", raw, holder.path, why))
                             continue
                         if not expanded.startswith("/"):
                             # Rule 30: relative LC_RPATHs only in unrestricted processes, against the cwd.
                             if self.options.restricted:
-                                out.append((raw, "rpath", raw, holder.path, False,
+                                out.append((raw, "rpath", raw, holder.path,
                                             "relative LC_RPATH ignored in a restricted process"))
                                 continue
                             expanded = posixpath.join(self.cwd, expanded)
                         usable += 1
-                        out.append((posixpath.join(expanded, rest), "rpath", raw, holder.path, True, None))
+                        out.append((posixpath.join(expanded, rest), "rpath", raw, holder.path, None))
                 no_rpath = usable == 0
             elif name.startswith("@loader_path/") or name.startswith("@executable_path/"):
                 rule = "loader_path" if name.startswith("@loader_path/") else "executable_path"
                 expanded, why = self.expand_token(name, image)
-                out.append((expanded or name, rule, None, None, expanded is not None, why))
+                out.append((expanded or name, rule, None, None, why))
             elif name.startswith("@"):
-                out.append((name, "absolute", None, None, False, "unknown @ token"))
+                out.append((name, "absolute", None, None, "unknown @ token"))
             else:
-                note = None if name.startswith("/") else "relative path, resolved against the cwd"
+                # A relative path is tried from the cwd, except in a hardened (restricted)
+                # process (d:dyld/Loader.cpp:885-893).
+                skip = "relative path not allowed in a restricted process" \
+                    if self.options.restricted and not name.startswith("/") else None
                 path = name if name.startswith("/") else posixpath.join(self.cwd, name)
-                out.append((path, "absolute", None, None, True, note))
+                out.append((path, "absolute", None, None, skip))
             # 29.4: fallbacks.
             fallback = DEFAULT_FALLBACK_DIRS if self.fallback_path is None else self.fallback_path
             for d in fallback:
-                out.append((posixpath.join(d, leaf), "fallback", d, None, False, None))
+                out.append((posixpath.join(d, leaf), "fallback", d, None, None))
             return out
 
-        for path, rule, entry, contributor, cache_ok, skip in plan():
+        for path, rule, entry, contributor, skip in plan():
             if self.attempts_left <= 0 or len(attempts) >= MAX_ATTEMPTS_PER_NAME:
                 return Resolution(name, image.path, None, None, tuple(attempts), weak,
                                   error="attempt limit reached")
@@ -317,7 +376,7 @@ class _Simulation:
             if skip is not None:
                 attempts.append(Attempt(path, rule, "skipped", entry, contributor, skip))
                 continue
-            found = self.check(path, cache_ok=cache_ok)
+            found = self.check(path)
             attempts.append(Attempt(path, rule, found.result, entry, contributor, found.note))
             if found.result != "found":
                 continue

@@ -26,6 +26,7 @@ class ProcessSpec(NamedTuple):
     cache_path: str | None = "/etc/ld.so.cache"  # None: no ld.so.cache
     cwd: str = "/"
     arch: str | None = None  # Mach-O slice to simulate
+    secure: bool = False  # a setuid/setgid/capability program: AT_SECURE for glibc, restricted for dyld
 
 
 def file_format(tree: FileTree, path: str) -> str:
@@ -51,14 +52,16 @@ def _glibc_options(spec: ProcessSpec):  # type: ignore[no-untyped-def]
     from rpathfix.loader_glibc import host_options
 
     cache = load_cache(spec.cache_path) if spec.cache_path else None
-    return host_options(ld_library_path=spec.library_path, cache=cache, cwd=spec.cwd, executable=spec.executable)
+    return host_options(ld_library_path=spec.library_path, cache=cache, cwd=spec.cwd, executable=spec.executable,
+                        secure=spec.secure)
 
 
 def _dyld_options(spec: ProcessSpec):  # type: ignore[no-untyped-def]
     from rpathfix.loader_dyld import DyldOptions
 
     dirs = tuple(d for d in (spec.library_path or "").split(":") if d)
-    return DyldOptions(arch=spec.arch, executable=spec.executable, dyld_library_path=dirs, cwd=spec.cwd)
+    return DyldOptions(arch=spec.arch, executable=spec.executable, dyld_library_path=dirs, cwd=spec.cwd,
+                       restricted=spec.secure)  # rule 34: a setuid process is restricted
 
 
 def load(tree: FileTree, path: str, spec: ProcessSpec) -> LoadResult:

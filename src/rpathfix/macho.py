@@ -20,7 +20,7 @@ import struct
 
 from rpathfix.errors import FormatError
 from rpathfix.model import DylibRef, MachoInfo, MachoSlice
-from rpathfix.static import TYPE_CHECKING
+from rpathfix.static import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
     from rpathfix.model import DylibKind
@@ -145,22 +145,31 @@ class _Slice:
 
 def read_macho(src: ByteSource) -> MachoInfo:
     """Parse a thin or fat Mach-O file's headers and load commands; FormatError when malformed."""
+    fat, ranges = slice_ranges(src)
+    return MachoInfo(fat=fat, slices=tuple(_read_thin(_Slice(src, off, size)) for off, size in ranges))
+
+
+def slice_ranges(src: ByteSource) -> tuple[bool, tuple[tuple[int, int], ...]]:
+    """(fat?, the (offset, size) of every slice): a thin file is one slice covering the file.
+
+    The writer edits every slice of a fat file through the same ranges the reader reads.
+    """
     if src.size < 8:
         raise FormatError(src.name, "not a Mach-O file (too short)")
     head = src.read_at(0, 8)
     (magic,) = _unpack(src.name, ">I", head, 0)
     if magic in (FAT_MAGIC, FAT_MAGIC_64):
-        return MachoInfo(fat=True, slices=_read_fat(src, magic == FAT_MAGIC_64, head))
-    return MachoInfo(fat=False, slices=(_read_thin(_Slice(src, 0, src.size)),))
+        return True, _fat_ranges(src, magic == FAT_MAGIC_64, head)
+    return False, ((0, src.size),)
 
 
-def _read_fat(src: ByteSource, is64: bool, head: bytes) -> tuple[MachoSlice, ...]:
+def _fat_ranges(src: ByteSource, is64: bool, head: bytes) -> tuple[tuple[int, int], ...]:
     (nfat,) = _unpack(src.name, ">I", head, 4)
     if not 1 <= nfat <= MAX_FAT_ARCH:
         raise FormatError(src.name, f"fat header with {nfat} architectures (a Java class file?)")
     entsize = 32 if is64 else 20
     table = src.read_at(8, nfat * entsize)
-    slices = []
+    ranges = []
     for i in range(nfat):
         if is64:
             _cpu, _sub, offset, size, _align, _res = _unpack(src.name, ">iiQQII", table, i * entsize)
@@ -168,11 +177,46 @@ def _read_fat(src: ByteSource, is64: bool, head: bytes) -> tuple[MachoSlice, ...
             _cpu, _sub, offset, size, _align = _unpack(src.name, ">iiIII", table, i * entsize)
         if size == 0 or offset < 8 + nfat * entsize or offset + size > src.size:
             raise FormatError(src.name, f"fat arch {i}: slice {offset}..{offset + size} outside the {src.size}-byte file")
-        slices.append(_read_thin(_Slice(src, offset, size)))
-    return tuple(slices)
+        ranges.append((offset, size))
+    return tuple(ranges)
 
 
-def _read_thin(s: _Slice) -> MachoSlice:
+class LoadCommands(NamedTuple):
+    """One slice's mach_header and its load commands as raw bytes, checked: what the writer
+    (macho_write) rebuilds. `commands` are whole commands (cmd, cmdsize, body) in file order,
+    each exactly cmdsize bytes; they fill at most sizeofcmds bytes (the reader tolerates a
+    header that claims more, the writer does not)."""
+
+    offset: int  # of the slice in the file
+    size: int  # of the slice
+    little_endian: bool
+    is_64: bool
+    cputype: int
+    cpusubtype: int
+    filetype: int
+    flags: int
+    sizeofcmds: int
+    commands: tuple[bytes, ...]
+
+    @property
+    def header_size(self) -> int:
+        return 32 if self.is_64 else 28
+
+    @property
+    def endian(self) -> str:
+        return "<" if self.little_endian else ">"
+
+    @property
+    def arch(self) -> str:
+        return arch_name(self.cputype, self.cpusubtype)
+
+
+def read_load_commands(src: ByteSource, offset: int, size: int) -> LoadCommands:
+    """The header and load commands of the slice at offset..offset+size (one bounded read)."""
+    return _load_commands(_Slice(src, offset, size))
+
+
+def _load_commands(s: _Slice) -> LoadCommands:
     head = s.read(0, 4) if s.size >= 4 else b""
     if len(head) < 4:
         raise s.fail("not a Mach-O file (too short)")
@@ -187,10 +231,28 @@ def _read_thin(s: _Slice) -> MachoSlice:
     is64 = magic == MH_MAGIC_64
     header_size = 32 if is64 else 28
     header = s.read(0, header_size)
-    _m, cputype, cpusubtype, filetype, ncmds, sizeofcmds, _flags = s.unpack("IiiIIII", header, 0)
+    _m, cputype, cpusubtype, filetype, ncmds, sizeofcmds, flags = s.unpack("IiiIIII", header, 0)
     if sizeofcmds > MAX_SIZEOFCMDS or ncmds > MAX_NCMDS:
         raise s.fail(f"absurd load commands ({ncmds} commands in {sizeofcmds} bytes)")
-    cmds = memoryview(s.read(header_size, sizeofcmds))
+    cmds = s.read(header_size, sizeofcmds)
+    commands = []
+    pos = 0
+    for i in range(ncmds):
+        if pos + 8 > sizeofcmds:
+            raise s.fail(f"load command {i} starts beyond sizeofcmds {sizeofcmds}")
+        cmd, cmdsize = s.unpack("II", cmds, pos)
+        if cmdsize < 8 or cmdsize % 4 or pos + cmdsize > sizeofcmds:
+            raise s.fail(f"load command {i} ({cmd:#x}) has bad cmdsize {cmdsize}")
+        commands.append(cmds[pos : pos + cmdsize])
+        pos += cmdsize
+    return LoadCommands(offset=s.base, size=s.size, little_endian=s.e == "<", is_64=is64, cputype=cputype,
+                        cpusubtype=cpusubtype, filetype=filetype, flags=flags, sizeofcmds=sizeofcmds,
+                        commands=tuple(commands))
+
+
+def _read_thin(s: _Slice) -> MachoSlice:
+    lcs = _load_commands(s)
+    is64, header_size, filetype = lcs.is_64, lcs.header_size, lcs.filetype
 
     install_name: str | None = None
     dylibs: list[DylibRef] = []
@@ -201,15 +263,9 @@ def _read_thin(s: _Slice) -> MachoSlice:
     export_trie: tuple[int, int] | None = None
     symtab: tuple[int, int, int, int] | None = None
 
-    pos = 0
-    for i in range(ncmds):
-        if pos + 8 > sizeofcmds:
-            raise s.fail(f"load command {i} starts beyond sizeofcmds {sizeofcmds}")
-        cmd, cmdsize = s.unpack("II", cmds, pos)
-        if cmdsize < 8 or cmdsize % 4 or pos + cmdsize > sizeofcmds:
-            raise s.fail(f"load command {i} ({cmd:#x}) has bad cmdsize {cmdsize}")
-        body = cmds[pos : pos + cmdsize]
-        pos += cmdsize
+    for raw in lcs.commands:
+        body = memoryview(raw)
+        (cmd,) = s.unpack("I", body, 0)
         if cmd == LC_ID_DYLIB:
             install_name = _lc_str(s, body, 8)
         elif cmd in DYLIB_KINDS:
@@ -237,12 +293,12 @@ def _read_thin(s: _Slice) -> MachoSlice:
             symtab = (symoff, nsyms, stroff, strsize)
 
     first = min_section if min_section is not None else min_segment
-    padding = 0 if first is None else max(0, first - (header_size + sizeofcmds))
+    padding = 0 if first is None else max(0, first - (header_size + lcs.sizeofcmds))
     is_ext = False
     if filetype in (MH_DYLIB, MH_BUNDLE):
         is_ext = _is_extension(s, is64, export_trie, symtab)
     return MachoSlice(
-        arch=arch_name(cputype, cpusubtype), cputype=cputype, cpusubtype=cpusubtype, is_64=is64,
+        arch=lcs.arch, cputype=lcs.cputype, cpusubtype=lcs.cpusubtype, is_64=is64,
         filetype=FILETYPES.get(filetype, f"type-{filetype}"), offset=s.base, size=s.size,
         install_name=install_name, dylibs=tuple(dylibs), rpaths=tuple(rpaths),
         has_code_signature=has_signature, header_padding=padding, is_extension=is_ext,

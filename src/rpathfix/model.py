@@ -150,7 +150,7 @@ class Edit(NamedTuple):
 class Change(NamedTuple):
     """One change an edit makes, as `rpathfix.patch/1` reports it."""
 
-    what: str  # "rpath", "runpath", "soname", "needed", "id", "dylib", "lc_rpath"
+    what: str  # "rpath", "runpath", "soname", "needed", "id", "dylib", "lc_rpath", "signature"
     before: str | None  # None: added
     after: str | None  # None: removed
     slice: str | None = None  # the Mach-O slice's arch; None for ELF

@@ -9,8 +9,15 @@ The rules, and why:
   directory's target (LOADERS.md rules 17 and 26), so a linked `torch/` would send
   `$ORIGIN/../../nvidia` back into torch's own root. A climb that only reaches the
   library's own distribution works through a link and needs nothing real.
-- Mach-O: dyld takes `@loader_path` from the file's real path (rule 31), so no symlink
-  carries a cross-distribution `@loader_path/..`; such files are copied.
+- Files whose loader takes their origin from their resolved path are copied (PlanEntry
+  method "copy") when an origin-relative entry reaches what another distribution provides,
+  or leaves the kind's directory: Mach-O images (dyld's `@loader_path` is the real path,
+  rule 31) and ELF executables (the kernel's `$ORIGIN` for the main program is
+  /proc/self/exe, rule 18). Through a symlink such a file looks everything up in its own
+  root, which holds only its own distribution; no "the climb stays in its directory"
+  shortcut applies to them: a shared directory (two wheels installing into `pkg/`) is
+  already more than the root holds. Executables are looked for in bin/ and data/ too
+  (`.data/scripts` programs land in the venv's bin/, where pip puts them).
 - Directories shared by several distributions (nvidia/, nvidia/cu13/lib) are real and
   merged entry by entry, recursively.
 - The same path from several distributions: identical content is one entry; namespace
@@ -30,6 +37,7 @@ import posixpath
 import re
 from collections.abc import Sequence
 
+from rpathfix.environment import file_digest, is_executable
 from rpathfix.errors import PlanError
 from rpathfix.fstree import read_small, regular_file, resolve
 from rpathfix.fstree import scan as fs_scan
@@ -72,20 +80,22 @@ class RealDir(NamedTuple):
 
 
 class Binary(NamedTuple):
-    """A native file of a distribution's site-packages: where it lands, what it is."""
+    """A native file of a distribution: where it lands, what it is."""
 
     dist: str
-    rel: str  # its path under site-packages, in the roots and in the venv
+    rel: str  # its path under its kind's directory (site-packages, bin, ...), in the roots and in the venv
     real: str  # the physical file in the root
     info: BinaryInfo
+    kind: str = "site-packages"
 
 
 class Plan(NamedTuple):
     entries: list[PlanEntry]
     real_dirs: list[RealDir]
     notes: list[str]
-    # The native files the venv's site-packages will hold (those whose distribution won
-    # their path): what a check of the planned venv loads, without walking it.
+    # The native files the venv will hold (those whose distribution won their path): every
+    # one of site-packages, and the executables of bin/ and data/ (Binary.kind says which
+    # directory `rel` is under). What a check of the planned venv loads, without walking it.
     binaries: list[Binary]
 
 
@@ -100,11 +110,19 @@ def make_plan(tree: FileTree, roots: Sequence[Root], *, precedence: Sequence[str
         dirs = {r.dist: d for r in roots if (d := r.dir_for(kind)) is not None}
         force: dict[str, list[str]] = {}
         copies: dict[str, str] = {}
-        if kind == "site-packages":
-            for r in sorted(roots, key=lambda r: r.dist):
-                if r.dist in dirs:
-                    binaries += find_binaries(tree, r.dist, dirs[r.dist], r.path)
-            _native_requirements(tree, dirs, binaries, force, copies, notes)
+        if kind == "include":
+            # .data/headers: pip and pypa/installer put each distribution's headers in a
+            # directory of its own, include/site/pythonX.Y/<dist>/, so two distributions
+            # that ship config.h never meet. One entry per root, nothing to merge.
+            entries += [PlanEntry(kind="include", venv_path=headers_dir_name(tree, r), target=dirs[r.dist],
+                                  dist=r.dist) for r in sorted(roots, key=lambda r: r.dist) if r.dist in dirs]
+            continue
+        found: list[Binary] = []
+        for r in sorted(roots, key=lambda r: r.dist):
+            if r.dist in dirs:
+                found += _binaries_of(tree, kind, r, dirs[r.dist])
+        _native_requirements(tree, kind, dirs, found, force, copies, notes)
+        binaries += found
         _emit(tree, kind, dirs, "", force, copies, precedence, entries, real_dirs, notes)
     entries.sort(key=lambda e: (KIND_ORDER[e.kind], e.venv_path))
     real_dirs.sort(key=lambda d: (KIND_ORDER[d.kind], d.venv_path))
@@ -132,6 +150,16 @@ def _check_roots(roots: Sequence[Root]) -> list[Root]:
     return out
 
 
+def headers_dir_name(tree: FileTree, root: Root) -> str:
+    """The name of a distribution's headers directory in include/site/pythonX.Y/: the
+    distribution as its wheel file and .dist-info directory spell it (`foo_bar`), which is
+    what pypa/installer uses; the root's normalized name without a single .dist-info."""
+    site = root.dir_for("site-packages")
+    names = [n[:-len(".dist-info")].split("-", 1)[0] for n in tree.listdir(site) if n.endswith(".dist-info")] \
+        if site is not None else []
+    return names[0] if len(names) == 1 and names[0] not in ("", ".", "..") else root.dist
+
+
 def _children(tree: FileTree, dirs: dict[str, str]) -> dict[str, _Node]:
     """The merged listing of one directory that several roots (or one) provide."""
     out: dict[str, _Node] = {}
@@ -145,6 +173,18 @@ def _children(tree: FileTree, dirs: dict[str, str]) -> dict[str, _Node]:
 
 
 # ---------------------------------------------------------------- native files
+
+
+def _binaries_of(tree: FileTree, kind: str, root: Root, d: str) -> list[Binary]:
+    """The native files of one root's directory of `kind` that decide the layout: every one
+    in site-packages; the executables of bin/ and data/ (a program is started there; a
+    library there is not what Python loads); nothing in include/."""
+    if kind == "site-packages":
+        return find_binaries(tree, root.dist, d, root.path)
+    if kind == "include":
+        return []
+    return [b._replace(kind=kind) for b in _confirm(tree, root.dist, d, sorted(_walk_rels(tree, d)))
+            if is_executable(b.info)]
 
 
 def find_binaries(tree: FileTree, dist: str, site: str, root: str | None = None) -> list[Binary]:
@@ -292,9 +332,10 @@ def _relative_refs(info: BinaryInfo) -> tuple[str, list[str]]:
     return "macho", sorted(set(rels))
 
 
-def _native_requirements(tree: FileTree, sites: dict[str, str], binaries: list[Binary],
+def _native_requirements(tree: FileTree, kind: str, sites: dict[str, str], binaries: list[Binary],
                          force: dict[str, list[str]], copies: dict[str, str], notes: list[str]) -> None:
-    """Which directories must be real and which Mach-O files copied, from the binaries' own paths."""
+    """Which directories must be real (ELF libraries) and which files copied (Mach-O images,
+    ELF executables), from the binaries' own paths."""
     macho_targets: list[tuple[str, list[str]]] = []  # (file, directories its @loader_path refs reach)
     providers: dict[str, set[str]] = {}  # venv path -> distributions providing something there
 
@@ -311,23 +352,32 @@ def _native_requirements(tree: FileTree, sites: dict[str, str], binaries: list[B
     for b in sorted(binaries, key=lambda b: (b.rel, b.dist)):
         fmt, rels = _relative_refs(b.info)
         lib_dir = posixpath.dirname(b.rel)
+        depth = len([p for p in lib_dir.split("/") if p])
+        # Rules 18 and 31: the origin of these is their resolved path, not the venv's.
+        from_real_path = fmt == "macho" or is_executable(b.info)
+        why_copy = ("@loader_path is the real path for dyld" if fmt == "macho" else
+                    "the kernel gives an executable the $ORIGIN of its resolved path")
         if fmt == "macho":
             reached = [c[0] for c in (climb(lib_dir, r) for r in rels) if c is not None]
             macho_targets.append((b.rel, reached))
         for r in rels:
             c = climb(lib_dir, r)
             if c is None:
-                notes.append(f"{b.rel} ({b.dist}): '{r}' climbs out of site-packages; no layout can serve it")
+                if from_real_path:
+                    # Only a file in the venv sees the venv's own layout above its kind's
+                    # directory (lib/pythonX.Y/site-packages, not the root's site-packages).
+                    copies.setdefault(b.rel, f"{why_copy}: {b.rel} ({b.dist}) climbs out of {kind}/ through '{r}'")
+                else:
+                    notes.append(f"{b.rel} ({b.dist}): '{r}' climbs out of {kind}; no layout can serve it")
                 continue
             target, lowest = c
-            depth = len([p for p in lib_dir.split("/") if p])
-            if lowest >= depth:
+            if not from_real_path and lowest >= depth:
                 continue  # no `..` above its own directory: a symlinked parent does not matter
             if provided_by(target) <= {b.dist}:
-                continue  # the climb reaches only the library's own distribution (or nothing)
+                continue  # the reference reaches only the file's own distribution (or nothing)
             why = f"{b.rel} ({b.dist}) reaches {target or '.'} through '{r}'"
-            if fmt == "macho":
-                copies.setdefault(b.rel, f"@loader_path is the real path for dyld: {why}")
+            if from_real_path:
+                copies.setdefault(b.rel, f"{why_copy}: {why}")
                 continue
             parts = lib_dir.split("/")
             for i in range(lowest + 1, depth + 1):
@@ -349,12 +399,12 @@ def _native_requirements(tree: FileTree, sites: dict[str, str], binaries: list[B
 
 def _placed(entries: list[PlanEntry], binaries: list[Binary]) -> list[Binary]:
     """The binaries that land in the venv: under an entry of their own distribution."""
-    by_path = {e.venv_path: e for e in entries if e.kind == "site-packages"}
+    by_path: dict[tuple[str, str], PlanEntry] = {(e.kind, e.venv_path): e for e in entries}
     out = []
     for b in binaries:
         p = b.rel
         while True:
-            e = by_path.get(p)
+            e = by_path.get((b.kind, p))
             if e is not None:
                 if e.dist == b.dist:
                     out.append(b)
@@ -362,7 +412,7 @@ def _placed(entries: list[PlanEntry], binaries: list[Binary]) -> list[Binary]:
             if "/" not in p:
                 break
             p = p.rsplit("/", 1)[0]
-    out.sort(key=lambda b: b.rel)
+    out.sort(key=lambda b: (KIND_ORDER[b.kind], b.rel))
     return out
 
 
@@ -376,8 +426,10 @@ def _must_be_real(rel: str, node: _Node, force: dict[str, list[str]], copies: di
     if rel in force:
         reasons.extend(sorted(set(force[rel])))
     prefix = rel + "/"
-    if any(c.startswith(prefix) for c in copies):
-        reasons.append("holds a copied Mach-O file")
+    copied = sorted(c for c in copies if c.startswith(prefix))
+    if copied:
+        more = f" and {len(copied) - 1} more" if len(copied) > 1 else ""
+        reasons.append(f"holds the copied {copied[0]}{more}")
     if not reasons and any(f.startswith(prefix) for f in force):
         reasons.append("a subdirectory must be real")
     return reasons
@@ -442,7 +494,7 @@ def _pick_file(tree: FileTree, kind: str, rel: str, files: dict[str, str], prece
         return dists[0]
     groups: dict[str, list[str]] = {}
     for d in dists:
-        groups.setdefault(_digest(tree, files[d]), []).append(d)
+        groups.setdefault(file_digest(tree, files[d]), []).append(d)
     if len(groups) == 1:
         return dists[0]
     if posixpath.basename(rel) == "__init__.py":
@@ -459,23 +511,6 @@ def _pick_file(tree: FileTree, kind: str, rel: str, files: dict[str, str], prece
         f"{kind}/{rel} differs between {a} ({files[a]}) and {b} ({files[b]}); "
         f"choose one with --prefer {a} or --prefer {b}"
     )
-
-
-def _digest(tree: FileTree, path: str) -> str:
-    real = resolve(tree, path) or path
-    src = tree.open(real)
-    try:
-        import hashlib
-
-        h = hashlib.sha256()
-        off, chunk = 0, 1 << 20
-        while off < src.size:
-            n = min(chunk, src.size - off)
-            h.update(src.read_at(off, n))
-            off += n
-        return h.hexdigest()
-    finally:
-        src.close()
 
 
 _PKGUTIL = re.compile(r"pkgutil\b.*\bextend_path\b|\bextend_path\b.*pkgutil", re.S)

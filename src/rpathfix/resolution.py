@@ -19,7 +19,10 @@ class Attempt(NamedTuple):
 
     path: str  # the candidate file path, after token expansion
     rule: str  # which search step produced it (vocabulary above)
-    result: str  # "found", "missing", "wrong-class", "wrong-machine", "bad-file", "skipped"
+    # "found", "missing", "no-access" (EACCES: skipped), "open-error" (another errno: glibc gives up
+    # on the rest of that search list), "wrong-class", "wrong-machine", "wrong-arch", "bad-file"
+    # (the loader stops), "skipped"
+    result: str
     entry: str | None = None  # the raw list element before expansion, e.g. "$ORIGIN/../lib"
     contributor: str | None = None  # the object whose RPATH/RUNPATH/LC_RPATH supplied the entry
     note: str | None = None  # anything a human needs to follow the step
@@ -34,7 +37,7 @@ class Resolution(NamedTuple):
     found_via: str | None
     attempts: tuple[Attempt, ...] = ()
     weak: bool = False  # a weak dylib may be missing without failing the load
-    error: str | None = None  # a hard error that stops the load (e.g. "invalid ELF header")
+    error: str | None = None  # a hard error that stops the load, as the loader words it
 
     @property
     def found(self) -> bool:
@@ -120,3 +123,8 @@ class LoadResult:
     @property
     def missing(self) -> list[Resolution]:
         return [r for r in self.resolutions if not r.found and not r.weak]
+
+    @property
+    def error(self) -> str | None:
+        """The hard error that stopped the load (glibc: LOADERS.md rule 37), if one did."""
+        return next((r.error for r in self.resolutions if r.error is not None), None)

@@ -1,7 +1,9 @@
 """Distribution roots: one directory per distribution, as rules_python and `rpathfix unpack` make.
 
 A root is either `<root>/site-packages/...` with optional bin/, include/ and data/
-beside it, or a site-packages directory itself (a ROOT with no site-packages/ child).
+beside it, or a site-packages directory itself. site_packages_in() decides which, for
+the planner and for `verify` alike (../shared/DESIGN.md: one answer to "is this a root
+or a site-packages directory?").
 """
 
 from __future__ import annotations
@@ -36,14 +38,29 @@ class Root(NamedTuple):
         return None
 
 
+def site_packages_in(tree: FileTree, path: str) -> str | None:
+    """`path`/site-packages when the directory `path` is a distribution root; None when it is
+    a site-packages directory itself.
+
+    A root holds site-packages/ and no .dist-info of its own: a directory with a .dist-info
+    is where distributions are installed (a package there may well be named
+    `site-packages`).
+    """
+    site = posixpath.join(path, "site-packages")
+    if not is_dir(tree, site) or any(n.endswith(".dist-info") for n in tree.listdir(path)):
+        return None
+    return site
+
+
 def load_root(tree: FileTree, path: str) -> Root:
     """Describe the root at `path` (absolute); UsageError when it is not a directory."""
     path = os.path.abspath(path)
     if not is_dir(tree, path):
         raise UsageError(f"{path}: not a directory; pass distribution roots (directories with site-packages/)")
-    if is_dir(tree, posixpath.join(path, "site-packages")):
+    site_dir = site_packages_in(tree, path)
+    if site_dir is not None:
         dirs = tuple((k, posixpath.join(path, d)) for k, d in KIND_DIRS if is_dir(tree, posixpath.join(path, d)))
-        site = posixpath.join(path, "site-packages")
+        site = site_dir
     else:
         dirs = (("site-packages", path),)
         site = path

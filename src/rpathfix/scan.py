@@ -2,8 +2,9 @@
 
 A file is a candidate when it is named like a library or has an exec bit, and it is
 confirmed by its magic bytes, never by name alone. Wheel members are read straight
-from the zip. Symlinked files are reported as links and not scanned twice. A corrupt
-file inside a tree becomes a record with "error", never a crash.
+from the zip. In a directory, links within it are reported as links and not scanned
+twice, and links out of it are followed (_TreeWalk). A corrupt file inside a tree
+becomes a record with "error", never a crash.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import os
 import posixpath
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from operator import attrgetter
 
 from rpathfix.errors import FormatError, UsageError
@@ -202,72 +203,200 @@ _SCANDIR_FD = os.scandir in os.supports_fd and hasattr(os, "O_DIRECTORY")
 _BY_NAME = attrgetter("name")
 
 
-def _walk(top: str) -> Iterator[tuple[str, str, list[os.DirEntry[str]]]]:
-    """Directories in sorted order with their entries; symlinked directories are not entered.
+def _is_dir(e: os.DirEntry[str]) -> bool:
+    """A directory, or a link to one (a venv links each .dist-info into its root)."""
+    try:
+        return e.is_dir()
+    except OSError:
+        return False
 
-    Yields (directory, prefix, entries): an entry's path is prefix + entry.name (what
-    os.scandir(directory) gives as entry.path). Where the platform allows, a directory is
-    listed through an fd, so that each entry's stat() is relative to it; the entries' stat()
-    is then valid only until the next directory is requested.
+
+def _inside(real: str, top: str) -> bool:
+    """Whether the physical path `real` is `top` or lies under it (both resolved)."""
+    return real == top or real.startswith(top if top.endswith("/") else top + "/")
+
+
+class _TreeWalk:
+    """The walk behind scan_dir, and what it finds.
+
+    The tree's own directories come first. A symlink is judged by where it leads:
+    - a file link into the tree is listed as a link: its target is scanned where it is;
+    - a file link out of the tree (a venv's per-file links into the distribution roots,
+      Bazel's runfiles) is what the tree holds there: its file is scanned under the link's
+      path, once per physical file;
+    - a directory link out of the tree (a venv's `site-packages/torch`) is entered, and its
+      files are reported under the link's path, unless other links of the tree lead
+      through it (a hub such as a venv's `.r/<n>`, an alias: the files are reported where
+      those links are) or its target was walked already (no loops, nothing twice);
+    - a directory link into the tree is not entered: that directory is walked in place.
+    Plain trees without links are walked as before, in the same order.
     """
-    stack = [top]
-    while stack:
-        d = stack.pop()
-        prefix = d if d.endswith("/") else d + "/"
-        try:
-            fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY) if _SCANDIR_FD else -1
-        except OSError:
-            continue
-        try:
+
+    def __init__(self, top: str, all_files: bool, index: DistIndex) -> None:
+        self.top = top
+        self.real_top = os.path.realpath(top)
+        self.all_files = all_files
+        self.index = index
+        # (path, physical path or None when dangling, is a link), in walk order
+        self.candidates: list[tuple[str, str | None, bool]] = []
+        self.dir_links: list[tuple[str, str]] = []  # (path, physical path) leading out of the tree
+        self.own_links: list[str] = []  # the links in the tree's own directories
+        self.walked: list[str] = []  # physical targets of the entered directory links
+        self.entered: set[str] = set()  # the same, for exact lookups
+
+    def run(self, start: str, real_start: str, *, own: bool) -> None:
+        """Walk one directory (the tree itself: own=True, or an entered link) depth first, each
+        directory's entries in name order. A directory is listed through an fd where the
+        platform allows, so that each entry's stat() is relative to it."""
+        S_ISREG = stat.S_ISREG
+        all_files = self.all_files
+        stack = [(start, real_start)]
+        while stack:
+            d, real_d = stack.pop()
+            prefix = d if d.endswith("/") else d + "/"
+            real_prefix = real_d if real_d.endswith("/") else real_d + "/"
             try:
-                with os.scandir(d if fd < 0 else fd) as it:
-                    entries = sorted(it, key=_BY_NAME)
+                fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY) if _SCANDIR_FD else -1
             except OSError:
                 continue
-            yield d, prefix, entries
-            stack.extend(prefix + e.name for e in reversed(entries) if e.is_dir(follow_symlinks=False))
-        finally:
-            if fd >= 0:
-                os.close(fd)
+            try:
+                try:
+                    with os.scandir(d if fd < 0 else fd) as it:
+                        entries = sorted(it, key=_BY_NAME)
+                except OSError:
+                    continue
+                dist_infos = [e.name for e in entries if e.name.endswith(".dist-info") and _is_dir(e)]
+                if dist_infos:
+                    self.index.add_site_dir(os.path.abspath(d), dist_infos)
+                subdirs: list[tuple[str, str]] = []
+                for e in entries:
+                    name = e.name
+                    try:
+                        if e.is_dir(follow_symlinks=False):
+                            real = real_prefix + name
+                            if own or real not in self.entered:  # an entered link's target: walked once
+                                subdirs.append((prefix + name, real))
+                            continue
+                        if e.is_symlink():
+                            self._link(prefix + name, name, own, stack)
+                            continue
+                        if not e.is_file(follow_symlinks=False):
+                            continue  # devices, fifos, sockets
+                        # The listing's file type spares the lstat of what can never be a
+                        # candidate; a regular file is decided by its mode.
+                        mode = e.stat(follow_symlinks=False).st_mode
+                    except OSError:
+                        continue
+                    if S_ISREG(mode) and (all_files or mode & 0o111 or (
+                            # most names hold none of these, which every library name needs
+                            (".so" in name or ".dylib" in name or ".bundle" in name) and looks_like_library(name))):
+                        self.candidates.append((prefix + name, real_prefix + name, False))
+                stack.extend(reversed(subdirs))
+            finally:
+                if fd >= 0:
+                    os.close(fd)
+
+    def _link(self, path: str, name: str, own: bool, stack: list[tuple[str, str]]) -> None:
+        """One symlink found by the walk (see the class docstring)."""
+        if own:
+            self.own_links.append(path)
+        wanted = self.all_files or looks_like_library(name)
+        try:
+            st = os.stat(path)
+        except OSError:
+            if wanted:
+                self.candidates.append((path, None, True))  # dangling (or a loop): listed as such
+            return
+        if stat.S_ISDIR(st.st_mode):
+            real = os.path.realpath(path)
+            if _inside(real, self.real_top):
+                return  # walked where it is
+            if own:
+                self.dir_links.append((path, real))  # entered after the tree, unless it is a hub
+            elif self.enter(real):
+                stack.append((path, real))
+            return
+        if stat.S_ISREG(st.st_mode) and (wanted or st.st_mode & 0o111):
+            real = os.path.realpath(path)
+            if wanted or not _inside(real, self.real_top):  # (links into the tree are listed by name)
+                self.candidates.append((path, real, True))
+
+    def enter(self, real: str) -> bool:
+        """Whether a directory link leading to `real` (outside the tree) is entered: once per
+        physical directory, and not inside one that is entered already."""
+        if any(_inside(real, w) for w in self.walked):
+            return False
+        self.walked.append(real)
+        self.entered.add(real)
+        return True
+
+    def hubs(self) -> set[str]:
+        """The directory links that other links of the tree lead through (their texts read
+        as paths in the tree, relative to top)."""
+        cut = len(self.top) if self.top.endswith("/") else len(self.top) + 1
+        links = {p[cut:]: p for p, _ in self.dir_links}
+        out: set[str] = set()
+        for path in self.own_links:
+            try:
+                text = os.readlink(path)
+            except OSError:
+                continue
+            if text.startswith("/"):
+                if not _inside(text, self.real_top):
+                    continue
+                rel = posixpath.relpath(text, self.real_top)
+            else:
+                rel = posixpath.normpath(posixpath.join(posixpath.dirname(path[cut:]), text))
+            while rel and rel != "." and not rel.startswith("../") and rel != "..":
+                if rel in links:
+                    out.add(links[rel])
+                rel = posixpath.dirname(rel)
+        return out
+
+
+def _walk_order(top: str) -> Callable[[tuple[str, str | None, bool]], tuple[tuple[int, str], ...]]:
+    """The order of the walk, for paths under `top`: a directory's files by name, then its
+    subdirectories (directory links among them) by name, each with all it holds."""
+    cut = len(top) if top.endswith("/") else len(top) + 1
+
+    def key(c: tuple[str, str | None, bool]) -> tuple[tuple[int, str], ...]:
+        parts = c[0][cut:].split("/")
+        return (*((1, p) for p in parts[:-1]), (0, parts[-1]))
+
+    return key
 
 
 def scan_dir(top: str, all_files: bool = False, progress: Progress | None = None) -> ScanResult:
+    """Every native file under `top`, with links followed as _TreeWalk says: a venv that
+    rpathfix wrote (directory and file links into the roots) reports what it holds, under
+    its own paths."""
     index = DistIndex(top)
-    candidates: list[tuple[str, bool]] = []  # (path, is_link)
-    S_ISLNK, S_ISREG = stat.S_ISLNK, stat.S_ISREG
-    for d, prefix, entries in _walk(top):
-        dist_infos = [e.name for e in entries if e.name.endswith(".dist-info") and e.is_dir(follow_symlinks=False)]
-        if dist_infos:
-            index.add_site_dir(os.path.abspath(d), dist_infos)
-        for e in entries:
-            name = e.name
-            try:
-                # The directory listing's file type spares the lstat of entries that can
-                # never be candidates: directories, devices, fifos, sockets, and symlinks
-                # without a library name. Every other entry is decided by lstat, as before.
-                if not e.is_file(follow_symlinks=False) and (
-                        not e.is_symlink() or not (all_files or looks_like_library(name))):
-                    continue
-                mode = e.stat(follow_symlinks=False).st_mode
-            except OSError:
-                continue
-            if S_ISLNK(mode):
-                if all_files or looks_like_library(name):
-                    candidates.append((prefix + name, True))
-            elif S_ISREG(mode) and (all_files or mode & 0o111 or (
-                    # most names hold none of these, which every library name needs
-                    (".so" in name or ".dylib" in name or ".bundle" in name) and looks_like_library(name))):
-                candidates.append((prefix + name, False))
+    walk = _TreeWalk(top, all_files, index)
+    walk.run(top, walk.real_top, own=True)
+    if walk.dir_links:
+        hubs = walk.hubs()
+        for link, target in walk.dir_links:
+            if link not in hubs and walk.enter(target):
+                walk.run(link, target, own=False)
+        walk.candidates.sort(key=_walk_order(top))
+    # Each physical file is scanned once: where the walk found it as a file, else at the
+    # first link leading to it; every other path to it is listed as a link.
+    chosen: dict[str, tuple[bool, str]] = {}  # physical path -> (reached by a link, path)
+    for path, real, is_link in walk.candidates:
+        if real is None or (is_link and _inside(real, walk.real_top)):
+            continue  # dangling, or a link into the tree: listed as a link
+        prev = chosen.get(real)
+        if prev is None or (prev[0] and not is_link):
+            chosen[real] = (is_link, path)
     files: list[ScanRecord] = []
     links: list[LinkRecord] = []
-    for n, (path, is_link) in enumerate(candidates):
+    for n, (path, real, is_link) in enumerate(walk.candidates):
         if progress:
-            progress(n, len(candidates))
-        if is_link:
-            target = os.readlink(path)
-            links.append(LinkRecord(path, target, dangling=not os.path.exists(path)))
-            continue
-        files.extend(scan_file(path, index.lookup(path)))
+            progress(n, len(walk.candidates))
+        if real is not None and chosen.get(real, (False, None))[1] == path:
+            files.extend(scan_file(path, index.lookup(path)))
+        elif is_link:
+            links.append(LinkRecord(path, os.readlink(path), dangling=real is None))
     return ScanResult(files, links)
 
 

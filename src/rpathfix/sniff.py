@@ -114,11 +114,15 @@ def read_binary_in(tree: FileTree, real: str) -> BinaryInfo | None:
     return info
 
 
-def remember_binary(tree: FileTree, real: str, info: BinaryInfo) -> None:
+def remember_binary(tree: FileTree, real: str, info: BinaryInfo, *, replace: bool = False) -> None:
     """Tell a CachedTree the headers of `real` known from elsewhere (a root's index), so
-    read_binary_in answers without reading the file."""
+    read_binary_in answers without reading the file. With replace, they win over headers
+    already read: the repair check loads a file as its planned edits will make it."""
     memo = getattr(tree, "memo", None)
     if memo is not None:
-        memo.setdefault((_MEMO_KIND, real), info)
+        if replace:
+            memo[(_MEMO_KIND, real)] = info
+        else:
+            memo.setdefault((_MEMO_KIND, real), info)
 
 

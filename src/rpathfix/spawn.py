@@ -33,34 +33,36 @@ class Output:
         self._text: str | None = None
 
     def text(self, timeout: float = 10.0) -> str | None:
-        """What the program printed; None if it could not start or did not finish in time."""
+        """What the program printed; None if it could not start or did not finish in time.
+
+        However this ends (the program's end, the deadline, Ctrl-C, an error), the program
+        is stopped and reaped and the pipe closed before it returns or raises.
+        """
         if self._pid is None:
             return self._text
         import select
 
         chunks: list[bytes] = []
-        deadline = time.monotonic() + timeout
         finished = False
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            ready, _, _ = select.select([self._fd], [], [], left)
-            if not ready:
-                continue
-            data = os.read(self._fd, 1 << 16)
-            if not data:
-                finished = True
-                break
-            chunks.append(data)
-        os.close(self._fd)
         try:
+            deadline = time.monotonic() + timeout
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                ready, _, _ = select.select([self._fd], [], [], left)
+                if not ready:
+                    continue
+                data = os.read(self._fd, 1 << 16)
+                if not data:
+                    finished = True
+                    break
+                chunks.append(data)
+        finally:
+            pid, self._pid = self._pid, None
+            os.close(self._fd)
             if not finished:
-                os.kill(self._pid, 9)
-            os.waitpid(self._pid, 0)
-        except (ChildProcessError, ProcessLookupError):
-            pass  # asked from a forked copy of the process that started it: its parent reaps it
-        self._pid = None
+                os.kill(pid, 9)  # not reaped yet, so the pid is still this program's
+            os.waitpid(pid, 0)
         self._text = b"".join(chunks).decode("utf-8", "replace") if finished else None
         return self._text
-

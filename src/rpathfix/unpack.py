@@ -76,9 +76,12 @@ def _sha256(path: str) -> str:
     return h.hexdigest()
 
 
-def _marker_text(wheel: str, digest: str, python: str, compile_bytecode: bool) -> str:
+def _marker_text(wheel: str, digest: str, python: str, compile_bytecode: bool, verify_record: bool = True) -> str:
+    # "record: not verified" only when so: markers of verified installs stay as they were,
+    # and a later run that verifies does not take an unverified root as up to date.
     return (f"wheel: {os.path.basename(wheel)}\nsha256: {digest}\npython: {python}\n"
-            f"bytecode: {'checked-hash' if compile_bytecode else 'none'}\nnatives-index: 1\n")
+            f"bytecode: {'checked-hash' if compile_bytecode else 'none'}\nnatives-index: 1\n"
+            + ("" if verify_record else "record: not verified\n"))
 
 
 def _read_text(path: str) -> str | None:
@@ -136,7 +139,11 @@ def _destination_class() -> Any:
     return _Destination
 
 
-def _install(wheel: str, zf: zipfile.ZipFile, tmp_root: str, python: str) -> None:
+# Said with every RECORD refusal: the check is stricter than pip, and can be turned off.
+RECORD_HINT = "pip installs it anyway; rpathfix unpack is stricter: --no-verify-record installs it too"
+
+
+def _install(wheel: str, zf: zipfile.ZipFile, tmp_root: str, python: str, verify_record: bool = True) -> None:
     import warnings
 
     from installer import install
@@ -149,11 +156,18 @@ def _install(wheel: str, zf: zipfile.ZipFile, tmp_root: str, python: str) -> Non
             raise FormatError(wheel, f"{dist_info}/WHEEL is missing")
         if "RECORD" not in source.dist_info_filenames:
             raise FormatError(wheel, f"{dist_info}/RECORD is missing")
-        source.validate_record()
     except FormatError:
         raise
-    except Exception as e:  # installer's validation and parsing errors are ValueError/InstallerError
+    except Exception as e:  # installer's parsing errors are ValueError/InstallerError
         raise FormatError(wheel, _first_issue(e, wheel)) from None
+    if verify_record:
+        # Every member listed in RECORD with its hash and size, each hash right. pip
+        # checks only the hashes of the members RECORD lists, and installs a wheel with
+        # unlisted members; rpathfix refuses it unless asked not to (RECORD_HINT).
+        try:
+            source.validate_record()
+        except Exception as e:  # installer's validation errors are ValueError/InstallerError
+            raise FormatError(wheel, f"{_first_issue(e, wheel)} ({RECORD_HINT})") from None
 
     scheme = {k: os.path.join(tmp_root, d) for k, d in SCHEME_DIRS.items()}
     dest = _destination_class()(scheme_dict=scheme, interpreter=python, script_kind="posix")
@@ -272,10 +286,11 @@ def _swap_in(tmp_root: str, root: str, name: str, into: str) -> None:
 
 
 def unpack_wheel(wheel: str, into: str, *, python: str | None = None,
-                 compile_bytecode: bool = True) -> tuple[str, bool]:
+                 compile_bytecode: bool = True, verify_record: bool = True) -> tuple[str, bool]:
     """Install `wheel` into the root into/<canonical name>; (root path, whether anything changed).
 
-    FormatError for a wheel that is unreadable, not a zip, unsafe or fails RECORD checks;
+    FormatError for a wheel that is unreadable, not a zip, unsafe or (unless verify_record
+    is False) fails RECORD checks: a member missing from RECORD, a wrong hash or size;
     UsageError for a bad --into or --python. Nothing is left behind on error.
     """
     name, _version = parse_wheel_filename(wheel)
@@ -289,7 +304,7 @@ def unpack_wheel(wheel: str, into: str, *, python: str | None = None,
     except OSError as e:
         raise UsageError(f"--into {into}: {e.strerror or e}") from None
     root = os.path.join(into, name)
-    marker = _marker_text(wheel, digest, interpreter, compile_bytecode)
+    marker = _marker_text(wheel, digest, interpreter, compile_bytecode, verify_record)
 
     if os.path.lexists(root):
         if not os.path.isdir(root) or os.path.islink(root):
@@ -316,7 +331,7 @@ def unpack_wheel(wheel: str, into: str, *, python: str | None = None,
     try:
         with zf:
             _check_members(wheel, zf)
-            _install(wheel, zf, tmp_root, interpreter)
+            _install(wheel, zf, tmp_root, interpreter, verify_record)
         if compile_bytecode:
             _compile(os.path.join(tmp_root, "site-packages"), interpreter)
         with open(os.path.join(tmp_root, MARKER), "w", encoding="utf-8") as f:
@@ -331,10 +346,11 @@ def unpack_wheel(wheel: str, into: str, *, python: str | None = None,
 
 
 def iter_unpack(wheels: list[str], into: str, *, python: str | None = None,
-                compile_bytecode: bool = True) -> Iterator[tuple[str, str, bool]]:
+                compile_bytecode: bool = True, verify_record: bool = True) -> Iterator[tuple[str, str, bool]]:
     """(wheel, root, changed) for each wheel, unpacked in order."""
     for w in wheels:
-        root, changed = unpack_wheel(w, into, python=python, compile_bytecode=compile_bytecode)
+        root, changed = unpack_wheel(w, into, python=python, compile_bytecode=compile_bytecode,
+                                     verify_record=verify_record)
         yield w, root, changed
 
 

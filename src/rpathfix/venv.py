@@ -2,15 +2,27 @@
 
 Layout: pyvenv.cfg, bin/python -> the base interpreter (the only absolute link: the
 interpreter lives outside anything that is moved), bin/python3 and bin/pythonX.Y ->
-python, and the entries under their kinds' directories. Every other link is relative,
-computed from OUT's final real location, so OUT can be moved together with its roots
-kept in place relative to it (Bazel output trees, runfiles). A link whose text would be 60
-bytes or more goes through a hub, OUT/.r/<n> -> its target's directory, so that ext4 can
-keep every text in the inode (see _shorten_links); `readlink -f` shows the final file.
+python, the marker file .rpathfix-venv, and the entries under their kinds' directories
+(.data/data merged into the venv's own directories, as pip installs it under the prefix;
+.data/headers under include/site/pythonX.Y/<dist>/, as pip and pypa/installer put them).
+Every other link is relative, computed from OUT's physical location, so OUT can be moved
+together with its roots kept in place relative to it (Bazel output trees, runfiles). A
+link whose text would be 60 bytes or more goes through a hub, OUT/.r/<n> -> its target's
+directory, so that ext4 can keep every text in the inode (see _shorten_links).
 
-The whole tree is described first (a dict of relative path -> node), compared with an
-existing OUT (identical: nothing is written), else built in a temp directory beside OUT
-and renamed into place, so a reader never sees a half-written venv.
+One description, two users. describe_venv() turns the plan into a VenvTree (relative
+path -> node: a directory, a link with its text, a hard link or copy of a source file, a
+generated file with its bytes). The loader check before writing reads that very tree
+(planned_view(): the OverlayTree the loader model walks), and write_tree() carries it out,
+so what was checked is what is written, in every link mode.
+
+Writing: an OUT that already holds exactly the tree is left untouched. Otherwise the tree
+is built beside OUT (a temporary name carrying this process's pid, fileio.temp_path) and
+put in place in one step: a rename when OUT is absent or an empty directory (what Bazel's
+declare_directory hands over), else an exchange of the two directories (fileio.exchange),
+after which the old tree is deleted. A reader never sees OUT missing or half-written. Only
+a directory holding the marker .rpathfix-venv is ever replaced: a venv made by pip or any
+other non-empty directory is refused. Leftovers of a killed run are removed by the next.
 """
 
 from __future__ import annotations
@@ -19,23 +31,36 @@ import errno
 import functools
 import os
 import posixpath
+import re
 import stat
 import sys
 from collections.abc import Sequence
 
+from rpathfix import fileio
 from rpathfix.entrypoints import SCRIPT_GROUPS
 from rpathfix.errors import UsageError
+from rpathfix.fstree import Node, OverlayTree, Planned
 from rpathfix.launchers import entry_point_launcher, python_launcher
 from rpathfix.model import PlanEntry
+from rpathfix.source import BytesSource
 from rpathfix.static import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
     from pathlib import Path
     from typing import Literal
 
+    from rpathfix.fstree import FileTree
+    from rpathfix.source import ByteSource
+
 LINK_MODES = ("symlink", "hardlink", "copy")
 DIR_MODE = 0o755
+# Errors for which a hard link cannot be made but a copy can (another file system, a
+# protected_hardlinks refusal, too many links, a file system without hard links).
 _HARDLINK_FALLBACK = {errno.EXDEV, errno.EPERM, errno.EACCES, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP}
+# The marker of a venv rpathfix wrote: only a directory holding it is ever replaced.
+MARKER = ".rpathfix-venv"
+MARKER_TEXT = (b"Written by `rpathfix venv`. rpathfix replaces this directory only while this file is here;\n"
+               b"it refuses any other directory (a venv made by pip, a directory of your own).\n")
 
 
 class PythonInfo(NamedTuple):
@@ -134,29 +159,45 @@ def kind_dirs(out: str, info: PythonInfo) -> dict[str, str]:
 # ---------------------------------------------------------------- the tree as data
 
 
-class _Node(NamedTuple):
+class VenvNode(NamedTuple):
+    """One entry of a venv to write: a real directory, a symlink (its text), a regular file
+    hard-linked or copied from `source`, or a generated regular file holding `data`."""
+
     kind: Literal["dir", "link", "file", "data"]
     link: str | None = None  # link text
-    source: str | None = None  # file to hard-link or copy
+    source: str | None = None  # file to hard-link or copy (a physical path)
     how: Literal["hardlink", "copy"] = "copy"
     data: bytes | None = None
     mode: int = DIR_MODE
 
 
-_DIR = _Node("dir")
+_DIR = VenvNode("dir")
 
 
-class _Tree:
-    """Relative path -> node; parents are real directories, a path is given once."""
+class VenvTree:
+    """The venv to write, as data: relative path -> VenvNode. Parents are real
+    directories; a path is given once.
 
-    def __init__(self, final: str) -> None:
-        self.final = final  # OUT's real final location: base of every relative link
-        self.nodes: dict[str, _Node] = {"": _DIR}
+    `final` is OUT's physical path (its parent resolved): the base of every relative link
+    text, and where write_tree() puts the tree. `kind_dirs` maps each plan kind to its
+    directory relative to OUT ("" is OUT itself).
+    """
+
+    def __init__(self, final: str, kind_dirs: dict[str, str], link_mode: str) -> None:
+        self.final = final
+        self.kind_dirs = kind_dirs
+        self.link_mode = link_mode
+        self.nodes: dict[str, VenvNode] = {"": _DIR}
         self._relpaths: dict[tuple[str, str], str] = {}  # (target dir, link's dir) -> relpath
         # (rel, target's directory, target's name) of the links standing for plan entries
         self.entry_links: list[tuple[str, str, str]] = []
 
-    def add(self, rel: str, node: _Node, why: str) -> None:
+    def path_of(self, kind: str, venv_path: str = "") -> str:
+        """The absolute path (under `final`) of a plan entry of `kind` at `venv_path`."""
+        rel = posixpath.join(self.kind_dirs[kind], venv_path) if venv_path else self.kind_dirs[kind]
+        return posixpath.join(self.final, rel) if rel else self.final
+
+    def add(self, rel: str, node: VenvNode, why: str) -> None:
         parent = rel.rpartition("/")[0]
         if rel and self.nodes.get(parent) is not _DIR:  # else its parents are in place already
             parts = rel.split("/")
@@ -170,7 +211,7 @@ class _Tree:
             raise UsageError(f"{why}: {rel or '.'} is written twice")
         self.nodes[rel] = node
 
-    def link_to(self, rel: str, target: str) -> _Node:
+    def link_to(self, rel: str, target: str) -> VenvNode:
         return self._link(rel, *posixpath.split(os.path.abspath(target)))
 
     def add_entry_link(self, rel: str, target: str, why: str) -> None:
@@ -179,17 +220,18 @@ class _Tree:
         self.add(rel, self._link(rel, head, name), why)
         self.entry_links.append((rel, head, name))
 
-    def _link(self, rel: str, head: str, name: str) -> _Node:
+    def _link(self, rel: str, head: str, name: str) -> VenvNode:
         reldir = rel.rpartition("/")[0]
         if name in ("", ".", "..") or head == "/":
-            return _Node("link", link=os.path.relpath(posixpath.join(head, name), posixpath.join(self.final, reldir)))
+            return VenvNode("link", link=os.path.relpath(posixpath.join(head, name),
+                                                         posixpath.join(self.final, reldir)))
         # relpath(head/name) is relpath(head)/name; siblings share one relpath() of their
         # directory (nvidia/cu13/lib holds a hundred links into the same few roots).
         key = (head, reldir)
         up = self._relpaths.get(key)
         if up is None:
             up = self._relpaths[key] = os.path.relpath(head, posixpath.join(self.final, reldir))
-        return _Node("link", link=name if up == "." else f"{up}/{name}")
+        return VenvNode("link", link=name if up == "." else f"{up}/{name}")
 
     def children(self) -> dict[str, set[str]]:
         out: dict[str, set[str]] = {r: set() for r, n in self.nodes.items() if n.kind == "dir"}
@@ -219,7 +261,7 @@ def _python_script(path: str) -> bytes | None:
         return None
 
 
-def _expand(tree: _Tree, rel: str, target: str, how: Literal["hardlink", "copy"], why: str,
+def _expand(tree: VenvTree, rel: str, target: str, how: Literal["hardlink", "copy"], why: str,
             stack: tuple[str, ...] = ()) -> None:
     """Real files (hard links or copies) for `target`, a file or a directory, at `rel`."""
     try:
@@ -227,7 +269,7 @@ def _expand(tree: _Tree, rel: str, target: str, how: Literal["hardlink", "copy"]
     except OSError as e:
         raise UsageError(f"{why}: {target}: {e.strerror}") from None
     if stat.S_ISREG(st.st_mode):
-        tree.add(rel, _Node("file", source=os.path.realpath(target), how=how, mode=stat.S_IMODE(st.st_mode)), why)
+        tree.add(rel, VenvNode("file", source=os.path.realpath(target), how=how, mode=stat.S_IMODE(st.st_mode)), why)
         return
     if not stat.S_ISDIR(st.st_mode):
         raise UsageError(f"{why}: {target}: neither a regular file nor a directory")
@@ -238,7 +280,7 @@ def _expand(tree: _Tree, rel: str, target: str, how: Literal["hardlink", "copy"]
     _expand_dir(tree, rel, target, "", how, why, (*stack, real))
 
 
-def _expand_dir(tree: _Tree, rel: str, top: str, sub: str, how: Literal["hardlink", "copy"], why: str,
+def _expand_dir(tree: VenvTree, rel: str, top: str, sub: str, how: Literal["hardlink", "copy"], why: str,
                 stack: tuple[str, ...]) -> None:
     here = posixpath.join(top, sub) if sub else top
     for name in sorted(os.listdir(here)):
@@ -249,7 +291,7 @@ def _expand_dir(tree: _Tree, rel: str, top: str, sub: str, how: Literal["hardlin
             text = os.readlink(src)
             inside = posixpath.normpath(posixpath.join(sub, text))
             if not posixpath.isabs(text) and inside != ".." and not inside.startswith("../"):
-                tree.add(dst, _Node("link", link=text), why)  # stays inside the target: kept as is
+                tree.add(dst, VenvNode("link", link=text), why)  # stays inside the target: kept as is
             elif os.path.exists(src):
                 _expand(tree, dst, src, how, why, stack)
             else:  # dangling: keep pointing where it pointed
@@ -267,7 +309,7 @@ _INLINE_LINK = 60
 _HUBS = ".r"
 
 
-def _shorten_links(tree: _Tree) -> None:
+def _shorten_links(tree: VenvTree) -> None:
     """Route the links whose text would not fit in the inode through one hub link per target
     directory, OUT/.r/<n> -> that directory in its root: `nvidia/cu13/lib/libcublas.so.13 ->
     ../../../../../../.r/7/libcublas.so.13`. Still relative, still one place per file."""
@@ -299,41 +341,78 @@ def _entry_point(value: str, why: str) -> tuple[str, str]:
     return module, attr
 
 
-def _describe(final: str, entries: Sequence[PlanEntry], info: PythonInfo, link_mode: str,
-              entry_points: Sequence[tuple[str, str, str]]) -> _Tree:
-    tree = _Tree(final)
+def _place(tree: VenvTree, rel: str, target: str, method: str, link_mode: str, why: str) -> None:
+    """The entry for `target` at `rel`: a link, or real files (hard links or copies)."""
+    if method == "copy":
+        _expand(tree, rel, target, "copy", why)
+    elif link_mode == "symlink":
+        tree.add_entry_link(rel, target, why)
+    else:
+        _expand(tree, rel, target, "hardlink" if link_mode == "hardlink" else "copy", why)
+
+
+def _place_data(tree: VenvTree, rel: str, target: str, method: str, link_mode: str, why: str) -> None:
+    """A .data/data entry, which pip installs under the venv's prefix: where the venv already
+    has a directory at `rel` (lib/, bin/, include/), the entry's directory is merged into it
+    name by name instead of replacing it (data/lib/pkgconfig/x.pc lands in OUT/lib/pkgconfig
+    beside lib/pythonX.Y). A file where the venv already has something is written twice."""
+    node = tree.nodes.get(rel)
+    if node is not None and node.kind == "dir" and os.path.isdir(target):
+        for name in sorted(os.listdir(target)):
+            _place_data(tree, f"{rel}/{name}", posixpath.join(target, name), method, link_mode, why)
+        return
+    if node is not None:
+        raise UsageError(f"{why}: {rel} is written twice (the venv already has it)")
+    _place(tree, rel, target, method, link_mode, why)
+
+
+def describe_venv(out: Path | str, entries: Sequence[PlanEntry], *, python: str, link_mode: str = "symlink",
+                  entry_points: Sequence[tuple[str, str, str]] = ()) -> VenvTree:
+    """The venv rpathfix would write at OUT for these plan entries, as data (nothing is
+    written): what the loader check reads (planned_view) and write_tree() carries out.
+
+    UsageError for a bad link mode, a bad entry or two entries at one path; OUT itself is
+    checked with check_destination() (refused unless absent, empty or written by rpathfix).
+    """
+    if link_mode not in LINK_MODES:
+        raise UsageError(f"link mode {link_mode!r}: expected one of {', '.join(LINK_MODES)}")
+    info = python_info(python)
+    final = check_destination(out).final
     prefixes = _kind_prefixes(info)
+    tree = VenvTree(final, prefixes, link_mode)
     short = info.version_short
     cfg = (f"home = {os.path.dirname(info.base_executable)}\n"
            "include-system-site-packages = false\n"
            f"version = {info.version}\n")
-    tree.add("pyvenv.cfg", _Node("data", data=cfg.encode(), mode=0o644), "pyvenv.cfg")
-    tree.add("bin/python", _Node("link", link=info.base_executable), "bin/python")
+    tree.add("pyvenv.cfg", VenvNode("data", data=cfg.encode(), mode=0o644), "pyvenv.cfg")
+    tree.add(MARKER, VenvNode("data", data=MARKER_TEXT, mode=0o644), MARKER)
+    tree.add("bin/python", VenvNode("link", link=info.base_executable), "bin/python")
     reserved = {"python", "python3", f"python{short}"}
     for name in sorted(reserved - {"python"}):
-        tree.add(f"bin/{name}", _Node("link", link="python"), f"bin/{name}")
+        tree.add(f"bin/{name}", VenvNode("link", link="python"), f"bin/{name}")
     tree.add(prefixes["site-packages"], _DIR, "site-packages")
 
+    data_entries: list[tuple[str, PlanEntry, str]] = []
     for e in sorted(entries, key=lambda e: (e.kind, e.venv_path)):
         why = f"plan entry {e.kind}:{e.venv_path}"
         if e.kind not in prefixes:
             raise UsageError(f"{why}: unknown kind {e.kind!r}")
         vp = _clean_rel(e.venv_path, why)
+        if e.kind == "data":
+            data_entries.append((vp, e, why))  # after every directory of the venv's own is in place
+            continue
         if e.kind == "bin" and vp in reserved:
             continue  # the venv's own interpreter wins
-        rel = posixpath.join(prefixes[e.kind], vp) if prefixes[e.kind] else vp
+        rel = posixpath.join(prefixes[e.kind], vp)
         if e.kind == "bin" and "/" not in vp:
             script = _python_script(e.target)
             if script is not None:
                 text = python_launcher(script.decode("utf-8", "surrogateescape"))
-                tree.add(rel, _Node("data", data=text.encode("utf-8", "surrogateescape"), mode=0o755), why)
+                tree.add(rel, VenvNode("data", data=text.encode("utf-8", "surrogateescape"), mode=0o755), why)
                 continue
-        if e.method == "copy":
-            _expand(tree, rel, e.target, "copy", why)
-        elif link_mode == "symlink":
-            tree.add_entry_link(rel, e.target, why)
-        else:
-            _expand(tree, rel, e.target, "hardlink" if link_mode == "hardlink" else "copy", why)
+        _place(tree, rel, e.target, e.method, link_mode, why)
+    for vp, e, why in data_entries:
+        _place_data(tree, vp, e.target, e.method, link_mode, why)
 
     if link_mode == "symlink":
         _shorten_links(tree)
@@ -348,11 +427,90 @@ def _describe(final: str, entries: Sequence[PlanEntry], info: PythonInfo, link_m
         if name in reserved or rel in tree.nodes:
             continue  # a launcher from a bin/ entry or an earlier group wins
         module, attr = _entry_point(value, why)
-        tree.add(rel, _Node("data", data=entry_point_launcher(module, attr).encode(), mode=0o755), why)
+        tree.add(rel, VenvNode("data", data=entry_point_launcher(module, attr).encode(), mode=0o755), why)
     return tree
 
 
+class _PlannedVenv(OverlayTree):
+    """The OverlayTree of a VenvTree: generated files read as their bytes, and OUT's
+    parents, which write_tree() creates when they are missing, as directories."""
+
+    def __init__(self, base: FileTree, venv: VenvTree, entries: dict[str, Planned]) -> None:
+        super().__init__(base, venv.final, entries)
+        self._venv = venv
+
+    def lstat(self, path: str) -> Node | None:
+        node = super().lstat(path)
+        if node is None and self.root.startswith(path.rstrip("/") + "/"):
+            return Node("dir", None, DIR_MODE)
+        return node
+
+    def open(self, path: str) -> ByteSource:
+        if self._inside(path):
+            rel = path[len(self.root) + 1:]
+            node = self._venv.nodes.get(rel)
+            if node is not None and node.kind == "data" and node.data is not None:
+                return BytesSource(path, node.data)
+        return super().open(path)
+
+
+def planned_view(venv: VenvTree, base: FileTree) -> OverlayTree:
+    """The venv as it will be written, for the loader model, over `base` for everything
+    outside it: links with the very texts written, hard links and copies as regular files
+    whose bytes are their sources', generated files as regular files. In hardlink and copy
+    mode every directory is real, in symlink mode only those the plan made real: so
+    `$ORIGIN/..` climbs exactly as it will in the written tree."""
+    entries: dict[str, Planned] = {}
+    for rel, node in venv.nodes.items():
+        path = posixpath.join(venv.final, rel) if rel else venv.final
+        if node.kind == "dir":
+            entries[path] = Planned("dir")
+        elif node.kind == "link":
+            entries[path] = Planned("link", node.link)
+        elif node.kind == "file":
+            entries[path] = Planned("file", node.source, node.mode)
+        else:
+            entries[path] = Planned("file", None, node.mode)
+    return _PlannedVenv(base, venv, entries)
+
+
 # ---------------------------------------------------------------- compare and write
+
+
+class Destination(NamedTuple):
+    """OUT as found: its physical path, and "absent", "empty" or "ours" (holds the marker)."""
+
+    final: str
+    state: Literal["absent", "empty", "ours"]
+
+
+def check_destination(out: Path | str) -> Destination:
+    """Where OUT is and whether rpathfix may write it; UsageError when not: not a
+    directory, or a non-empty directory without rpathfix's marker (a venv made by pip, a
+    directory of the user's: a typo must never wipe it). Nothing is written. Called before
+    planning, so the user hears it first, and again right before the swap."""
+    out_abs = os.path.abspath(os.fspath(out))
+    parent, name = os.path.split(out_abs)
+    if not name:
+        raise UsageError(f"{out}: not a usable venv directory")
+    final = os.path.join(os.path.realpath(parent), name)  # the parent is created by write_tree()
+    try:
+        st = os.lstat(final)
+    except FileNotFoundError:
+        return Destination(final, "absent")
+    if not stat.S_ISDIR(st.st_mode):
+        raise UsageError(f"{out}: exists and is not a directory; refusing to replace it")
+    try:
+        names = os.listdir(final)
+    except OSError as e:
+        raise UsageError(f"{out}: cannot list: {e.strerror}") from None
+    if not names:
+        return Destination(final, "empty")
+    if os.path.isfile(os.path.join(final, MARKER)) and not os.path.islink(os.path.join(final, MARKER)):
+        return Destination(final, "ours")
+    what = "a venv that rpathfix did not write" if "pyvenv.cfg" in names else \
+        "exists, is not empty and was not written by rpathfix"
+    raise UsageError(f"{out}: {what} (no {MARKER}); refusing to replace it: remove it or choose another OUT")
 
 
 def _same_bytes(a: str, b: str | bytes) -> bool:
@@ -368,7 +526,7 @@ def _same_bytes(a: str, b: str | bytes) -> bool:
                     return True
 
 
-def _matches(out: str, tree: _Tree) -> bool:
+def _matches(out: str, tree: VenvTree) -> bool:
     """True when OUT already holds exactly `tree` (paths, kinds, link texts, bytes, modes).
 
     A `__pycache__/` that running the venv left in a real directory is a cache, not a
@@ -416,10 +574,16 @@ _WRITERS = max(1, min(4, os.cpu_count() or 1))
 _THREADED = 64  # entries from which threads pay for themselves
 
 
-def _build(root: str, tree: _Tree) -> None:
+def _build(root: str, tree: VenvTree) -> list[tuple[str, int]]:
     """Create the tree under `root`: directories first, in order, then every other entry,
-    each directory's entries by one writer."""
-    by_dir: dict[str, list[tuple[str, _Node]]] = {}
+    each directory's entries by one writer. Returns (source, errno) of each hard link that
+    had to become a copy.
+
+    Every writer has stopped when this returns or raises, also on Ctrl-C (the writers are
+    told to stop after their current entry, and are waited for): the caller's cleanup
+    never races a writer.
+    """
+    by_dir: dict[str, list[tuple[str, VenvNode]]] = {}
     for rel in sorted(tree.nodes):
         node = tree.nodes[rel]
         if node.kind == "dir":
@@ -429,44 +593,62 @@ def _build(root: str, tree: _Tree) -> None:
             os.chmod(p, DIR_MODE)
         else:
             by_dir.setdefault(posixpath.dirname(rel), []).append((os.path.join(root, rel), node))
-    parts: list[list[tuple[str, _Node]]] = [[] for _ in range(_WRITERS)]
+    parts: list[list[tuple[str, VenvNode]]] = [[] for _ in range(_WRITERS)]
     for group in sorted(by_dir.values(), key=len, reverse=True):  # largest first, to the least loaded
         min(parts, key=len).extend(group)
+    copied: list[tuple[str, int]] = []
     if sum(map(len, parts)) < _THREADED or len(parts) == 1:
         for part in parts:
             for p, node in part:
-                _create(p, node)
-        return
+                _create(p, node, copied)
+        return copied
     # The low-level _thread API: `import threading` would cost 1.4 ms of a 55 ms command.
     import _thread
 
     errors: list[BaseException] = []
+    stop: list[bool] = []  # not empty: writers stop after their current entry
 
-    def work(part: list[tuple[str, _Node]], done: _thread.LockType) -> None:
+    def work(part: list[tuple[str, VenvNode]], done: _thread.LockType) -> None:
         try:
             for p, node in part:
-                _create(p, node)
-        except BaseException as e:  # re-raised below, after every thread has stopped
+                if stop:
+                    break
+                _create(p, node, copied)
+        except BaseException as e:  # re-raised below, after every writer has stopped
             errors.append(e)
+            stop.append(True)
         finally:
             done.release()
 
-    finished = []
+    finished: list[_thread.LockType] = []
+    interrupted: BaseException | None = None
     try:
         for part in parts:
             done = _thread.allocate_lock()
             done.acquire()
             _thread.start_new_thread(work, (part, done))
             finished.append(done)
-    finally:
-        for done in finished:
-            done.acquire()  # released when that writer has stopped
+    except BaseException as e:
+        stop.append(True)
+        interrupted = e
+    for done in finished:
+        while True:
+            try:
+                done.acquire()  # released when that writer has stopped
+                break
+            except BaseException as e:  # Ctrl-C while waiting: stop the writers, keep waiting
+                stop.append(True)
+                interrupted = interrupted or e
+    if interrupted is not None:
+        raise interrupted
     if errors:
         raise errors[0]
+    return copied
 
 
-def _create(p: str, node: _Node) -> None:
-    """One entry that is not a directory."""
+def _create(p: str, node: VenvNode, copied: list[tuple[str, int]]) -> None:
+    """One entry that is not a directory. A hard link that cannot be made (another file
+    system, EPERM...) becomes a copy and is recorded in `copied`, so the caller says so."""
     if node.kind == "link":
         assert node.link is not None
         os.symlink(node.link, p)
@@ -489,50 +671,14 @@ def _create(p: str, node: _Node) -> None:
             except OSError as e:
                 if e.errno not in _HARDLINK_FALLBACK:
                     raise
+                copied.append((node.source, e.errno or 0))
         import shutil
 
         shutil.copy2(node.source, p)
         os.chmod(p, node.mode)
 
 
-def check_destination(out: Path | str) -> tuple[str, bool]:
-    """(the physical path OUT will have, whether it exists); UsageError when OUT may not be
-    written: not a directory, or a non-empty directory that is not a venv (a typo must
-    never wipe a real directory). Called before planning, so the user hears it first."""
-    out_abs = os.path.abspath(os.fspath(out))
-    parent, name = os.path.split(out_abs)
-    if not name:
-        raise UsageError(f"{out}: not a usable venv directory")
-    try:
-        os.makedirs(parent, exist_ok=True)
-    except OSError as e:
-        raise UsageError(f"{parent}: cannot create: {e.strerror}") from None
-    final = os.path.join(os.path.realpath(parent), name)
-    try:
-        st = os.lstat(final)
-    except FileNotFoundError:
-        return final, False
-    if not stat.S_ISDIR(st.st_mode):
-        raise UsageError(f"{out}: exists and is not a directory")
-    if os.listdir(final) and not os.path.isfile(os.path.join(final, "pyvenv.cfg")):
-        raise UsageError(f"{out}: exists, is not empty and is not a venv; refusing to replace it")
-    return final, True
-
-
-def _fresh_dir(parent: str, prefix: str) -> str:
-    """A new empty directory parent/prefix<random> (tempfile.mkdtemp without importing
-    tempfile, random and shutil at every start)."""
-    for _ in range(100):
-        path = os.path.join(parent, prefix + os.urandom(6).hex())
-        try:
-            os.mkdir(path, 0o700)
-            return path
-        except FileExistsError:
-            continue
-    raise UsageError(f"{parent}: cannot create a temporary directory {prefix}*")
-
-
-def _check_links(root: str, tree: _Tree) -> None:
+def _check_links(root: str, tree: VenvTree) -> None:
     """The links written for plan entries lead where their targets are.
 
     The loader model checked the plan with absolute targets; this checks that the relative
@@ -542,8 +688,6 @@ def _check_links(root: str, tree: _Tree) -> None:
     """
     seen: set[tuple[str, str]] = set()
     for rel, head, name in tree.entry_links:
-        # Siblings linking into one directory share their text up to the name: one of them
-        # reaching its target shows the shared part is right.
         group = (rel.rpartition("/")[0], head)
         if group in seen:
             continue
@@ -554,74 +698,96 @@ def _check_links(root: str, tree: _Tree) -> None:
                              "leads nowhere; was a root moved or removed while the venv was written?")
 
 
-class PendingVenv:
-    """write_venv in steps: describe (here), build() beside OUT, then commit() (rename into
-    place) or discard(). A caller can build while it checks the plan elsewhere."""
-
-    def __init__(self, out: Path | str, entries: list[PlanEntry], *, python: str, link_mode: str = "symlink",
-                 entry_points: Sequence[tuple[str, str, str]] = ()) -> None:
-        if link_mode not in LINK_MODES:
-            raise UsageError(f"link mode {link_mode!r}: expected one of {', '.join(LINK_MODES)}")
-        info = python_info(python)
-        self.final, self.exists = check_destination(out)
-        self.tree = _describe(self.final, entries, info, link_mode, entry_points)
-        self.tmp: str | None = None
-        self.unchanged = False
-
-    def build(self) -> None:
-        if self.exists and _matches(self.final, self.tree):
-            self.unchanged = True
-            return
-        parent, name = os.path.split(self.final)
-        self.tmp = _fresh_dir(parent, f".{name}.tmp-")
-        _build(self.tmp, self.tree)
-        _check_links(self.tmp, self.tree)
-
-    def commit(self) -> bool:
-        if self.unchanged:
-            return False
-        assert self.tmp is not None, "build() first"
-        tmp, self.tmp = self.tmp, None
-        parent, name = os.path.split(self.final)
-        try:
-            if self.exists:
-                old = _fresh_dir(parent, f".{name}.old-")
-                os.rename(self.final, old)  # onto an empty directory: allowed by rename(2)
-                try:
-                    os.rename(tmp, self.final)
-                except BaseException:
-                    os.rename(old, self.final)
-                    raise
-                _remove_tree(old)
-            else:
-                os.rename(tmp, self.final)
-        except BaseException:
-            _remove_tree(tmp)
-            raise
-        return True
-
-    def discard(self) -> None:
-        if self.tmp is not None:
-            _remove_tree(self.tmp)
-            self.tmp = None
+# What the earlier writer (before the marker file) left beside OUT when killed: .OUT.tmp-<hex>, .OUT.old-<hex>.
+_OLD_LEFTOVER = re.compile(r"\.(tmp|old)-[0-9a-f]{12}")
 
 
-def write_venv(out: Path | str, entries: list[PlanEntry], *, python: str, link_mode: str = "symlink",
-               entry_points: Sequence[tuple[str, str, str]] = ()) -> bool:
-    """Write the venv at OUT; True if anything changed (an identical OUT is left untouched).
-
-    The tree is built in a temp directory beside OUT and renamed into place: a reader never
-    sees a half-written OUT, and a failed build leaves nothing behind.
-    """
-    pending = PendingVenv(out, entries, python=python, link_mode=link_mode, entry_points=entry_points)
+def _clean_leftovers(final: str) -> None:
+    """Remove what killed runs left beside OUT: temporary trees of writers that are gone
+    (fileio's pid-tagged names), and the untagged .OUT.tmp-*/.OUT.old-* of the earlier
+    writer (it named them without a pid; no run of it is expected beside this one)."""
+    fileio.clean_leftovers(final)
+    parent, name = os.path.split(final)
+    prefix = f".{name}"
     try:
-        pending.build()
-        return pending.commit()
-    finally:
-        pending.discard()
+        names = os.listdir(parent)
+    except OSError:
+        return
+    for n in names:
+        if n.startswith(prefix) and _OLD_LEFTOVER.fullmatch(n[len(prefix):]):
+            fileio.remove_tree(os.path.join(parent, n))
 
 
-def _remove_tree(path: str) -> None:
-    import shutil  # not at start-up: it pulls in bz2 and lzma
+class Written(NamedTuple):
+    """What write_tree() did: whether OUT changed, and notes for the user (one line each)."""
 
-    shutil.rmtree(path, ignore_errors=True)
+    changed: bool
+    notes: tuple[str, ...] = ()
+
+
+def write_tree(tree: VenvTree) -> Written:
+    """Put `tree` in place at tree.final; an identical OUT is left untouched.
+
+    Built beside OUT, its links followed, then swapped in in one step (see the module's
+    docstring): a failed or interrupted run leaves OUT as it was and nothing beside it.
+    A hard link that had to become a copy is never silent: the notes say so.
+    """
+    parent = os.path.dirname(tree.final)
+    try:
+        os.makedirs(parent, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"{parent}: cannot create: {e.strerror}") from None
+    dest = check_destination(tree.final)
+    _clean_leftovers(tree.final)
+    if dest.state == "ours" and _matches(tree.final, tree):
+        return Written(False)
+    tmp = fileio.temp_path(tree.final)
+    os.mkdir(tmp, 0o700)
+    try:
+        copied = _build(tmp, tree)
+        _check_links(tmp, tree)
+        _swap_in(tmp, tree.final)
+    except BaseException:
+        fileio.remove_tree(tmp)
+        raise
+    notes: tuple[str, ...] = ()
+    if copied:
+        source, err = copied[0]
+        notes = (f"note: --link-mode hardlink: {len(copied)} file(s) copied instead, because a hard link was "
+                 f"refused ({os.strerror(err)}; for example {source})",)
+    return Written(True, notes)
+
+
+def _swap_in(tmp: str, final: str) -> None:
+    """Put the built tree `tmp` at `final` in one step; the old tree, if any, is deleted.
+
+    OUT absent or an empty directory: one rename (rename(2) replaces an empty directory).
+    OUT written by rpathfix: the two directories are exchanged, then the old one (now at
+    `tmp`) is deleted. Before deleting, it must still hold the marker: if another program
+    replaced OUT in the meantime, the exchange is undone and nothing is deleted.
+    """
+    if check_destination(final).state != "ours":
+        try:
+            os.rename(tmp, final)
+            return
+        except OSError as e:
+            if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+        check_destination(final)  # filled in meanwhile (by another rpathfix?): refused unless ours
+    try:
+        fileio.exchange(tmp, final)
+    except OSError as e:
+        if e.errno in (errno.ENOTSUP, errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            raise UsageError(f"{final}: cannot replace it in one step on this file system "
+                             f"({e.strerror}); remove it and run again") from None
+        raise
+    if not os.path.isfile(os.path.join(tmp, MARKER)):
+        fileio.exchange(tmp, final)
+        raise UsageError(f"{final}: replaced by another program while the venv was written; left as it is")
+    fileio.remove_tree(tmp)
+
+
+def write_venv(out: Path | str, entries: Sequence[PlanEntry], *, python: str, link_mode: str = "symlink",
+               entry_points: Sequence[tuple[str, str, str]] = ()) -> Written:
+    """describe_venv() then write_tree(): the venv at OUT, unchecked (build_venv checks it)."""
+    return write_tree(describe_venv(out, entries, python=python, link_mode=link_mode, entry_points=entry_points))

@@ -6,14 +6,25 @@ yet (OverlayTree), because the loader models are pure over a FileTree.
 Findings:
 - error "missing-library": an extension module whose closure does not resolve when
   the interpreter imports it (dlopen by path);
-- warning "missing-library": a non-module library with a dependency that nothing in
-  view provides (often an optional plugin needing a system library: libibverbs, libmpi);
+- error "missing-library": an executable (in site-packages or a scripts directory) that
+  does not find a library the environment holds. The kernel starts it from its resolved
+  path, and that is where its $ORIGIN is (LOADERS.md rule 18), so it is loaded as the
+  main program of its own process, not dlopen()ed by the interpreter;
+- warning "missing-library": an executable needing a library that nothing in the
+  environment provides (a system library this machine lacks: it fails the same way in
+  any layout), or a non-module library with such a dependency (often an optional plugin
+  needing a system library: libibverbs, libmpi);
 - warning "load-order": a non-module library whose dependency resolves only if some
   other library with that SONAME happens to be loaded first (what onnxruntime's
   provider libraries need LD_LIBRARY_PATH or preloading for);
+- warning "assumed-loaded": a library that is not found, but that the user said the
+  package loads itself at run time (LoaderOptions.assume_loaded, `--assume-loaded`):
+  cupy's modules have no RPATH and cupy preloads their CUDA libraries by path;
 - warning "shadowed": a name resolved outside the environment although a file inside
   provides it (the system libcudart.so.13 winning over the wheel's copy);
-- warning "duplicate-soname": one SONAME provided by two different files;
+- warning "duplicate-soname": one SONAME provided by files with different contents
+  (byte-identical copies, such as the libgfortran that numpy.libs and scipy.libs both
+  vendor, are one library whichever loads first);
 - error "version-not-found" / "undefined-symbol": an extension module whose closure maps
   but does not bind: a version or symbol it (or a library it loads) needs that no object
   in scope defines (bind_glibc, bind_dyld: on by default, LoaderOptions.symbols).
@@ -25,10 +36,12 @@ import posixpath
 import sys
 from collections.abc import Sequence
 
-from rpathfix.environment import Environment, NativeFile, collect
+from rpathfix.environment import Environment, NativeFile, collect, same_content
 from rpathfix.errors import FormatError
-from rpathfix.fstree import as_cached
+from rpathfix.fstree import as_cached, read_small
 from rpathfix.model import ElfInfo
+from rpathfix.names import canonicalize_name, parse_dist_info_dirname
+from rpathfix.record import MAX_RECORD_BYTES, all_plain, record_paths
 from rpathfix.resolution import Attempt, LoadResult, Resolution
 from rpathfix.static import TYPE_CHECKING, NamedTuple
 
@@ -52,12 +65,19 @@ class Finding(NamedTuple):
 
 
 class LoaderOptions(NamedTuple):
-    """What the simulated process looks like: interpreter, LD_LIBRARY_PATH, cache root."""
+    """What the simulated process looks like: interpreter, LD_LIBRARY_PATH, cache root.
+
+    assume_loaded: names of libraries or distributions whose libraries the package loads
+    itself at run time (see _Assumptions); a library they cover that is not found is a
+    warning "assumed-loaded", not an error.
+    """
 
     interpreter: str | None = None
     ld_library_path: str | None = None
     cache_root: str | None = None  # None: the host's /etc/ld.so.cache; "" : no cache
     use_cache: bool = True
+    secure: bool = False  # a setuid/capability interpreter (AT_SECURE; dyld: restricted)
+    assume_loaded: tuple[str, ...] = ()
     symbols: bool = True  # check versions and bind symbols of extension modules (RTLD_NOW)
 
 
@@ -88,15 +108,20 @@ def check_environment(tree: FileTree, env: Environment, options: LoaderOptions, 
                       modules_only: bool = False) -> Report:
     """Load every native file of an already collected environment with the loader models.
 
-    modules_only loads only the extension modules (what decides whether the environment
-    works: Python imports them); every file still counts as a provider in the messages.
+    modules_only loads only the extension modules and the executables (what decides
+    whether the environment works: Python imports the modules, and a program that cannot
+    start is broken); every file still counts as a provider in the messages. It also
+    skips the duplicate-SONAME check, which decides nothing about loading and reads every
+    same-size copy in full (45 MB on the torch stack): the check before `venv` writes is
+    this mode; `verify` reports duplicates.
     """
     tree = as_cached(tree)
     interpreter = options.interpreter or env.interpreter
     sim = _Simulator(tree, options, interpreter)
     inside = _Inside(env)
+    assumed = _Assumptions(tree, env, options.assume_loaded)
     findings: list[Finding] = []
-    loaded = [f for f in env.files if f.is_extension] if modules_only else list(env.files)
+    loaded = [f for f in env.files if f.is_extension or f.is_executable] if modules_only else list(env.files)
     for f in loaded:
         result = sim.load(f)
         if result is None:
@@ -107,11 +132,22 @@ def check_environment(tree: FileTree, env: Environment, options: LoaderOptions, 
                 continue
             if r.weak:
                 continue
+            if not (f.is_extension or f.is_executable) and r.requester != f.path:
+                continue  # a library's dependency's dependency is checked as a library of its own
             providers = inside.providers(r.name)
-            if f.is_extension:
-                findings.append(_missing(f, r, providers, extension=True))
-            elif r.requester != f.path:
-                continue  # that dependency is checked as a library of its own
+            listed = assumed.covering(f, r, providers)
+            if listed is not None:
+                findings.append(Finding(
+                    "warning", "assumed-loaded", f.path, r.name,
+                    f"{r.name} is not found{_via(f, r)}; loaded by the package at run time "
+                    f"(--assume-loaded {listed})", r.attempts,
+                ))
+            elif f.is_extension:
+                findings.append(_missing(f, r, providers, what="extension module"))
+            elif f.is_executable:
+                # The layout's fault when the environment holds the library: an error. A
+                # library nothing here provides is the machine's (any layout fails alike).
+                findings.append(_missing(f, r, providers, what="executable", error=bool(providers)))
             elif providers:
                 findings.append(Finding(
                     "warning", "load-order", f.path, r.name,
@@ -122,10 +158,11 @@ def check_environment(tree: FileTree, env: Environment, options: LoaderOptions, 
             else:
                 # A plugin library may need what only some systems have (libibverbs, libmpi):
                 # nothing imports it by itself, so it is a warning, not an error.
-                findings.append(_missing(f, r, providers, extension=False))
+                findings.append(_missing(f, r, providers, what="library", error=False))
     sim.close()
     findings.extend(_symbol_findings(sim.symbol_problems))
-    findings.extend(_duplicates(env))
+    if not modules_only:
+        findings.extend(_duplicates(tree, env))
     unique: dict[tuple[str, str, str | None, str], Finding] = {}
     for x in findings:
         unique.setdefault((x.level, x.code, x.name, x.file), x)  # the first trace of a name is enough
@@ -169,14 +206,88 @@ def _symbol_findings(problems: list[tuple[NativeFile, SymbolProblem]]) -> list[F
     return out
 
 
-def _missing(f: NativeFile, r: Resolution, providers: list[str], *, extension: bool) -> Finding:
-    what = "extension module" if extension else "library"
-    via = "" if r.requester == f.path else f" (needed by {r.requester})"
+def _via(f: NativeFile, r: Resolution) -> str:
+    return "" if r.requester == f.path else f" (needed by {r.requester})"
+
+
+def _missing(f: NativeFile, r: Resolution, providers: list[str], *, what: str, error: bool = True) -> Finding:
     hint = f"; {providers[0]} provides it but is not on the search path" if providers else \
         "; nothing in this environment provides it"
-    msg = r.error or f"{r.name} not found{via}"
-    return Finding("error" if extension else "warning", "missing-library", f.path, r.name,
-                   f"{what} {posixpath.basename(f.path)} will not load: {msg}{hint}", r.attempts)
+    msg = r.error or f"{r.name} not found{_via(f, r)}"
+    verb = "start" if what == "executable" else "load"
+    return Finding("error" if error else "warning", "missing-library", f.path, r.name,
+                   f"{what} {posixpath.basename(f.path)} will not {verb}: {msg}{hint}", r.attempts)
+
+
+class _Assumptions:
+    """LoaderOptions.assume_loaded: libraries a package loads itself before it needs them.
+
+    A NAME covers a library that is not found when
+    1. NAME is the library's file name as requested (the leaf of its DT_NEEDED entry or
+       install name, which is also the SONAME it is matched by once loaded:
+       `libcublas.so.12`); or
+    2. NAME is the distribution (compared as PEP 503 names) of the file being checked: the
+       extension module, executable or library whose load fails. `cupy-cuda12x` covers
+       every library cupy's own files need, whoever provides it; or
+    3. NAME is the distribution of a file in the environment that provides the library
+       (same file name or SONAME): `nvidia-cublas-cu12` says that distribution's
+       libraries are loaded by someone at run time.
+    A file's distribution is the one whose RECORD lists it; the RECORD files are read only
+    when a distribution is named and a library is missing.
+    """
+
+    def __init__(self, tree: FileTree, env: Environment, names: Sequence[str]) -> None:
+        self.tree = tree
+        self.env = env
+        self.libs = set(names)
+        self.dists = {canonicalize_name(n): n for n in names}
+        self._owners: dict[str, str] | None = None
+
+    def covering(self, f: NativeFile, r: Resolution, providers: list[str]) -> str | None:
+        """The listed NAME that covers the missing `r` of `f`, or None."""
+        if not self.libs:
+            return None
+        leaf = posixpath.basename(r.name)
+        if leaf in self.libs:
+            return leaf
+        for path in (f.path, *providers):
+            owner = self._owner(path)
+            if owner in self.dists:
+                return self.dists[owner]
+        return None
+
+    def _owner(self, path: str) -> str | None:
+        if self._owners is None:
+            self._owners = self._read_owners()
+        if path in self._owners:
+            return self._owners[path]
+        if any(path.startswith(d + "/") for d in self.env.script_dirs):
+            return self._owners.get("bin/" + posixpath.basename(path))
+        return None
+
+    def _read_owners(self) -> dict[str, str]:
+        """Path of each installed file -> its distribution, from the site dirs' RECORDs.
+        A file outside site-packages is keyed by "bin/<name>" when its RECORD path ends so
+        (scripts: `../../../bin/tool` under pip, `../bin/tool` in a root)."""
+        owners: dict[str, str] = {}
+        for site in self.env.site_dirs:
+            for info in self.tree.listdir(site):
+                parsed = parse_dist_info_dirname(info) if info.endswith(".dist-info") else None
+                if parsed is None:
+                    continue
+                data = read_small(self.tree, f"{site}/{info}/RECORD", MAX_RECORD_BYTES)
+                if data is None:
+                    continue
+                for rel in record_paths(data.decode("utf-8", "replace")):
+                    if all_plain([rel]):
+                        owners.setdefault(f"{site}/{rel}", parsed[0])
+                        continue
+                    norm = posixpath.normpath(posixpath.join(site, rel))
+                    owners.setdefault(norm, parsed[0])
+                    head, name = posixpath.split(norm)
+                    if posixpath.basename(head) == "bin" and not norm.startswith(site + "/"):
+                        owners.setdefault(f"bin/{name}", parsed[0])
+        return owners
 
 
 class _Inside:
@@ -213,7 +324,7 @@ def _shadowing(f: NativeFile, r: Resolution, inside: _Inside) -> list[Finding]:
     )]
 
 
-def _duplicates(env: Environment) -> list[Finding]:
+def _duplicates(tree: FileTree, env: Environment) -> list[Finding]:
     by_soname: dict[str, list[NativeFile]] = {}
     for f in env.files:
         if isinstance(f.info, ElfInfo) and f.info.soname:
@@ -221,12 +332,37 @@ def _duplicates(env: Environment) -> list[Finding]:
     out = []
     for soname, files in sorted(by_soname.items()):
         reals = sorted({f.realpath for f in files})
-        if len(reals) > 1:
+        if len(reals) < 2:
+            continue
+        contents = _distinct_contents(tree, reals)
+        if contents > 1:
             paths = ", ".join(f.path for f in files)
+            what = f"{contents} different files" if contents == len(reals) else \
+                f"{len(reals)} files with {contents} different contents"
             out.append(Finding("warning", "duplicate-soname", files[0].path, soname,
-                               f"{soname} is provided by {len(reals)} different files: {paths}; "
+                               f"{soname} is provided by {what}: {paths}; "
                                "whichever loads first serves every later request"))
     return out
+
+
+def _distinct_contents(tree: FileTree, reals: list[str]) -> int:
+    """How many different contents the files `reals` have: sizes first (a stat each), then
+    each file of a shared size compared with one file of each content seen so far."""
+    by_size: dict[int | None, list[str]] = {}
+    for real in reals:
+        node = tree.lstat(real)
+        by_size.setdefault(node.size if node is not None else None, []).append(real)
+    count = 0
+    for size, group in by_size.items():
+        if size is None:
+            count += len(group)
+            continue
+        kinds: list[str] = []  # one file of each content
+        for real in group:
+            if not any(same_content(tree, k, real) for k in kinds):
+                kinds.append(real)
+        count += len(kinds)
+    return count
 
 
 class _Simulator:
@@ -251,18 +387,16 @@ class _Simulator:
     def load(self, f: NativeFile) -> LoadResult | None:
         try:
             if isinstance(f.info, ElfInfo):
+                if f.is_executable:
+                    return self._run_elf(f)
                 if f.info.elf_type != "dyn":
-                    return None
+                    return None  # an object file, a core: nothing loads it
                 return self._load_elf(f)
             return self._load_macho(f)
         except FormatError:
             return None  # not loadable here (another architecture, no slice we simulate)
 
-    def _load_elf(self, f: NativeFile) -> LoadResult:
-        """The interpreter dlopen()s the file by path, as an import (or a preload) does: one
-        started interpreter, forked for each file."""
-        from rpathfix.loader_glibc import load_elf, started
-
+    def _glibc_options(self) -> GlibcOptions:
         if self._glibc is None:
             from rpathfix.ldcache import load_cache
             from rpathfix.loader_glibc import host_options
@@ -271,30 +405,48 @@ class _Simulator:
             if self.options.use_cache and self.options.cache_root != "":
                 cache = load_cache(posixpath.join(self.options.cache_root or "/", "etc/ld.so.cache"))
             self._glibc = host_options(ld_library_path=self.options.ld_library_path, cache=cache,
-                                       executable=self.interpreter)
+                                       executable=self.interpreter, secure=self.options.secure)
+        return self._glibc
+
+    def _load_elf(self, f: NativeFile) -> LoadResult:
+        """The interpreter dlopen()s the file by path, as an import (or a preload) does: one
+        started interpreter, forked for each file."""
+        from rpathfix.loader_glibc import load_elf, started
+
+        options = self._glibc_options()
         if self._host is None:
-            self._host = started(self.tree, self._glibc)  # FormatError: no interpreter to load into
+            self._host = started(self.tree, options)  # FormatError: no interpreter to load into
         if f.is_extension and self.options.symbols:
             from rpathfix.bind_glibc import SymbolTables, load_and_bind
 
             self._elf_tables = self._elf_tables or SymbolTables(self.tree)
-            result, problems = load_and_bind(self.tree, f.path, self._glibc, self._elf_tables, host=self._host)
+            result, problems = load_and_bind(self.tree, f.path, options, self._elf_tables, host=self._host)
             self.symbol_problems += [(f, p) for p in problems]
             return result
-        return load_elf(self.tree, f.path, self._glibc, host=self._host)
+        return load_elf(self.tree, f.path, options, host=self._host)
+
+    def _run_elf(self, f: NativeFile) -> LoadResult:
+        """The kernel starts the program: it is the main object of its own process, with the
+        $ORIGIN of its resolved path (LOADERS.md rule 18), whatever path it was run by."""
+        from rpathfix.loader_glibc import GlibcProcess
+
+        proc = GlibcProcess(self.tree, self._glibc_options())
+        proc.start(f.path)
+        return proc.result(f.path)
 
     def _load_macho(self, f: NativeFile) -> LoadResult:
         """No macOS interpreter to load into here: the file is the main image (LOADERS.md rule 30)."""
         from rpathfix.loader_dyld import DyldOptions, load_macho
 
+        options = DyldOptions(restricted=self.options.secure)
         if f.is_extension and self.options.symbols:
             from rpathfix.bind_dyld import MachoTables, load_and_bind
 
             self._macho_tables = self._macho_tables or MachoTables(self.tree)
-            result, problems = load_and_bind(self.tree, f.path, DyldOptions(), self._macho_tables)
+            result, problems = load_and_bind(self.tree, f.path, options, self._macho_tables)
             self.symbol_problems += [(f, p) for p in problems]
             return result
-        return load_macho(self.tree, f.path, DyldOptions(), dlopen=False)
+        return load_macho(self.tree, f.path, options, dlopen=False)
 
 
 def report_to_json(report: Report) -> dict[str, object]:

@@ -25,6 +25,10 @@ same compiler gives the same bytes. The layouts, and why each exists:
   onnxstub
       onnxruntime-like: the CUDA provider library has no rpath at all and needs the cu12
       libraries (today users set LD_LIBRARY_PATH).
+  onnxgpustub
+      onnxruntime-gpu 1.31-like (CUDA 13): the provider has no rpath and needs libxcublasLt,
+      libxcublas and libxcudart from the cu13 wheels; its `cuda` extra requires only
+      nvidia-xcuda-runtime, not nvidia-xcublas (as the real one). What `rpathfix repair` fixes.
   pthstub
       a .pth file that must run at start-up and one that adds a directory.
   scriptstub
@@ -34,7 +38,23 @@ same compiler gives the same bytes. The layouts, and why each exists:
   macstub, macdep (Mach-O, built with zig when available)
       @rpath install names, @loader_path LC_RPATHs that cross wheels, a fat library.
 
-Usage: build.py --out DIR   (prints the wheel paths; reuses a build whose inputs match)
+A second set, "edge" (build.py --set edge), holds layouts found in review where `verify`
+said yes and the program failed; tests build it into a directory of its own, so the
+demo and the tests that take every stub wheel keep their set:
+
+  nvidia-xcux, toolx
+      ELF executables. toolx/bin/xtool has DT_RUNPATH $ORIGIN/../../nvidia/cux/lib (it
+      climbs to another wheel, like a CUDA tool); the .data/scripts program xscript has
+      $ORIGIN/../lib/pythonX.Y/site-packages/toolx/lib (it works only where pip puts
+      scripts, in the venv's own bin/). The kernel takes an executable's $ORIGIN from its
+      resolved path (LOADERS.md rule 18), so neither runs through a symlink into its root.
+      A console script, xtool-run, execs toolx/bin/xtool as cmake's and ninja's do.
+  cupystub
+      cupy-like: the extension module cupystub/_libs/xblas has no RPATH and needs
+      libxcublas.so.12 (nvidia-xcublas-cu12 of the first set), which the package loads
+      itself by path before importing the module.
+
+Usage: build.py --out DIR [--set edge]   (prints the wheel paths; reuses a build whose inputs match)
 """
 
 from __future__ import annotations
@@ -86,7 +106,8 @@ class Wheel:
     tag: str
     files: dict[str, tuple[bytes, int]] = field(default_factory=dict)  # arcname -> (data, mode)
     entry_points: str | None = None
-    requires: list[str] = field(default_factory=list)
+    requires: list[str] = field(default_factory=list)  # Requires-Dist values (markers allowed)
+    extras: list[str] = field(default_factory=list)  # Provides-Extra
 
     @property
     def dist(self) -> str:
@@ -268,6 +289,34 @@ def onnxstub(work: Path) -> Wheel:
     return w
 
 
+def onnxgpustub(work: Path) -> Wheel:
+    d = work / "onnxgpu"
+    d.mkdir(parents=True, exist_ok=True)
+    for n in ("libxcublas.so.13", "libxcublasLt.so.13", "libxcudart.so.13", "libxnvjitlink.so.13"):
+        shutil.copy(work / "cu13" / n, d / n)
+    libs = [
+        Lib("libxonnxruntime.so.1", rpath="$ORIGIN"),
+        # The provider: no rpath at all; it needs the cu13 wheels' libraries.
+        Lib("libxonnxruntime_providers_cuda.so", needs=["libxcublasLt.so.13", "libxcublas.so.13", "libxcudart.so.13"]),
+    ]
+    built = build_elf_libs(libs, d)
+    ext_name, ext = build_extension("onnxstub_state.c", "_pybind_state", ["libxonnxruntime.so.1"], "$ORIGIN", d)
+    w = Wheel("onnxgpustub", "1.31.1", f"{py_tag()}-{py_tag()}-{LINUX_TAG}",
+              requires=['nvidia-xcuda-runtime==13.*; extra == "cuda"'], extras=["cuda"])
+    w.files = {
+        "onnxgpustub/__init__.py": text(
+            '"""An onnxruntime-gpu-like package whose CUDA provider is dlopen()ed by path."""\n'
+            "import ctypes, os\nfrom onnxgpustub.capi._pybind_state import version\n\n"
+            "def load_cuda_provider() -> int:\n"
+            "    here = os.path.join(os.path.dirname(__file__), 'capi', 'libxonnxruntime_providers_cuda.so')\n"
+            "    return ctypes.CDLL(here).stub_libxonnxruntime_providers_cuda()\n"),
+        "onnxgpustub/capi/__init__.py": text(""),
+        f"onnxgpustub/capi/{ext_name}": binary(ext),
+    }
+    w.files.update({f"onnxgpustub/capi/{k}": binary(v) for k, v in built.items()})
+    return w
+
+
 def pthstub() -> Wheel:
     w = Wheel("pthstub", "0.1.0", "py3-none-any")
     w.files = {
@@ -297,6 +346,64 @@ def cudart_shadow(work: Path) -> Wheel:
     w = Wheel("cudart-shadow", "13.0.0", f"py3-none-{LINUX_TAG}")
     w.files = {f"nvidia/cu13/lib/{k}": binary(v) for k, v in built.items()}
     return w
+
+
+def build_executable(name: str, needs: str, runpath: str, work: Path) -> bytes:
+    """A PIE executable printing stub_<needs>() (its one library), with DT_RUNPATH `runpath`."""
+    cmd = ["gcc", "-O1", "-o", name, str(SRC / "xtool_main.c"), f"-DSTUB_SYMBOL={symbol_for(needs)}",
+           f'-DTOOL_NAME="{name}"', "-Wl,--no-as-needed", "-L.", f"-l:{needs}",
+           "-Wl,--enable-new-dtags", f"-Wl,-rpath,{runpath}"]
+    run(cmd, work)
+    return (work / name).read_bytes()
+
+
+def toolx(work: Path) -> list[Wheel]:
+    d = work / "toolx"
+    d.mkdir(parents=True, exist_ok=True)
+    built = build_elf_libs([Lib("libxcux.so.1", rpath="$ORIGIN"), Lib("libxtoolx.so", rpath="$ORIGIN")], d)
+    py = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    xtool = build_executable("xtool", "libxcux.so.1", "$ORIGIN/../../nvidia/cux/lib", d)
+    xscript = build_executable("xscript", "libxtoolx.so", f"$ORIGIN/../lib/{py}/site-packages/toolx/lib", d)
+    cux = Wheel("nvidia-xcux", "13.0.0", f"py3-none-{LINUX_TAG}")
+    cux.files = {"nvidia/cux/lib/libxcux.so.1": binary(built["libxcux.so.1"])}
+    tool = Wheel("toolx", "1.0", f"{py_tag()}-none-{LINUX_TAG}", requires=["nvidia-xcux"])
+    tool.files = {
+        "toolx/__init__.py": text(
+            '"""Runs its bundled program, as the cmake and ninja wheels do."""\n'
+            "import os, sys\n\n\ndef main() -> None:\n"
+            "    exe = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'bin', 'xtool')\n"
+            "    os.execv(exe, [exe, *sys.argv[1:]])\n"),
+        "toolx/bin/xtool": binary(xtool),
+        "toolx/lib/libxtoolx.so": binary(built["libxtoolx.so"]),
+        "toolx-1.0.data/scripts/xscript": binary(xscript),
+    }
+    tool.entry_points = "[console_scripts]\nxtool-run = toolx:main\n"
+    return [cux, tool]
+
+
+def cupystub(work: Path) -> Wheel:
+    d = work / "cupy"
+    d.mkdir(parents=True, exist_ok=True)
+    shutil.copy(work / "cu12-blas" / "libxcublas.so.12", d / "libxcublas.so.12")
+    shutil.copy(work / "cu12-blas" / "libxcublasLt.so.12", d / "libxcublasLt.so.12")
+    ext_name, ext = build_extension("cupystub_xblas.c", "xblas", ["libxcublas.so.12"], None, d)
+    w = Wheel("cupystub", "13.6.0", f"{py_tag()}-{py_tag()}-{LINUX_TAG}", requires=["nvidia-xcublas-cu12"])
+    w.files = {
+        "cupystub/__init__.py": text(
+            '"""cupy-like: load the CUDA library by path (cuda-pathfinder\'s job), then the module."""\n'
+            "import ctypes, importlib.util, os\n\n"
+            "_spec = importlib.util.find_spec('nvidia.xcublas')\n"
+            "ctypes.CDLL(os.path.join(os.path.dirname(_spec.origin), 'lib', 'libxcublas.so.12'))\n"
+            "from cupystub._libs.xblas import answer  # noqa: E402\n"),
+        "cupystub/_libs/__init__.py": text(""),
+        f"cupystub/_libs/{ext_name}": binary(ext),
+    }
+    return w
+
+
+def edge_wheels(work: Path) -> list[Wheel]:
+    nvidia_cu12(work)  # the cu12 libraries cupystub links against
+    return [*toolx(work), cupystub(work)]
 
 
 # --------------------------------------------------------------------------- Mach-O
@@ -364,6 +471,7 @@ def write_wheel(w: Wheel, out_dir: Path) -> Path:
     dist_info = f"{w.dist}-{w.version}.dist-info"
     files = dict(w.files)
     meta = f"Metadata-Version: 2.1\nName: {w.name}\nVersion: {w.version}\nSummary: rpathfix test stub\n"
+    meta += "".join(f"Provides-Extra: {e}\n" for e in w.extras)
     meta += "".join(f"Requires-Dist: {r}\n" for r in w.requires)
     files[f"{dist_info}/METADATA"] = text(meta)
     purelib = "true" if w.tag.endswith("-any") else "false"
@@ -387,29 +495,38 @@ def write_wheel(w: Wheel, out_dir: Path) -> Path:
     return path
 
 
-def input_digest(with_macho: bool) -> str:
+def input_digest(with_macho: bool, wheel_set: str = "stubs") -> str:
     h = hashlib.sha256()
     for p in sorted([Path(__file__), *SRC.iterdir()]):
         h.update(p.name.encode() + p.read_bytes())
-    h.update(f"{sys.version_info[:2]} {sysconfig.get_config_var('EXT_SUFFIX')} {with_macho}".encode())
+    h.update(f"{sys.version_info[:2]} {sysconfig.get_config_var('EXT_SUFFIX')} {with_macho} {wheel_set}".encode())
     return h.hexdigest()
 
 
-def build(out_dir: Path, with_macho: bool | None = None) -> list[Path]:
-    """Build every stub wheel into out_dir (reused when the inputs have not changed)."""
+WHEEL_SETS = ("stubs", "edge")
+
+
+def build(out_dir: Path, with_macho: bool | None = None, wheel_set: str = "stubs") -> list[Path]:
+    """Build a set of stub wheels ("stubs": every one above; "edge": the second set) into
+    out_dir (reused when the inputs have not changed)."""
+    if wheel_set not in WHEEL_SETS:
+        raise ValueError(f"unknown wheel set {wheel_set!r}")
     if with_macho is None:
-        with_macho = zig_available() and shutil.which("llvm-lipo-14") is not None
+        with_macho = wheel_set == "stubs" and zig_available() and shutil.which("llvm-lipo-14") is not None
     out_dir.mkdir(parents=True, exist_ok=True)
     stamp = out_dir / ".inputs"
-    digest = input_digest(with_macho)
+    digest = input_digest(with_macho, wheel_set)
     if stamp.exists() and stamp.read_text() == digest:
         return sorted(out_dir.glob("*.whl"))
     for old in out_dir.glob("*.whl"):
         old.unlink()
     with tempfile.TemporaryDirectory(prefix="rpathfix-stubs-") as tmp:
         work = Path(tmp)
-        wheels = nvidia_cu12(work) + nvidia_cu13(work)
-        wheels += [torchstub(work), onnxstub(work), pthstub(), scriptstub(), cudart_shadow(work)]
+        if wheel_set == "edge":
+            wheels = edge_wheels(work)
+        else:
+            wheels = nvidia_cu12(work) + nvidia_cu13(work)
+            wheels += [torchstub(work), onnxstub(work), onnxgpustub(work), pthstub(), scriptstub(), cudart_shadow(work)]
         if with_macho:
             wheels += macho_wheels(work)
         paths = [write_wheel(w, out_dir) for w in wheels]
@@ -421,8 +538,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=HERE / "out")
     ap.add_argument("--no-macho", action="store_true", help="skip the zig-built Mach-O wheels")
+    ap.add_argument("--set", choices=WHEEL_SETS, default="stubs", help="which set of wheels to build")
     args = ap.parse_args()
-    for p in build(args.out, with_macho=False if args.no_macho else None):
+    for p in build(args.out, with_macho=False if args.no_macho else None, wheel_set=args.set):
         print(p)
 
 

@@ -20,11 +20,13 @@ found each library (rpath, runpath, ld_library_path, cache, default, loaded, ...
 Nothing is executed, so untrusted and foreign-architecture files are safe.
 
 --exe PY simulates PY dlopen()ing FILE instead (how Python imports an extension module).
+--secure simulates FILE run as a setuid program (AT_SECURE), as ldd cannot show it.
 Version needs are checked as ld.so checks them (`version `GLIBC_2.38' not found`); with -r,
 or with --exe (an import binds with RTLD_NOW), every undefined symbol is bound too, as
 `ldd -r` does. JSON (--json): {"schema": "rpathfix.ldd/1", "root": ..., "libraries":
-[{"name", "path", "found_via", "needed_by"}], "problems": [...]}. Exit codes: 0 all found
-and bound, 1 something missing, 2 bad input."""
+[{"name", "path", "found_via", "needed_by", "error"}], "problems": [...]}. Exit codes: 0 all
+found and bound, 1 something missing or unbound or a file the loader refuses (the load
+stops there), 2 bad input."""
 
 
 def register(p: argparse.ArgumentParser) -> None:
@@ -35,6 +37,8 @@ def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache", metavar="FILE", default="/etc/ld.so.cache", help="ld.so.cache to read (default: %(default)s)")
     p.add_argument("--no-cache", action="store_true", help="simulate without ld.so.cache")
     p.add_argument("--arch", help="Mach-O slice to simulate (default: arm64 when present)")
+    p.add_argument("--secure", action="store_true",
+                   help="simulate a setuid/setgid/capability program (AT_SECURE: LD_LIBRARY_PATH ignored, $ORIGIN restricted; a restricted process for dyld)")
     p.add_argument("-r", "--bind", action="store_true",
                    help="also bind every undefined symbol, as `ldd -r` does (always with --exe)")
 
@@ -52,7 +56,8 @@ def libraries(result: LoadResult) -> list[dict[str, object]]:
         if key in seen:
             continue
         seen.add(key)
-        rows.append({"name": r.name, "path": r.path, "found_via": r.found_via, "needed_by": r.requester})
+        rows.append({"name": r.name, "path": r.path, "found_via": r.found_via, "needed_by": r.requester,
+                     "error": r.error})
     return rows
 
 
@@ -62,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
     from rpathfix.loaders import ProcessSpec, load_checked
 
     spec = ProcessSpec(executable=args.exe, library_path=args.ld_library_path,
-                       cache_path=None if args.no_cache else args.cache, cwd=os.getcwd(), arch=args.arch)
+                       cache_path=None if args.no_cache else args.cache, cwd=os.getcwd(), arch=args.arch,
+                       secure=args.secure)
     result, problems = load_checked(RealTree(), args.file, spec, bind=args.bind)
     rows = libraries(result)
     missing = result.missing
@@ -78,6 +84,8 @@ def run(args: argparse.Namespace) -> int:
         for row in rows:
             if row["found_via"] == "driver":
                 print(f"\t{row['name']} => provided by the GPU driver")
+            elif row["error"] is not None:
+                print(f"\t{row['name']} => error: {row['error']}   (needed by {row['needed_by']}; the load stops here)")
             elif row["path"] is None:
                 print(f"\t{row['name']} => not found   (needed by {row['needed_by']})")
             else:

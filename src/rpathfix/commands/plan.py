@@ -13,8 +13,10 @@ Compute where every file of each distribution root lands in one site-packages.
 A ROOT is a directory with site-packages/ (and optional bin/, include/, data/), as
 `rpathfix unpack` and rules_python's whl_library make, or a site-packages directory.
 Directories are linked whole unless several distributions share them or a native
-library's $ORIGIN/.. climbs through them to another distribution's files; Mach-O
-files whose @loader_path/.. leaves their distribution are copied.
+library's $ORIGIN/.. climbs through them to another distribution's files. Files whose
+loader takes their origin from their resolved path are copied when it reaches another
+distribution's files: Mach-O images (@loader_path) and ELF executables ($ORIGIN of a
+program, also those of bin/ that climb out of it).
 
 --json prints {"schema": "rpathfix.plan/1", "entries": [...]}: each entry maps onto
 rules_python's PyInfo.venv_symlinks (kind, venv_path, link_to_path)."""

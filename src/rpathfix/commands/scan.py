@@ -12,7 +12,8 @@ Inventory every native library in wheels (read in place), directories and files.
 
 A file is a candidate when it is named like a library (.so, .so.N, .dylib, .bundle)
 or has an exec bit, and is confirmed by its magic bytes; --all-files sniffs every
-file. Symlinked files are listed as links, not scanned twice.
+file. Links within a directory are listed as links, not scanned twice; links out of it
+are followed (a venv written by `rpathfix venv` is scanned as what it holds).
 
 JSON (--json): {"schema": "rpathfix.scan/1", "files": [...], "links": [...]};
 see docs/schemas.md. Exit codes: 0 ok, 2 bad arguments or unreadable input."""

@@ -17,6 +17,10 @@ interpreter). Bytecode is hash-based (checked-hash) and compiled for --python;
 --no-compile skips it. A root already made from the same wheel with the same options
 is left alone ("up to date"); one made from another wheel is replaced.
 
+The RECORD check is stricter than pip: a member that RECORD does not list, or whose hash
+or size differs, makes rpathfix refuse the wheel (naming the wheel and the member), where
+pip installs it. --no-verify-record installs such a wheel (the other checks still apply).
+
 Exit codes: 0 ok, 2 bad arguments or a bad wheel."""
 
 
@@ -26,13 +30,16 @@ def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("--python", metavar="PY", default=None,
                    help="interpreter for launchers and bytecode (default: the one running rpathfix)")
     p.add_argument("--no-compile", action="store_true", help="do not write .pyc files")
+    p.add_argument("--no-verify-record", action="store_true",
+                   help="install a wheel whose RECORD misses a member or has a wrong hash (as pip does)")
 
 
 def run(args: argparse.Namespace) -> int:
     from rpathfix.unpack import unpack_wheel
 
     for wheel in args.wheels:
-        root, changed = unpack_wheel(wheel, args.into, python=args.python, compile_bytecode=not args.no_compile)
+        root, changed = unpack_wheel(wheel, args.into, python=args.python, compile_bytecode=not args.no_compile,
+                                     verify_record=not args.no_verify_record)
         if changed:
             print(f"unpacked {wheel} -> {root}", flush=True)
         else:

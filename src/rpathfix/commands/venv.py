@@ -11,12 +11,28 @@ DESCRIPTION = """\
 Plan the merged site-packages of the distribution ROOTs (see `rpathfix plan`), check
 with the loader model that every extension module will load, and write OUT:
 pyvenv.cfg, bin/python -> PY, lib/pythonX.Y/site-packages/ of relative symlinks (real
-directories where $ORIGIN/.. must climb), console scripts that work when OUT moves.
+directories where $ORIGIN/.. must climb), console scripts that work when OUT moves or
+are reached through a symlink, .data/data under OUT (merged into lib/, bin/, include/ as
+pip does), .data/headers under include/site/pythonX.Y/<dist>/.
 
-Refuses (exit 1, printing the report) when an extension module would not load, unless
---no-verify; nothing is written then. `rpathfix verify OUT` loads every other native
-library too (plugins, preloaded libraries) for its warnings. Atomic (built beside OUT,
-then renamed) and idempotent: a run that changes nothing writes nothing."""
+The check reads the very tree that will be written, in every --link-mode. It refuses
+(exit 1, printing the report) when an extension module would not load; nothing is
+written then. A package that loads some libraries itself at run time (cupy preloads the
+CUDA libraries) can name them with --assume-loaded: missing libraries matching NAME
+become warnings. --no-verify skips the check and says how many modules it left unchecked.
+`rpathfix verify OUT` loads every other native library too (plugins, preloaded
+libraries) for its warnings.
+
+OUT is replaced only if rpathfix wrote it (it holds the marker file .rpathfix-venv) or is
+an empty directory; anything else, a venv made by pip included, is refused (exit 2).
+The new venv is built beside OUT and put in place in one step (a rename, or an exchange
+of the two directories), so a reader never sees OUT missing or half-written (where the
+file system cannot exchange two directories, replacing OUT is refused: remove it first);
+what a killed run left beside OUT is removed by the next run. A run that changes nothing
+writes nothing.
+
+--link-mode hardlink: where a hard link cannot be made (another file system, a refusal
+by the kernel), the file is copied, and one note on stderr says how many were."""
 
 
 def register(p: argparse.ArgumentParser) -> None:
@@ -24,10 +40,15 @@ def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("roots", nargs="+", metavar="ROOT", help="distribution root directory")
     p.add_argument("--python", metavar="PY", default=None, help="interpreter of the venv (default: this one)")
     p.add_argument("--link-mode", choices=("symlink", "hardlink", "copy"), default="symlink",
-                   help="how files reach the venv (default: relative symlinks)")
+                   help="how files reach the venv (default: relative symlinks); hardlink copies, "
+                        "with a note, what cannot be hard-linked")
     p.add_argument("--prefer", action="append", default=[], metavar="DIST",
                    help="when two distributions ship different files at one path, DIST wins")
-    p.add_argument("--no-verify", action="store_true", help="write even if an extension module would not load")
+    p.add_argument("--assume-loaded", action="append", default=[], metavar="NAME",
+                   help="a library (file name or SONAME) or a distribution whose libraries the package loads "
+                        "itself at run time: missing, they are warnings, not errors (repeatable)")
+    p.add_argument("--no-verify", action="store_true",
+                   help="write without checking that the extension modules load (says how many it did not check)")
     p.add_argument("--ld-library-path", metavar="P", help="LD_LIBRARY_PATH to assume when verifying (default: unset)")
 
 
@@ -37,12 +58,17 @@ def run(args: argparse.Namespace) -> int:
     python = args.python or sys.executable
     out = os.path.abspath(args.out)
     result = build_venv(out, args.roots, python=python, link_mode=args.link_mode, prefer=args.prefer,
-                        verify_layout=not args.no_verify, ld_library_path=args.ld_library_path)
+                        verify_layout=not args.no_verify, ld_library_path=args.ld_library_path,
+                        assume_loaded=args.assume_loaded)
     if result.refused is not None:
         print(result.refused, file=sys.stderr)
         print(f"rpathfix venv: refusing to write {out}: an extension module would not load "
-              "(see above; --no-verify writes it anyway)", file=sys.stderr)
+              "(see above; --assume-loaded NAME for a library the package loads itself, "
+              "--no-verify writes it anyway)", file=sys.stderr)
         return 1
+    if args.no_verify:
+        print(f"rpathfix venv: --no-verify: not checked: {result.unchecked} extension module(s) "
+              f"(whether they load; `rpathfix verify {args.out}` checks them)", file=sys.stderr)
     for w in result.warnings:
         print(w, file=sys.stderr)
     state = "wrote" if result.changed else "up to date:"

@@ -14,11 +14,18 @@ native library) of a Python environment, without executing anything.
 PATH is a venv (with pyvenv.cfg), a site-packages directory, or several directories
 that form a sys.path (for example one directory per wheel, as rules_python lays them out).
 
-Errors: an extension module whose libraries do not resolve; a library whose dependency
-nothing provides; an extension module whose load needs a symbol version or a symbol
+Errors: an extension module whose libraries do not resolve; an executable that does not
+find a library the environment holds (programs are run by their resolved path, as the
+kernel runs them); an extension module whose load needs a symbol version or a symbol
 that no object in its scope defines (version-not-found, undefined-symbol: checked as the
-import's dlopen(RTLD_NOW) binds them; C++ names demangled with c++filt when present). Warnings: a library that resolves only by load order, a system
-library shadowing a wheel's copy, one SONAME provided by two files.
+import's dlopen(RTLD_NOW) binds them; C++ names demangled with c++filt when present). Warnings: a library whose dependency nothing provides, a library that
+resolves only by load order, a system library shadowing a wheel's copy, one SONAME
+provided by files with different contents.
+
+--assume-loaded NAME (repeatable) is for packages that load libraries themselves before
+importing their modules (cupy, through cuda-pathfinder): a library that is not found is
+a warning instead of an error when NAME is its file name (libcublas.so.12), or when NAME
+is the distribution of the module or program that needs it (cupy-cuda12x).
 Exit codes: 0 no errors, 1 errors, 2 bad input."""
 
 
@@ -29,6 +36,11 @@ def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ld-library-path", metavar="P", help="simulate this LD_LIBRARY_PATH (default: unset)")
     p.add_argument("--no-cache", action="store_true", help="ignore /etc/ld.so.cache")
     p.add_argument("--strict", action="store_true", help="treat warnings as errors")
+    p.add_argument("--secure", action="store_true",
+                   help="simulate a setuid/setgid/capability program (AT_SECURE: LD_LIBRARY_PATH ignored, $ORIGIN restricted; a restricted process for dyld)")
+    p.add_argument("--assume-loaded", action="append", default=[], metavar="NAME",
+                   help="a library file name, or a distribution whose modules' libraries, that the package "
+                        "loads itself at run time: not found is a warning (repeatable)")
     p.add_argument("--no-symbols", action="store_true",
                    help="do not check symbol versions and undefined symbols of extension modules")
 
@@ -38,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     from rpathfix.verify import LoaderOptions, format_report, report_to_json, verify
 
     opts = LoaderOptions(interpreter=args.python, ld_library_path=args.ld_library_path, use_cache=not args.no_cache,
-                         symbols=not args.no_symbols)
+                         secure=args.secure, assume_loaded=tuple(args.assume_loaded), symbols=not args.no_symbols)
     report = verify(RealTree(), args.paths, opts)
     if args.json:
         json.dump(report_to_json(report), sys.stdout, indent=1)

@@ -28,6 +28,8 @@ def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("--exe", metavar="PATH", help="main program that dlopen()s FILE (e.g. a Python interpreter)")
     p.add_argument("--ld-library-path", metavar="P", help="simulate this LD_LIBRARY_PATH (DYLD_LIBRARY_PATH for Mach-O)")
     p.add_argument("--no-cache", action="store_true", help="simulate without /etc/ld.so.cache")
+    p.add_argument("--secure", action="store_true",
+                   help="simulate a setuid/setgid/capability program (AT_SECURE: LD_LIBRARY_PATH ignored, $ORIGIN restricted; a restricted process for dyld)")
     p.add_argument("--view", action="append", default=[], metavar="DIR",
                    help="directories to search for a provider of a missing NAME (default: around FILE)")
     p.add_argument("--symbol", action="store_true", help="NAME is a symbol, even if it looks like a library name")
@@ -46,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     from rpathfix.providers import default_view, find_providers
 
     spec = ProcessSpec(executable=args.exe, library_path=args.ld_library_path,
-                       cache_path=None if args.no_cache else "/etc/ld.so.cache", cwd=os.getcwd())
+                       cache_path=None if args.no_cache else "/etc/ld.so.cache", cwd=os.getcwd(), secure=args.secure)
     if args.symbol or not is_library_name(args.name):
         return _why_symbol(args, spec)
     res, _result = explain(RealTree(), args.file, args.name, spec)

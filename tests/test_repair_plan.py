@@ -1,0 +1,375 @@
+"""`rpathfix repair`: the plan (which entry each native file of a wheel gets, from the planner and
+the loader model), the check of the repaired layout, the metadata, and the whole story with real
+pip, uv, an index, `rpathfix venv` and the real loader.
+
+The byte rewriter (issue 11) is not on this branch: the end-to-end tests stand patchelf in for
+it behind `rpathfix.repair.binary_member_edit` (the one seam), writing the DT_RPATH the plan
+computed. Everything else is the real code path."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from conftest import rpathfix, zig_available, zig_cc
+from rpathfix.errors import EditError
+from rpathfix.model import Edit
+from rpathfix.repair import WheelOutcome, binary_member_edit, repair_wheels
+from rpathfix.repair_plan import FileRepair, compatible_release
+from test_index import CLEAN_ENV, new_venv, pip, pypiserver, serve, uv
+from test_wheelfile import make_wheel
+
+CU13 = ("nvidia_xcublas", "nvidia_xcuda_runtime", "nvidia_xnvjitlink")
+PROVIDER = "onnxgpustub/capi/libxonnxruntime_providers_cuda.so"
+LOAD = "import onnxgpustub; print(onnxgpustub.load_cuda_provider())"
+HAVE_REWRITER = importlib.util.find_spec("rpathfix.elf_write") is not None
+
+
+def plan_of(stub_wheels: dict[str, Path], wheel: str, siblings: tuple[str, ...], **kw: object) -> WheelOutcome:
+    (o,) = repair_wheels([str(stub_wheels[wheel])], [str(stub_wheels[s]) for s in siblings], None,
+                         dry_run=True, **kw)  # type: ignore[arg-type]
+    return o
+
+
+def patchelf_member_edit(repair: FileRepair):  # type: ignore[no-untyped-def]
+    """Stands in for issue 11's rewriter in these tests: the same DT_RPATH/DT_RUNPATH value the
+    plan computed, written by patchelf (which keeps DT_RPATH with --force-rpath)."""
+    from rpathfix.model import ElfInfo
+
+    assert repair.format == "elf" and isinstance(repair.after, ElfInfo)
+    value = repair.after.rpath if repair.tag == "rpath" else repair.after.runpath
+    assert value is not None
+
+    def edit(src, out):  # type: ignore[no-untyped-def]
+        with tempfile.TemporaryDirectory() as d:
+            p = Path(d) / "lib"
+            p.write_bytes(src.read_at(0, src.size))
+            flags = ["--force-rpath"] if repair.tag == "rpath" else []
+            subprocess.run([str(Path(sys.executable).parent / "patchelf"), *flags, "--set-rpath", value, str(p)],
+                           check=True)
+            out.write(p.read_bytes())
+
+    return edit
+
+
+# ---------------------------------------------------------------- the plan
+
+
+def test_provider_gets_one_entry_to_the_cu13_wheels(stub_wheels: dict[str, Path]) -> None:
+    o = plan_of(stub_wheels, "onnxgpustub", CU13)
+    (f,) = o.plan.files
+    assert f.path == PROVIDER and f.member == PROVIDER and f.tag == "rpath"
+    assert f.edits == (Edit("rpath-tag", "rpath"), Edit("add-rpath", "$ORIGIN/../../nvidia/cu13/lib"))
+    assert [(a.name, a.dist, a.provider) for a in f.added] == [
+        ("libxcublasLt.so.13", "nvidia-xcublas", "nvidia/cu13/lib/libxcublasLt.so.13"),
+        ("libxcublas.so.13", "nvidia-xcublas", "nvidia/cu13/lib/libxcublas.so.13"),
+        ("libxcudart.so.13", "nvidia-xcuda-runtime", "nvidia/cu13/lib/libxcudart.so.13")]
+    assert (f.before.rpath, f.before.runpath) == (None, None)  # type: ignore[union-attr]
+    assert (f.after.rpath, f.after.runpath) == ("$ORIGIN/../../nvidia/cu13/lib", None)  # type: ignore[union-attr]
+    assert o.plan.errors == [] and o.plan.checked == 3
+    assert o.new_name == "onnxgpustub-1.31.1-0rpathfix-cp311-cp311-linux_x86_64.whl"
+    reqs = {r.dist: (r.requirement, r.status, r.extras) for r in o.plan.requirements}
+    assert reqs == {"nvidia-xcublas": ("nvidia-xcublas~=13.1", "missing", ()),
+                    "nvidia-xcuda-runtime": ("nvidia-xcuda-runtime~=13.0", "extra", ("cuda",))}
+    assert o.requires_missing == ("nvidia-xcublas~=13.1", "nvidia-xcuda-runtime~=13.0")
+    under_cuda = plan_of(stub_wheels, "onnxgpustub", CU13, extra="cuda")
+    assert under_cuda.requires_missing == ("nvidia-xcublas~=13.1",), "the cuda extra already has the runtime"
+
+
+def test_without_the_siblings_the_repair_is_refused_with_the_trace(stub_wheels: dict[str, Path],
+                                                                  tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    proc = rpathfix("repair", str(stub_wheels["onnxgpustub"]), "--with", str(stub_wheels["nvidia_xcuda_runtime"]),
+                    "--out", str(out))
+    assert proc.returncode == 1, proc.stderr
+    assert "repaired library libxonnxruntime_providers_cuda.so will not load: libxcublasLt.so.13 not found" \
+        in proc.stderr
+    assert "tried site-packages/onnxgpustub/capi/../../nvidia/cu13/lib/libxcublasLt.so.13  [rpath" in proc.stderr
+    assert not out.exists(), "nothing written"
+    dry = rpathfix("repair", str(stub_wheels["onnxgpustub"]), "--with", str(stub_wheels["nvidia_xcuda_runtime"]),
+                   "--dry-run", "--json")
+    doc = json.loads(dry.stdout)
+    assert dry.returncode == 1 and doc["wheels"][0]["status"] == "refused"
+
+
+def test_a_wheel_that_loads_needs_nothing(stub_wheels: dict[str, Path], tmp_path: Path) -> None:
+    o = plan_of(stub_wheels, "torchstub", CU13)
+    assert o.plan.files == () and o.plan.errors == [] and o.requires_missing == ()
+    assert {r.dist: r.status for r in o.plan.requirements} == {"nvidia-xcublas": "required",
+                                                               "nvidia-xcuda-runtime": "required"}
+    proc = rpathfix("repair", str(stub_wheels["torchstub"]), "--with", *[str(stub_wheels[s]) for s in CU13],
+                    "--out", str(tmp_path / "out"))
+    assert proc.returncode == 0 and "nothing to repair; not written" in proc.stdout
+    assert not list((tmp_path / "out").glob("*")) if (tmp_path / "out").exists() else True
+
+
+def test_dry_run_prints_the_edits_and_json_has_the_schema(stub_wheels: dict[str, Path]) -> None:
+    args = [str(stub_wheels["onnxgpustub"]), "--with", *[str(stub_wheels[s]) for s in CU13], "--dry-run"]
+    human = rpathfix("repair", *args)
+    assert human.returncode == 0, human.stderr
+    assert (f"  {PROVIDER}: DT_RPATH += $ORIGIN/../../nvidia/cu13/lib  (libxcublasLt.so.13 from nvidia-xcublas, "
+            "libxcublas.so.13 from nvidia-xcublas, libxcudart.so.13 from nvidia-xcuda-runtime)") in human.stdout
+    assert "  METADATA: Requires-Dist nvidia-xcublas~=13.1" in human.stdout
+    doc = json.loads(rpathfix("repair", *args, "--json", "--add-requires=cuda").stdout)
+    assert doc["schema"] == "rpathfix.repair/1"
+    (w,) = doc["wheels"]
+    assert set(w) == {"wheel", "dist", "version", "status", "output_name", "output", "files", "skipped",
+                      "requirements", "requires_missing", "requires_added", "extra", "checked", "errors",
+                      "warnings", "notes"}
+    (f,) = w["files"]
+    assert f["search_before"] == [] and f["search_after"] == ["$ORIGIN/../../nvidia/cu13/lib"]
+    assert f["edits"][1] == {"op": "add-rpath", "arg": "$ORIGIN/../../nvidia/cu13/lib", "new": ""}
+    assert w["extra"] == "cuda" and w["requires_missing"] == ["nvidia-xcublas~=13.1"] and w["status"] == "planned"
+
+
+def test_compatible_release() -> None:
+    assert compatible_release("13.1.0.3") == "~=13.1"
+    assert compatible_release("2.9.0+cu130") == "~=2.9"
+    assert compatible_release("7") == "~=7.0"
+    assert compatible_release(None) == "" and compatible_release("not a version") == ""
+
+
+# ---------------------------------------------------------------- gcc-built wheels for the rules
+
+
+def gcc_lib(d: Path, name: str, needs: tuple[str, ...] = (), *, rpath: str | None = None,
+            runpath: str | None = None, libdirs: tuple[Path, ...] = ()) -> bytes:
+    d.mkdir(parents=True, exist_ok=True)
+    src = d / (name.replace(".", "_") + ".c")
+    src.write_text(f"int f_{name.replace('.', '_').replace('-', '_').replace('+', '_')}(void) {{ return 1; }}\n")
+    cmd = ["gcc", "-shared", "-fPIC", "-o", str(d / name), str(src), f"-Wl,-soname,{name}", "-Wl,--no-as-needed",
+           f"-L{d}", *[f"-L{x}" for x in libdirs], *[f"-l:{n}" for n in needs]]
+    if rpath is not None:
+        cmd += ["-Wl,--disable-new-dtags", f"-Wl,-rpath,{rpath}"]
+    if runpath is not None:
+        cmd += ["-Wl,--enable-new-dtags", f"-Wl,-rpath,{runpath}"]
+    subprocess.run(cmd, check=True, capture_output=True)
+    return (d / name).read_bytes()
+
+
+def lib_wheel(tmp: Path, name: str, libs: dict[str, bytes], metadata_extra: str = "") -> Path:
+    d = tmp / "wheels"
+    d.mkdir(exist_ok=True)
+    return make_wheel(d / f"{name}-1.0-py3-none-any.whl", {f"{name}/__init__.py": b"", **libs}, name=name,
+                      metadata_extra=metadata_extra, mode=0o755)
+
+
+def test_driver_and_system_libraries_get_no_path(stub_wheels: dict[str, Path], tmp_path: Path) -> None:
+    """A sibling shipping libcuda.so.1 (the driver's) and libstdc++.so.6 (the system's) gets no
+    entry for them; the one real sibling library does."""
+    build = tmp_path / "build"
+    gcc_lib(build, "libcuda.so.1")  # only to link against: the driver provides it at run time
+    shutil.copy(stub_wheels["nvidia_xcuda_runtime"], tmp_path)
+    with zipfile.ZipFile(stub_wheels["nvidia_xcuda_runtime"]) as zf:
+        (build / "libxcudart.so.13").write_bytes(zf.read("nvidia/cu13/lib/libxcudart.so.13"))
+    lib = gcc_lib(build, "libxgpu.so", ("libcuda.so.1", "libstdc++.so.6", "libxcudart.so.13"))
+    gpu = lib_wheel(tmp_path, "gpuwheel", {"gpuwheel/lib/libxgpu.so": lib})
+    bundle = lib_wheel(tmp_path, "bundler", {"gpudrv/lib/libcuda.so.1": (build / "libcuda.so.1").read_bytes(),
+                                             "gpudrv/lib/libstdc++.so.6": gcc_lib(build / "s", "libstdc++.so.6")})
+    (o,) = repair_wheels([str(gpu)], [str(bundle), str(tmp_path / stub_wheels["nvidia_xcuda_runtime"].name)], None,
+                         dry_run=True)
+    (f,) = o.plan.files
+    assert [a.name for a in f.added] == ["libxcudart.so.13"]
+    assert f.edits[-1] == Edit("add-rpath", "$ORIGIN/../../nvidia/cu13/lib")
+    assert {(s.name, s.reason) for s in o.plan.skipped} == {("libcuda.so.1", "driver"), ("libstdc++.so.6", "system")}
+    assert o.plan.errors == [], "libcuda.so.1 is the driver's: not missing"
+    assert [r.dist for r in o.plan.requirements] == ["nvidia-xcuda-runtime"], "the bundler is not needed"
+
+
+def test_the_tag_follows_the_file_then_the_wheel_then_the_option(stub_wheels: dict[str, Path],
+                                                                  tmp_path: Path) -> None:
+    build = tmp_path / "build"
+    with zipfile.ZipFile(stub_wheels["nvidia_xcuda_runtime"]) as zf:
+        (build / "x").mkdir(parents=True)
+        (build / "x" / "libxcudart.so.13").write_bytes(zf.read("nvidia/cu13/lib/libxcudart.so.13"))
+    dirs = (build / "x",)
+    sibling = str(stub_wheels["nvidia_xcuda_runtime"])
+    own_runpath = gcc_lib(build / "a", "libown.so", ("libxcudart.so.13",), runpath="/opt/keep:$ORIGIN", libdirs=dirs)
+    bare = gcc_lib(build / "b", "libbare.so", ("libxcudart.so.13",), libdirs=dirs)
+    runpath_peer = gcc_lib(build / "c", "libpeer.so", runpath="$ORIGIN")
+
+    w1 = lib_wheel(tmp_path, "ownrunpath", {"ownrunpath/libown.so": own_runpath})
+    (o,) = repair_wheels([str(w1)], [sibling], None, dry_run=True)
+    (f,) = o.plan.files
+    assert f.tag == "runpath" and f.edits == (Edit("add-rpath", "$ORIGIN/../nvidia/cu13/lib"),)
+    assert f.after.runpath == "/opt/keep:$ORIGIN:$ORIGIN/../nvidia/cu13/lib", "existing entries stay, in order"  # type: ignore[union-attr]
+
+    w2 = lib_wheel(tmp_path, "peers", {"peers/libbare.so": bare, "peers/libpeer.so": runpath_peer})
+    (o,) = repair_wheels([str(w2)], [sibling], None, dry_run=True)
+    (f,) = o.plan.files
+    assert f.path == "peers/libbare.so" and f.edits[0] == Edit("rpath-tag", "runpath")
+    assert f.after.runpath == "$ORIGIN/../nvidia/cu13/lib" and f.after.rpath is None  # type: ignore[union-attr]
+
+    w3 = lib_wheel(tmp_path, "alone", {"alone/libbare.so": bare})
+    (o,) = repair_wheels([str(w3)], [sibling], None, dry_run=True, rpath_tag_default="runpath")
+    assert o.plan.files[0].edits[0] == Edit("rpath-tag", "runpath")
+    (o,) = repair_wheels([str(w3)], [sibling], None, dry_run=True)
+    assert o.plan.files[0].edits[0] == Edit("rpath-tag", "rpath"), "the default is DT_RPATH"
+
+
+@pytest.mark.skipif(not zig_available(), reason="the Mach-O stubs need zig")
+def test_macho_gets_a_loader_path_rpath(stub_wheels: dict[str, Path], tmp_path: Path) -> None:
+    """A zig-built arm64 dylib that needs macdep's @rpath/libxmacdep.dylib, with only
+    @loader_path as LC_RPATH: it gets the LC_RPATH that reaches macdep's wheel."""
+    with zipfile.ZipFile(stub_wheels["macdep"]) as zf:
+        (tmp_path / "libxmacdep.dylib").write_bytes(zf.read("macdep/lib/libxmacdep.dylib"))
+    (tmp_path / "fix.c").write_text("int stub_macdep(void);\nint stub_macfix(void) { return stub_macdep() + 1; }\n")
+    zig_cc(tmp_path, "aarch64-macos", "-shared", "-o", "libxmacfix.dylib", "fix.c", "-L.", "-lxmacdep",
+           "-Wl,-install_name,@rpath/libxmacfix.dylib", "-Wl,-rpath,@loader_path")
+    wheel = lib_wheel(tmp_path, "macfixstub", {"macfixstub/.libs/libxmacfix.dylib":
+                                               (tmp_path / "libxmacfix.dylib").read_bytes()})
+    (o,) = repair_wheels([str(wheel)], [str(stub_wheels["macdep"])], None, dry_run=True)
+    (f,) = o.plan.files
+    assert f.format == "macho" and f.tag is None
+    assert f.edits == (Edit("add-rpath", "@loader_path/../../macdep/lib"),)
+    assert f.after.slices[0].rpaths == ("@loader_path", "@loader_path/../../macdep/lib")  # type: ignore[union-attr]
+    assert o.plan.errors == []
+    (control,) = repair_wheels([str(wheel)], [], None, dry_run=True)
+    assert control.plan.files == () and control.plan.warnings, "alone, nothing provides libxmacdep"
+
+
+def test_the_binary_rewriter_seam(stub_wheels: dict[str, Path], tmp_path: Path) -> None:
+    o = plan_of(stub_wheels, "onnxgpustub", CU13)
+    if HAVE_REWRITER:
+        assert callable(binary_member_edit(o.plan.files[0]))
+        return
+    with pytest.raises(EditError, match="binary rewriting is not available"):
+        binary_member_edit(o.plan.files[0])
+    proc = rpathfix("repair", str(stub_wheels["onnxgpustub"]), "--with", *[str(stub_wheels[s]) for s in CU13],
+                    "--out", str(tmp_path / "out"))
+    assert proc.returncode == 1 and "binary rewriting is not available" in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_metadata_only_repair_is_accepted_by_pip_wheel_and_twine(stub_wheels: dict[str, Path],
+                                                                 tmp_path: Path) -> None:
+    """A wheel whose library already reaches the sibling (DT_RPATH) but whose METADATA does not
+    require it: --add-requires rewrites METADATA only (every other member byte for byte)."""
+    build = tmp_path / "build"
+    with zipfile.ZipFile(stub_wheels["nvidia_xcuda_runtime"]) as zf:
+        (build / "x").mkdir(parents=True)
+        (build / "x" / "libxcudart.so.13").write_bytes(zf.read("nvidia/cu13/lib/libxcudart.so.13"))
+    lib = gcc_lib(build / "m", "libmeta.so", ("libxcudart.so.13",), rpath="$ORIGIN/../nvidia/cu13/lib",
+                  libdirs=(build / "x",))
+    wheel = lib_wheel(tmp_path, "metaonly", {"metaonly/libmeta.so": lib}, "Summary: s\n")
+    sibling = str(stub_wheels["nvidia_xcuda_runtime"])
+    out = tmp_path / "out"
+    told = rpathfix("repair", str(wheel), "--with", sibling, "--out", str(out))
+    assert told.returncode == 0 and "METADATA lacks nvidia-xcuda-runtime~=13.0" in told.stderr
+    assert not out.exists(), "without --add-requires there is nothing to write"
+    proc = rpathfix("repair", "--add-requires", str(wheel), "--with", sibling, "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    (new,) = out.glob("*.whl")
+    assert new.name == "metaonly-1.0-0rpathfix-py3-none-any.whl"
+    with zipfile.ZipFile(new) as zf:
+        assert b"Requires-Dist: nvidia-xcuda-runtime~=13.0\n" in zf.read("metaonly-1.0.dist-info/METADATA")
+        assert zf.read("metaonly/libmeta.so") == lib
+    assert subprocess.run([sys.executable, "-m", "wheel", "unpack", "-d", str(tmp_path / "u"), str(new)],
+                          capture_output=True).returncode == 0
+    twine = subprocess.run([sys.executable, "-m", "twine", "check", str(new)], capture_output=True, text=True)
+    assert twine.returncode == 0 and "ERROR" not in twine.stdout, twine.stdout
+    target = tmp_path / "target"
+    assert pip("install", "-q", "--no-deps", "--no-index", "--target", str(target), str(new)).returncode == 0
+    again = rpathfix("repair", "--add-requires", str(wheel), "--with", sibling, "--out", str(out))
+    assert again.returncode == 0 and "up to date" in again.stdout, "the same repair twice writes nothing"
+
+
+# ---------------------------------------------------------------- the whole story
+
+
+def ldd_missing(lib: Path) -> list[str]:
+    out = subprocess.run(["ldd", str(lib)], capture_output=True, text=True, env=CLEAN_ENV).stdout
+    return [line.split()[0] for line in out.splitlines() if "not found" in line]
+
+
+@pytest.fixture
+def repaired_index(stub_wheels: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The original and the repaired onnxgpustub, and the cu13 wheels, in one static repository."""
+    import rpathfix.repair
+
+    if not HAVE_REWRITER:
+        monkeypatch.setattr(rpathfix.repair, "binary_member_edit", patchelf_member_edit)
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    for n in ("onnxgpustub", *CU13):
+        shutil.copy(stub_wheels[n], wheels)
+    (o,) = repair_wheels([str(stub_wheels["onnxgpustub"])], [str(stub_wheels[s]) for s in CU13], str(wheels),
+                         add_requires=True)
+    assert o.status == "repaired" and o.output is not None
+    assert Path(o.output).name == "onnxgpustub-1.31.1-0rpathfix-cp311-cp311-linux_x86_64.whl"
+    from rpathfix.index import build_index
+
+    build_index(str(wheels))
+    return wheels
+
+
+@pytest.mark.slow
+def test_pip_and_uv_install_the_repaired_wheel_which_loads(stub_wheels: dict[str, Path], tmp_path: Path,
+                                                           repaired_index: Path) -> None:
+    # Control: the original wheel, installed with its siblings by pip, does not load its provider.
+    control = new_venv(tmp_path / "control")
+    for n in CU13:
+        assert pip("--python", str(control), "install", "-q", "--no-deps", str(stub_wheels[n])).returncode == 0
+    assert pip("--python", str(control), "install", "-q", "--no-deps",
+               str(stub_wheels["onnxgpustub"])).returncode == 0
+    site = next((tmp_path / "control" / "lib").glob("python*/site-packages"))
+    assert sorted(ldd_missing(site / PROVIDER)) == ["libxcublas.so.13", "libxcublasLt.so.13", "libxcudart.so.13"]
+    run = subprocess.run([str(control), "-c", LOAD], capture_output=True, text=True, env=CLEAN_ENV)
+    assert run.returncode != 0 and "libxcublasLt.so.13" in run.stderr
+
+    with serve(repaired_index, tmp_path / "http.log") as server:
+        index = server.url + "/simple/"
+        py = new_venv(tmp_path / "pipvenv")
+        proc = pip("--python", str(py), "install", "-q", "--index-url", index, "onnxgpustub")
+        assert proc.returncode == 0, proc.stderr
+        venv = tmp_path / "uvvenv"
+        new_venv(venv)
+        proc = uv("pip", "install", "--index-url", index, "onnxgpustub", venv=venv, cache=tmp_path / "uvcache")
+        assert proc.returncode == 0, proc.stderr
+    for root in (tmp_path / "pipvenv", venv):
+        site = next((root / "lib").glob("python*/site-packages"))
+        wheel_file = (site / "onnxgpustub-1.31.1.dist-info" / "WHEEL").read_text()
+        assert "Build: 0rpathfix" in wheel_file, f"{root.name} chose the repaired wheel over the original"
+        assert (site / "nvidia" / "cu13" / "lib" / "libxcublas.so.13").exists(), "requirements pulled the siblings"
+        assert ldd_missing(site / PROVIDER) == []
+        run = subprocess.run([str(root / "bin" / "python"), "-c", LOAD], capture_output=True, text=True,
+                             env=CLEAN_ENV)
+        assert run.returncode == 0, run.stderr
+        assert run.stdout.strip() == "8"
+
+
+@pytest.mark.slow
+def test_the_repaired_wheel_through_rpathfix_venv_and_pypiserver(stub_wheels: dict[str, Path], tmp_path: Path,
+                                                                repaired_index: Path) -> None:
+    repaired = repaired_index / "onnxgpustub-1.31.1-0rpathfix-cp311-cp311-linux_x86_64.whl"
+    siblings = [str(stub_wheels[s]) for s in CU13]
+    roots = tmp_path / "roots"
+    assert rpathfix("unpack", str(repaired), *siblings, "--into", str(roots)).returncode == 0
+    out = tmp_path / "venv"
+    proc = rpathfix("venv", str(out), *[str(p) for p in sorted(roots.iterdir())])
+    assert proc.returncode == 0, proc.stderr
+    run = subprocess.run([str(out / "bin" / "python"), "-c", LOAD], capture_output=True, text=True, env=CLEAN_ENV)
+    assert run.returncode == 0 and run.stdout.strip() == "8", run.stderr
+
+    packages = tmp_path / "packages"
+    packages.mkdir()
+    with pypiserver(packages, tmp_path / "pypiserver.log") as url:
+        up = subprocess.run([str(Path(sys.executable).parent / "twine"), "upload", "--non-interactive",
+                             "--disable-progress-bar", "--repository-url", url + "/", "-u", "x", "-p", "x",
+                             str(repaired), *siblings], capture_output=True, text=True, env=CLEAN_ENV)
+        assert up.returncode == 0, up.stdout + up.stderr
+        py = new_venv(tmp_path / "fromserver")
+        proc = pip("--python", str(py), "install", "-q", "--index-url", url + "/simple/", "onnxgpustub")
+        assert proc.returncode == 0, proc.stderr
+    run = subprocess.run([str(py), "-c", LOAD], capture_output=True, text=True, env=CLEAN_ENV)
+    assert run.returncode == 0 and run.stdout.strip() == "8", run.stderr
+    assert "LD_LIBRARY_PATH" not in CLEAN_ENV and os.environ.get("LD_PRELOAD") is None
