@@ -580,3 +580,72 @@ def test_extension_using_a_newer_c_api_function(tmp_path: Path) -> None:
     old = build(tmp_path, "xoldapi.so", src.replace("NAME", "xoldapi").replace("CALL", "PyLong_AsLong"))
     assert agree(new, "RTLD_NOW") == f"{new}: undefined symbol: PyLong_AsInt"
     assert agree(old, "RTLD_NOW") is None
+
+
+# ------------------------------------------------------------------ programs
+
+
+def run_program(prog: Path, bind_now: bool = False) -> str | None:
+    """None when the program starts (and exits 0), else what ld.so printed."""
+    env = {"PATH": "/usr/bin:/bin", **({"LD_BIND_NOW": "1"} if bind_now else {})}
+    r = subprocess.run([str(prog)], capture_output=True, text=True, env=env)
+    return None if r.returncode == 0 else r.stderr.strip()
+
+
+def model_program(prog: Path, bind_now: bool = False) -> str | None:
+    proc = GlibcProcess(RealTree(), host_options())
+    proc.start(str(prog))
+    tables = SymbolTables(RealTree())
+    try:
+        problems = check_program(proc, tables, bind=True, lazy=not bind_now, trace=False)
+    finally:
+        tables.close()
+    return problems[0].message if problems else None
+
+
+def test_programs_start_as_ld_so_starts_them(tmp_path: Path) -> None:
+    """A program is bound lazily at start-up: an undefined function it never calls does
+    not stop it (it does with LD_BIND_NOW, the control), an undefined object does, and so
+    does a version need of a newer glibc (zig, strlcpy)."""
+    sdk = build(tmp_path / "sdk", "libxprov.so", "int gone_fn(void) { return 1; }\nint gone_var = 2;\n")
+    build(tmp_path / "bin", "libxprov.so", "int other(void) { return 0; }\n")
+    progs = {}
+    for name, body in (("xfn", "int gone_fn(void);\nint main(int c, char **v) { return c > 5 ? gone_fn() : 0; }\n"),
+                       ("xvar", "extern int gone_var;\nint main(int c, char **v) { return c > 5 ? gone_var : 0; }\n")):
+        (tmp_path / f"{name}.c").write_text(body)
+        subprocess.run(["gcc", "-o", str(tmp_path / "bin" / name), str(tmp_path / f"{name}.c"), f"-L{sdk.parent}",
+                        "-l:libxprov.so", "-Wl,-rpath,$ORIGIN", "-Wl,-z,lazy"], check=True)
+        progs[name] = tmp_path / "bin" / name
+    for name, bind_now, fails in (("xfn", False, False), ("xfn", True, True), ("xvar", False, True)):
+        theirs, ours = run_program(progs[name], bind_now), model_program(progs[name], bind_now)
+        assert (theirs is not None) == fails == (ours is not None), (name, bind_now, theirs, ours)
+        if ours is not None:
+            assert theirs is not None and theirs.endswith(ours), (theirs, ours)
+    (tmp_path / "s.c").write_text("#include <string.h>\n"
+                                  "int main(void) { char b[4]; return (int)strlcpy(b, \"ab\", 4) - 2; }\n")
+    zig_cc(tmp_path, "x86_64-linux-gnu.2.38", "-o", "xnewglibc", "s.c")
+    theirs, ours = run_program(tmp_path / "xnewglibc"), model_program(tmp_path / "xnewglibc")
+    if theirs is None:
+        pytest.skip("this glibc has strlcpy (2.38 or later)")
+    assert ours is not None and theirs.endswith(ours) and "GLIBC_2.38" in ours
+
+
+def test_verify_reports_a_program_that_will_not_start(tmp_path: Path) -> None:
+    """verify runs a site-packages' programs as the kernel does: a zig-built tool needing
+    GLIBC_2.38 is an error (and fails for real); the same tool calling strncpy is not."""
+    site = tmp_path / "site-packages" / "xtool"
+    site.mkdir(parents=True)
+    (tmp_path / "s.c").write_text("#include <string.h>\n"
+                                  "int main(void) { char b[4]; return (int)strlcpy(b, \"ab\", 4) - 2; }\n")
+    (tmp_path / "c.c").write_text("#include <string.h>\n"
+                                  "int main(void) { char b[4]; return strncpy(b, \"ab\", 4) != b; }\n")
+    zig_cc(tmp_path, "x86_64-linux-gnu.2.38", "-o", str(site / "xnew"), "s.c")
+    zig_cc(tmp_path, "x86_64-linux-gnu.2.38", "-o", str(site / "xold"), "c.c")
+    if run_program(site / "xnew") is None:
+        pytest.skip("this glibc has strlcpy (2.38 or later)")
+    assert run_program(site / "xold") is None
+    doc = json.loads(rpathfix("verify", "--json", str(tmp_path / "site-packages")).stdout)
+    errors = {(Path(e["file"]).name, e["code"], e["name"]) for e in doc["errors"]}
+    assert errors == {("xnew", "version-not-found", "GLIBC_2.38")}
+    (e,) = doc["errors"]
+    assert "executable xnew will not start" in e["message"] and e["loader_message"] in run_program(site / "xnew")

@@ -38,7 +38,9 @@ by tests/test_bind_glibc.py.
     775-779, 357-502). No definition: a weak reference stays 0; any other fails the load
     with "X_path: undefined symbol: S" (", version V" when versioned;
     g:elf/dl-lookup.c:781-802). A reference that is STB_LOCAL or hidden binds to its own
-    object and is not looked up (g:elf/dl-reloc.c:170-172).
+    object and is not looked up (g:elf/dl-reloc.c:170-172). A program's copy relocations
+    (R_*_COPY: data it holds a copy of) look their symbol up in the scope without the
+    program itself (g:elf/dl-lookup.c:365-367), at start-up, lazy or not.
 46. An acceptable definition (check_match, g:elf/dl-lookup.c:59-163; do_lookup_x,
     :450-497): defined (not SHN_UNDEF; st_value non-zero unless SHN_ABS or TLS), of type
     NOTYPE, OBJECT, FUNC, COMMON, TLS or IFUNC, with binding GLOBAL, WEAK (a weak
@@ -54,7 +56,7 @@ by tests/test_bind_glibc.py.
     at once; failing that, a definition with a later version when it is the only
     non-hidden one of that name in the object (:125-158, 450-454).
 
-Not modelled: LD_PRELOAD, RTLD_DEEPBIND, DT_AUXILIARY/DT_FILTER, copy relocations, IFUNC
+Not modelled: LD_PRELOAD, RTLD_DEEPBIND, DT_AUXILIARY/DT_FILTER, IFUNC
 resolvers, protected-symbol subtleties, and the executable's canonical PLT entries as
 definitions (elf_symbols.ElfSymbols._check_match). Objects the model does not open
 (a GPU driver library, provided at run time) may define anything: a symbol or version
@@ -97,6 +99,7 @@ class SymbolTables:
         self._unreadable: set[str] = set()
         self._refs: dict[str, tuple[Reference, ...]] = {}
         self._eager: dict[str, frozenset[int]] = {}
+        self._copies: dict[str, list[Reference]] = {}
         self._hashes: dict[str, tuple[bytes, int]] = {}  # name -> (its bytes, gnu_hash)
         self._memo: dict[str, dict[object, Definition | None]] = {}  # real path -> reference key -> answer
         # Reference key -> an object that defines it acceptably. Whether a definition is
@@ -142,6 +145,16 @@ class SymbolTables:
             self._cached_refs += len(refs)
             self._refs[real] = tuple(refs)
         return refs
+
+    def copies(self, real: str) -> list[Reference]:
+        """A program's copy-relocation symbols (ElfSymbols.copy_references), read once."""
+        if real not in self._copies:
+            tables = self.of(real)
+            try:
+                self._copies[real] = tables.copy_references() if tables is not None else []
+            except FormatError:
+                self._copies[real] = []
+        return self._copies[real]
 
     def eager(self, real: str) -> frozenset[int] | None:
         """Symbol indices bound at load under RTLD_LAZY; None: all of them (BIND_NOW)."""
@@ -254,14 +267,42 @@ class _Binder:
         return self.proc.named(name)
 
     def bind(self, obj: _Obj, scope: Sequence[tuple[_Obj, str]], *, lazy: bool, opaque: bool) -> None:
-        """Rule 45 for one object: every reference it must bind now, in `scope`."""
+        """Rule 45 for one object: every reference it must bind now, in `scope`; a program's
+        copy relocations too, in the scope without the program."""
         refs = self.tables.references(obj.real)
-        if not refs:
+        copies = self.tables.copies(obj.real) if obj.is_main else []
+        if not refs and not copies:
             return
         # An object whose symbol tables cannot be read may define anything (FormatError).
-        opaque = opaque or any(self.tables.of(o.real) is None for o, _ in scope)
+        if opaque or any(self.tables.of(o.real) is None for o, _ in scope):
+            return
         eager = self.tables.eager(obj.real) if lazy else None
         reals = [o.real for o, _ in scope]
+        failed = self._unbound(refs, reals, eager)
+        if copies:
+            failed += self._unbound(copies, [r for r in reals if r != obj.real], None)
+        if not failed:
+            return
+        if self.stop_at_versions:
+            # A dlopen stops at a failed version need (rule 42), which names the cause; a
+            # reference to that version would fail too, so it is left out.
+            failed = [r for r in failed if r.version is None or (obj.path, r.version.name) not in self.failed_versions]
+        if len(failed) > 1:
+            tables = self.tables.of(obj.real)
+            try:
+                order = tables.relocation_order({r.symndx for r in failed}) if tables is not None else {}
+            except FormatError:
+                order = {}
+            failed.sort(key=lambda r: order.get(r.symndx, len(order) + r.symndx))
+        searched = tuple(o.path for o, _ in scope)
+        for ref in failed:
+            self.problems.append(SymbolProblem(
+                UNDEFINED_SYMBOL, obj.path, ref.name, ref.version.name if ref.version else None, None,
+                ref.version.file if ref.version else None, searched))
+
+    def _unbound(self, refs: Sequence[Reference], reals: list[str], eager: frozenset[int] | None) -> list[Reference]:
+        """The non-weak references (those in `eager`, when given) that no object of `reals`
+        defines acceptably."""
         in_scope = set(reals)
         files: dict[str, str | None] = {}  # version need file -> real path of its object in scope
         recent: list[str] = []  # providers that answered this object's last lookups
@@ -281,26 +322,9 @@ class _Binder:
             known = providers.get(key)
             if known is not None and known in in_scope:
                 continue  # an earlier lookup found a definition there: acceptable for anyone
-            if self._defined(ref, key, reals, recent, hint) is None and not opaque:
+            if self._defined(ref, key, reals, recent, hint) is None:
                 failed.append(ref)
-        if not failed:
-            return
-        if self.stop_at_versions:
-            # A dlopen stops at a failed version need (rule 42), which names the cause; a
-            # reference to that version would fail too, so it is left out.
-            failed = [r for r in failed if r.version is None or (obj.path, r.version.name) not in self.failed_versions]
-        if len(failed) > 1:
-            tables = self.tables.of(obj.real)
-            try:
-                order = tables.relocation_order({r.symndx for r in failed}) if tables is not None else {}
-            except FormatError:
-                order = {}
-            failed.sort(key=lambda r: order.get(r.symndx, len(order) + r.symndx))
-        searched = tuple(o.path for o, _ in scope)
-        for ref in failed:
-            self.problems.append(SymbolProblem(
-                UNDEFINED_SYMBOL, obj.path, ref.name, ref.version.name if ref.version else None, None,
-                ref.version.file if ref.version else None, searched))
+        return failed
 
     def _defined(self, ref: Reference, key: object, reals: list[str], recent: list[str],
                  hint: str | None) -> str | None:
@@ -359,11 +383,16 @@ def check_dlopen(proc: GlibcProcess, root: _Obj, new: Sequence[_Obj], tables: Sy
     return binder.problems
 
 
-def check_program(proc: GlibcProcess, tables: SymbolTables, *, bind: bool) -> list[SymbolProblem]:
-    """Rules 42-47 for a program's initial load (`ldd`, `ldd -r` with bind): every object's
-    versions; with bind, every object's references in the global scope (rule 44)."""
+def check_program(proc: GlibcProcess, tables: SymbolTables, *, bind: bool, lazy: bool = False,
+                  trace: bool = True) -> list[SymbolProblem]:
+    """Rules 42-47 for a program's initial load: every object's versions; with bind, every
+    object's references in the global scope (rule 44). `ldd -r` is trace mode and binds
+    now: it goes on after a failure and reports everything. A program started for real
+    binds lazily (lazy=True: only what relocations outside the PLT use, unless an object is
+    BIND_NOW; LD_BIND_NOW unset) and stops at the first failure (trace=False: a reference
+    to a missing version is not reported again)."""
     binder = _Binder(proc, tables)
-    binder.stop_at_versions = False
+    binder.stop_at_versions = not trace
     objs = list(proc.objects)
     binder.check_versions(objs)
     if bind:
@@ -371,7 +400,7 @@ def check_program(proc: GlibcProcess, tables: SymbolTables, *, bind: bool) -> li
         scope = [(o, "global") for o in glob]
         opaque = _opaque(proc, glob)
         for obj in reversed(objs):  # rtld relocates from the last loaded object back
-            binder.bind(obj, scope, lazy=False, opaque=opaque)
+            binder.bind(obj, scope, lazy=lazy, opaque=opaque)
     return binder.problems
 
 

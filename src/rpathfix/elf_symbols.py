@@ -56,6 +56,9 @@ STV_DEFAULT, STV_INTERNAL, STV_HIDDEN, STV_PROTECTED = 0, 1, 2, 3
 SHN_UNDEF, SHN_ABS = 0, 0xFFF1
 VER_FLG_BASE, VER_FLG_WEAK = 0x1, 0x2
 
+# R_<machine>_COPY by e_machine (elf.h): x86_64, i386, aarch64, arm, ppc, ppc64, s390, riscv.
+COPY_RELOCATIONS = {62: 5, 3: 5, 183: 1024, 40: 20, 20: 19, 21: 19, 22: 9, 243: 4}
+
 # dl-lookup.c:84-86: the symbol types that can be definitions.
 ALLOWED_STT = frozenset({STT_NOTYPE, STT_OBJECT, STT_FUNC, STT_COMMON, STT_TLS, STT_GNU_IFUNC})
 BIND_NAMES = {STB_LOCAL: "LOCAL", STB_GLOBAL: "GLOBAL", STB_WEAK: "WEAK", STB_GNU_UNIQUE: "UNIQUE"}
@@ -182,6 +185,7 @@ class ElfSymbols:
         self.name = src.name
         r = self._r = _Reader(src)
         loads, dynamic, self._program = _segments(r)
+        (self._machine,) = r.unpack("H", 18)  # e_machine
         tags = _dynamic_tags(r, dynamic)
         self._tags = tags
 
@@ -562,23 +566,43 @@ class ElfSymbols:
     def eager_symbols(self) -> frozenset[int]:
         """Symbol indices that relocations outside the PLT (DT_JMPREL) use: what ld.so binds
         at load time even under RTLD_LAZY (dl-reloc.c:217, 248-252; dynamic-link.h)."""
-        return frozenset(sym for sym, plt in self._relocated_symbols() if not plt)
+        return frozenset(sym for sym, plt, _t in self._relocated_symbols() if not plt)
 
     def relocation_order(self, wanted: set[int]) -> dict[int, int]:
         """For each symbol index in `wanted`, the position of the first relocation that uses
         it, in the order ld.so processes them (DT_RELA / DT_REL, then the PLT): which
         undefined symbol a failing dlopen names first."""
         out: dict[int, int] = {}
-        for pos, (sym, _plt) in enumerate(self._relocated_symbols()):
+        for pos, (sym, _plt, _t) in enumerate(self._relocated_symbols()):
             if sym in wanted and sym not in out:
                 out[sym] = pos
                 if len(out) == len(wanted):
                     break
         return out
 
-    def _relocated_symbols(self) -> Iterator[tuple[int, bool]]:
-        """(symbol index, in the PLT?) of every relocation that names a symbol, in processing
-        order, read in chunks. The leading DT_RELACOUNT / DT_RELCOUNT relative relocations
+    def copy_references(self) -> list[Reference]:
+        """The symbols of a program's copy relocations (R_*_COPY): defined in the program
+        (its copy of the data), they must still be found in another object, which ld.so
+        looks for in the scope without the program itself (dl-lookup.c:365-367). Only
+        programs have them; empty for a machine without a known copy relocation."""
+        copy_type = COPY_RELOCATIONS.get(self._machine)
+        if copy_type is None or not self._program or self._symtab is None:
+            return []
+        indices = sorted({sym for sym, _plt, rtype in self._relocated_symbols() if rtype == copy_type})
+        out: list[Reference] = []
+        for index in indices[:MAX_REFERENCES]:
+            sym = self._sym(index)
+            vs = self._versym_at(index)
+            version = None
+            if vs is not None:
+                v = self._versions.get(vs & 0x7FFF)
+                version = v if v is not None and v.hash != 0 else None
+            out.append(Reference(self._string(sym.name_off), index, sym.info >> 4 == STB_WEAK, sym.info & 0xF, version))
+        return out
+
+    def _relocated_symbols(self) -> Iterator[tuple[int, bool, int]]:
+        """(symbol index, in the PLT?, relocation type) of every relocation that names a
+        symbol, in processing order, read in chunks. The leading DT_RELACOUNT / DT_RELCOUNT relative relocations
         name no symbol and are not read."""
         r = self._r
         tags = self._tags
@@ -603,6 +627,7 @@ class ElfSymbols:
         if plt is not None and plt_size:
             ranges.append((plt, plt + plt_size, plt_rela, True))
         shift = 32 if r.is64 else 8
+        mask = (1 << shift) - 1
         for start, end, rela, in_plt in ranges:
             ent = (3 if rela else 2) * r.wsize
             end -= (end - start) % ent
@@ -614,7 +639,7 @@ class ElfSymbols:
                 for f in struct.iter_unpack(fmt, self.src.read_at(off, n)):
                     sym = f[1] >> shift
                     if sym:
-                        yield sym, in_plt
+                        yield sym, in_plt, f[1] & mask
                 off += n
                 todo -= n
 

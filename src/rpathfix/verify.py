@@ -27,7 +27,9 @@ Findings:
   vendor, are one library whichever loads first);
 - error "version-not-found" / "undefined-symbol": an extension module whose closure maps
   but does not bind: a version or symbol it (or a library it loads) needs that no object
-  in scope defines (bind_glibc, bind_dyld: on by default, LoaderOptions.symbols).
+  in scope defines (bind_glibc, bind_dyld: on by default, LoaderOptions.symbols); or an
+  ELF executable that will not start for the same reason (versions, then what is bound
+  at start-up without LD_BIND_NOW).
 """
 
 from __future__ import annotations
@@ -172,8 +174,8 @@ def check_environment(tree: FileTree, env: Environment, options: LoaderOptions, 
 
 
 def _symbol_findings(problems: list[tuple[NativeFile, SymbolProblem]]) -> list[Finding]:
-    """One error per version or symbol an extension module's load cannot bind, its C++
-    names demangled in one batch."""
+    """One error per version or symbol an extension module's load (or a program's start)
+    cannot bind, its C++ names demangled in one batch."""
     if not problems:
         return []
     from rpathfix.demangle import demangle
@@ -183,7 +185,8 @@ def _symbol_findings(problems: list[tuple[NativeFile, SymbolProblem]]) -> list[F
     out = []
     for f, p in problems:
         base = posixpath.basename
-        needer = "the module" if p.requester == f.path else base(p.requester)
+        kind, verb = ("executable", "start") if f.is_executable else ("extension module", "load")
+        needer = ("the program" if f.is_executable else "the module") if p.requester == f.path else base(p.requester)
         if p.kind == VERSION_NOT_FOUND:
             version = p.version or ""
             prefix = version[:len(version) - len(version.lstrip("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_"))]
@@ -201,7 +204,7 @@ def _symbol_findings(problems: list[tuple[NativeFile, SymbolProblem]]) -> list[F
                 what = f"undefined symbol {sym}, needed by {needer}: no object in its scope defines it " \
                        f"(searched {len(p.searched)}: {scope})"
             name = p.symbol
-        out.append(Finding("error", p.kind, f.path, name, f"extension module {base(f.path)} will not load: {what}",
+        out.append(Finding("error", p.kind, f.path, name, f"{kind} {base(f.path)} will not {verb}: {what}",
                            symbol=p, demangled=names.get(p.symbol or "")))
     return out
 
@@ -432,7 +435,15 @@ class _Simulator:
 
         proc = GlibcProcess(self.tree, self._glibc_options())
         proc.start(f.path)
-        return proc.result(f.path)
+        result = proc.result(f.path)
+        if self.options.symbols and not result.missing and not any(r.error for r in result.resolutions):
+            from rpathfix.bind_glibc import SymbolTables, check_program
+
+            # Started for real: versions, then lazy binding (what the PLT does not defer).
+            self._elf_tables = self._elf_tables or SymbolTables(self.tree)
+            problems = check_program(proc, self._elf_tables, bind=True, lazy=True, trace=False)
+            self.symbol_problems += [(f, p) for p in problems]
+        return result
 
     def _load_macho(self, f: NativeFile) -> LoadResult:
         """No macOS interpreter to load into here: the file is the main image (LOADERS.md rule 30)."""
