@@ -18,7 +18,8 @@ Errors: an extension module whose libraries do not resolve; an executable that d
 find a library the environment holds (programs are run by their resolved path, as the
 kernel runs them); an extension module whose load needs a symbol version or a symbol
 that no object in its scope defines (version-not-found, undefined-symbol: checked as the
-import's dlopen(RTLD_NOW) binds them; C++ names demangled with c++filt when present). Warnings: a library whose dependency nothing provides, a library that
+import's dlopen(RTLD_NOW) binds them, and for programs as their start-up binds them; C++
+names demangled with c++filt when present). Warnings: a library whose dependency nothing provides, a library that
 resolves only by load order, a system library shadowing a wheel's copy, one SONAME
 provided by files with different contents.
 
