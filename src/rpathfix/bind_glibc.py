@@ -276,11 +276,15 @@ class _Binder:
         # An object whose symbol tables cannot be read may define anything (FormatError).
         if opaque or any(self.tables.of(o.real) is None for o, _ in scope):
             return
-        eager = self.tables.eager(obj.real) if lazy else None
         reals = [o.real for o, _ in scope]
-        failed = self._unbound(refs, reals, eager)
+        failed = self._unbound(refs, reals)
+        if lazy and failed:
+            # Which references the PLT defers is read from the relocations only when some do
+            # not bind: scanning them costs more than binding what is bound anyway.
+            eager = self.tables.eager(obj.real)
+            failed = [r for r in failed if eager is None or r.symndx in eager]
         if copies:
-            failed += self._unbound(copies, [r for r in reals if r != obj.real], None)
+            failed += self._unbound(copies, [r for r in reals if r != obj.real])
         if not failed:
             return
         if self.stop_at_versions:
@@ -300,16 +304,15 @@ class _Binder:
                 UNDEFINED_SYMBOL, obj.path, ref.name, ref.version.name if ref.version else None, None,
                 ref.version.file if ref.version else None, searched))
 
-    def _unbound(self, refs: Sequence[Reference], reals: list[str], eager: frozenset[int] | None) -> list[Reference]:
-        """The non-weak references (those in `eager`, when given) that no object of `reals`
-        defines acceptably."""
+    def _unbound(self, refs: Sequence[Reference], reals: list[str]) -> list[Reference]:
+        """The non-weak references that no object of `reals` defines acceptably."""
         in_scope = set(reals)
         files: dict[str, str | None] = {}  # version need file -> real path of its object in scope
         recent: list[str] = []  # providers that answered this object's last lookups
         failed: list[Reference] = []
         providers = self.tables.providers
         for ref in refs:
-            if ref.weak or (eager is not None and ref.symndx not in eager):
+            if ref.weak:
                 continue
             hint = None
             if ref.version is not None and ref.version.file is not None:
