@@ -33,6 +33,7 @@ from rpathfix.macho import (
     N_TYPE,
     _Slice,
 )
+from rpathfix.macho import _uleb as _macho_uleb
 from rpathfix.static import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
@@ -99,31 +100,20 @@ class Export(NamedTuple):
 
 
 def _uleb(data: bytes, pos: int, fail: FormatError) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        if pos >= len(data) or shift > 63:
-            raise fail
-        b = data[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        shift += 7
-        if not b & 0x80:
-            return result, pos
+    """macho._uleb (one reader of ULEB128), with an overrun as `fail`."""
+    try:
+        return _macho_uleb(data, pos)
+    except ValueError:
+        raise fail from None
 
 
 def _sleb(data: bytes, pos: int, fail: FormatError) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        if pos >= len(data) or shift > 63:
-            raise fail
-        b = data[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        shift += 7
-        if not b & 0x80:
-            if b & 0x40:
-                result -= 1 << shift
-            return result, pos
+    """A signed LEB128: the unsigned reading, sign-extended from its last byte's bit 6."""
+    value, end = _uleb(data, pos, fail)
+    bits = 7 * (end - pos)
+    if data[end - 1] & 0x40:
+        value -= 1 << bits
+    return value, end
 
 
 class MachoSymbols:
