@@ -35,12 +35,13 @@ def pip_venv(wheels: Path, work: Path) -> Path:
     return venv
 
 
-def timed_verify(paths: list[str], repeat: int) -> tuple[float, dict]:  # type: ignore[type-arg]
+def timed_verify(paths: list[str], repeat: int, *extra: str) -> tuple[float, dict]:  # type: ignore[type-arg]
     best = float("inf")
     doc: dict = {}  # type: ignore[type-arg]
     for _ in range(repeat):
         t = time.perf_counter()
-        out = subprocess.run([PY, "-m", "rpathfix", "verify", "--json", *paths], capture_output=True, text=True)
+        out = subprocess.run([PY, "-m", "rpathfix", "verify", "--json", *extra, *paths], capture_output=True,
+                             text=True)
         best = min(best, time.perf_counter() - t)
         doc = json.loads(out.stdout)
     return best, doc
@@ -76,16 +77,17 @@ def main() -> int:
     split = unpack_split(a.wheels, a.work)
     roots = sorted(str(p) for p in split.iterdir() if p.is_dir())
     venv = pip_venv(a.wheels, a.work)
-    print(f"{'layout':24} {'seconds':>8} {'checked':>8} {'errors':>7} {'warnings':>8}  "
+    print(f"{'layout':24} {'seconds':>8} {'no-sym s':>8} {'checked':>8} {'errors':>7} {'warnings':>8}  "
           "real ld.so: ctypes.CDLL(torch/_C) | import torch (with torch's preload hack)")
     for name, paths, python, pp in (
         ("split per-wheel layout", roots, PY, ":".join(roots)),
         ("pip-installed venv", [str(venv)], str(venv / "bin" / "python"), None),
     ):
         secs, doc = timed_verify(paths, a.repeat)
+        plain, _doc = timed_verify(paths, a.repeat, "--no-symbols")  # without symbol binding, same run
         c_ok, c_msg = real_load(python, pp, LOAD_C)
         t_ok, t_msg = real_load(python, pp, "import torch; print(torch.__version__)")
-        print(f"{name:24} {secs:8.3f} {doc['checked']:8} {len(doc['errors']):7} {len(doc['warnings']):8}  "
+        print(f"{name:24} {secs:8.3f} {plain:8.3f} {doc['checked']:8} {len(doc['errors']):7} {len(doc['warnings']):8}  "
               f"{c_msg if c_ok else 'FAILS: ' + c_msg} | {t_msg if t_ok else 'FAILS: ' + t_msg}")
         missing = sorted({e["name"] for e in doc["errors"]})
         if missing:

@@ -456,6 +456,14 @@ def load_macho(tree: FileTree, root: str, options: DyldOptions = DEFAULT_OPTIONS
     return LoadResult(root, sim.objects(), sim.resolutions)
 
 
+def simulate(tree: FileTree, root: str, options: DyldOptions = DEFAULT_OPTIONS) -> tuple[_Simulation, _Image]:
+    """load_macho's whole simulation (images in load order, with their slices) and the
+    root's image, for the binding model (bind_dyld)."""
+    sim = _Simulation(tree, options)
+    top = sim.start(root, with_root_closure=True)
+    return sim, top
+
+
 def explain(tree: FileTree, requester: str, name: str, options: DyldOptions = DEFAULT_OPTIONS) -> Resolution:
     """How load path `name` is resolved when `requester` asks for it (used by `rpathfix why`).
 

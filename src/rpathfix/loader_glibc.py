@@ -400,6 +400,11 @@ class GlibcProcess:
                 if dep is not None and dep not in done:
                     queue.append(dep)
 
+    def named(self, name: str) -> _Obj | None:
+        """The loaded object that answers to `name` (rule 3): what a DT_NEEDED name or a
+        version need's file refers to once loaded (bind_glibc)."""
+        return self._by_name.get(name)
+
     def _loaded(self, name: str) -> _Obj | None:
         """Rule 3: a name equal to a loaded object's l_name, a name it was requested under, or its
         SONAME (a SONAME never matches a name with a slash); the first loaded object wins."""

@@ -15,6 +15,7 @@ from rpathfix.static import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
     from rpathfix.fstree import FileTree
+    from rpathfix.resolution import SymbolProblem, SymbolTrace
 
 
 class ProcessSpec(NamedTuple):
@@ -91,6 +92,60 @@ def explain(tree: FileTree, path: str, name: str, spec: ProcessSpec) -> tuple[Re
 
         opts = _dyld_options(spec)
         return dyld_explain(tree, path, name, opts), load_macho(tree, path, opts, dlopen=spec.executable is not None)
+    except FormatError as e:
+        raise UsageError(str(e)) from None
+
+
+def load_checked(tree: FileTree, path: str, spec: ProcessSpec, *, bind: bool = False) -> tuple[LoadResult, list[SymbolProblem]]:
+    """load(), and whether the load then binds (bind_glibc, bind_dyld). ELF: version needs
+    always (ldd checks them too); every undefined symbol with `bind` (`ldd -r`) and always
+    for spec.executable's dlopen (an import binds with RTLD_NOW). Mach-O: with `bind` or
+    an executable."""
+    path = _absolute(path, spec.cwd)
+    try:
+        if file_format(tree, path) == "elf":
+            from rpathfix.bind_glibc import SymbolTables, check_program, load_and_bind
+            from rpathfix.loader_glibc import GlibcProcess
+
+            options = _glibc_options(spec)
+            tables = SymbolTables(tree)
+            try:
+                if spec.executable:
+                    return load_and_bind(tree, path, options, tables)
+                proc = GlibcProcess(tree, options)
+                proc.start(path, as_ldd=True)
+                result = proc.result(path)
+                return result, check_program(proc, tables, bind=bind)
+            finally:
+                tables.close()
+        from rpathfix.loader_dyld import load_macho
+
+        opts = _dyld_options(spec)
+        if not bind and spec.executable is None:
+            return load_macho(tree, path, opts), []
+        from rpathfix.bind_dyld import MachoTables
+        from rpathfix.bind_dyld import load_and_bind as dyld_bind
+
+        mtables = MachoTables(tree)
+        try:
+            return dyld_bind(tree, path, opts, mtables)
+        finally:
+            mtables.close()
+    except FormatError as e:
+        raise UsageError(str(e)) from None
+
+
+def explain_symbol(tree: FileTree, path: str, symbol: str, spec: ProcessSpec) -> tuple[SymbolTrace, LoadResult]:
+    """How `symbol`, imported by `path`, binds (`rpathfix why FILE SYMBOL`)."""
+    path = _absolute(path, spec.cwd)
+    try:
+        if file_format(tree, path) == "elf":
+            from rpathfix.bind_glibc import explain_symbol as glibc_symbol
+
+            return glibc_symbol(tree, path, symbol, _glibc_options(spec))
+        from rpathfix.bind_dyld import explain_symbol as dyld_symbol
+
+        return dyld_symbol(tree, path, symbol, _dyld_options(spec))
     except FormatError as e:
         raise UsageError(str(e)) from None
 

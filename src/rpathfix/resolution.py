@@ -44,6 +44,60 @@ class Resolution(NamedTuple):
         return self.path is not None or self.found_via == "driver"
 
 
+VERSION_NOT_FOUND = "version-not-found"
+UNDEFINED_SYMBOL = "undefined-symbol"
+
+
+class SymbolProblem(NamedTuple):
+    """A version need or symbol import that a load cannot satisfy, so the load fails
+    (bind_glibc, bind_dyld). JSON keys of the verify and ldd error records."""
+
+    kind: str  # VERSION_NOT_FOUND or UNDEFINED_SYMBOL
+    requester: str  # path (as opened) of the object that needs the version or imports the symbol
+    symbol: str | None  # the symbol as stored (mangled; Mach-O names keep their leading "_")
+    version: str | None  # glibc: the version needed (of the symbol, for an undefined symbol)
+    provider: str | None  # the object expected to define it (glibc version: lacks the version)
+    file: str | None  # the name the requester asked for it by: a version need's file, a dylib load command
+    searched: tuple[str, ...] = ()  # the objects looked in, in lookup order (paths)
+    loader: str = "glibc"  # "glibc" or "dyld"
+    defined: tuple[str, ...] = ()  # version-not-found: the versions the provider does define
+
+    @property
+    def message(self) -> str:
+        """What the loader says (dlerror), on one line."""
+        if self.kind == VERSION_NOT_FOUND:
+            return f"{self.provider}: version `{self.version}' not found (required by {self.requester})"
+        if self.loader == "dyld":
+            if self.provider is None:
+                return f"symbol not found in flat namespace '{self.symbol}' (referenced from {self.requester})"
+            return f"Symbol not found: {self.symbol}, referenced from {self.requester}, expected in {self.provider}"
+        ver = f", version {self.version}" if self.version else ""
+        return f"{self.requester}: undefined symbol: {self.symbol}{ver}"
+
+
+class Step(NamedTuple):
+    """One object a symbol lookup looked in (`rpathfix why FILE SYMBOL`)."""
+
+    path: str
+    scope: str  # "global" or "local"
+    result: str  # "defined", "not defined", "skipped"
+    note: str | None = None  # the same-named symbols that did not qualify, with why
+
+
+class SymbolTrace(NamedTuple):
+    """How one symbol reference of one object binds, object by object."""
+
+    symbol: str
+    version: str | None
+    weak: bool
+    requester: str
+    referenced: bool  # the requester has an undefined reference of that name
+    provider: str | None  # path of the object it binds to; None when unbound
+    definition: str | None  # the definition, described (binding, type, name@version)
+    steps: tuple[Step, ...]
+    mode: str  # how the object was loaded, in words
+
+
 class LoadedObject(NamedTuple):
     """One object in a simulated process, in load order."""
 

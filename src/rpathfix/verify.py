@@ -24,7 +24,12 @@ Findings:
   provides it (the system libcudart.so.13 winning over the wheel's copy);
 - warning "duplicate-soname": one SONAME provided by files with different contents
   (byte-identical copies, such as the libgfortran that numpy.libs and scipy.libs both
-  vendor, are one library whichever loads first).
+  vendor, are one library whichever loads first);
+- error "version-not-found" / "undefined-symbol": an extension module whose closure maps
+  but does not bind: a version or symbol it (or a library it loads) needs that no object
+  in scope defines (bind_glibc, bind_dyld: on by default, LoaderOptions.symbols); or an
+  ELF executable that will not start for the same reason (versions, then what is bound
+  at start-up without LD_BIND_NOW).
 """
 
 from __future__ import annotations
@@ -43,8 +48,11 @@ from rpathfix.resolution import Attempt, LoadResult, Resolution
 from rpathfix.static import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
+    from rpathfix.bind_dyld import MachoTables
+    from rpathfix.bind_glibc import SymbolTables
     from rpathfix.fstree import FileTree
     from rpathfix.loader_glibc import GlibcOptions, GlibcProcess
+    from rpathfix.resolution import SymbolProblem
 
 
 class Finding(NamedTuple):
@@ -54,6 +62,8 @@ class Finding(NamedTuple):
     name: str | None
     message: str
     trace: tuple[Attempt, ...] = ()
+    symbol: SymbolProblem | None = None  # version-not-found, undefined-symbol
+    demangled: str | None = None  # the C++ symbol, demangled (demangle.py)
 
 
 class LoaderOptions(NamedTuple):
@@ -70,6 +80,7 @@ class LoaderOptions(NamedTuple):
     use_cache: bool = True
     secure: bool = False  # a setuid/capability interpreter (AT_SECURE; dyld: restricted)
     assume_loaded: tuple[str, ...] = ()
+    symbols: bool = True  # check versions and bind symbols of extension modules (RTLD_NOW)
 
 
 class Report:
@@ -157,6 +168,8 @@ def check_environment(tree: FileTree, env: Environment, options: LoaderOptions, 
                 # A plugin library may need what only some systems have (libibverbs, libmpi):
                 # nothing imports it by itself, so it is a warning, not an error.
                 findings.append(_missing(f, r, providers, what="library", error=False))
+    sim.close()
+    findings.extend(_symbol_findings(sim.symbol_problems))
     if not modules_only:
         findings.extend(_duplicates(tree, env))
     unique: dict[tuple[str, str, str | None, str], Finding] = {}
@@ -165,6 +178,42 @@ def check_environment(tree: FileTree, env: Environment, options: LoaderOptions, 
     findings = list(unique.values())
     findings.sort(key=lambda x: (x.level != "error", x.file, x.name or "", x.code))
     return Report(env, findings, len(loaded), tree)
+
+
+def _symbol_findings(problems: list[tuple[NativeFile, SymbolProblem]]) -> list[Finding]:
+    """One error per version or symbol an extension module's load (or a program's start)
+    cannot bind, its C++ names demangled in one batch."""
+    if not problems:
+        return []
+    from rpathfix.demangle import demangle
+    from rpathfix.resolution import VERSION_NOT_FOUND
+
+    names = demangle(p.symbol for _f, p in problems if p.symbol)
+    out = []
+    for f, p in problems:
+        base = posixpath.basename
+        kind, verb = ("executable", "start") if f.is_executable else ("extension module", "load")
+        needer = ("the program" if f.is_executable else "the module") if p.requester == f.path else base(p.requester)
+        if p.kind == VERSION_NOT_FOUND:
+            version = p.version or ""
+            prefix = version[:len(version) - len(version.lstrip("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_"))]
+            same = [v for v in p.defined if v.startswith(prefix) and v[len(prefix):][:1].isdigit()]
+            newest = f" (the newest {prefix.rstrip('_')} version it defines is {same[-1]})" if prefix and same else ""
+            what = f"{base(p.provider or '?')} has no version {p.version}, which {needer} needs{newest}"
+            name = p.version
+        else:
+            dem = names.get(p.symbol or "")
+            sym = f"{p.symbol}{f' ({dem})' if dem else ''}{f', version {p.version}' if p.version else ''}"
+            if p.loader == "dyld" and p.provider is not None:
+                what = f"symbol {sym}, which {needer} imports from {base(p.provider)}, is not exported there"
+            else:
+                scope = ", ".join(base(x) for x in p.searched[:6]) + (", ..." if len(p.searched) > 6 else "")
+                what = f"undefined symbol {sym}, needed by {needer}: no object in its scope defines it " \
+                       f"(searched {len(p.searched)}: {scope})"
+            name = p.symbol
+        out.append(Finding("error", p.kind, f.path, name, f"{kind} {base(f.path)} will not {verb}: {what}",
+                           symbol=p, demangled=names.get(p.symbol or "")))
+    return out
 
 
 def _via(f: NativeFile, r: Resolution) -> str:
@@ -335,6 +384,15 @@ class _Simulator:
         self.interpreter = interpreter or sys.executable
         self._glibc: GlibcOptions | None = None
         self._host: GlibcProcess | None = None
+        self._elf_tables: SymbolTables | None = None
+        self._macho_tables: MachoTables | None = None
+        self.symbol_problems: list[tuple[NativeFile, SymbolProblem]] = []
+
+    def close(self) -> None:
+        """Close the symbol tables the binding checks opened."""
+        for t in (self._elf_tables, self._macho_tables):
+            if t is not None:
+                t.close()
 
     def load(self, f: NativeFile) -> LoadResult | None:
         try:
@@ -368,6 +426,13 @@ class _Simulator:
         options = self._glibc_options()
         if self._host is None:
             self._host = started(self.tree, options)  # FormatError: no interpreter to load into
+        if f.is_extension and self.options.symbols:
+            from rpathfix.bind_glibc import SymbolTables, load_and_bind
+
+            self._elf_tables = self._elf_tables or SymbolTables(self.tree)
+            result, problems = load_and_bind(self.tree, f.path, options, self._elf_tables, host=self._host)
+            self.symbol_problems += [(f, p) for p in problems]
+            return result
         return load_elf(self.tree, f.path, options, host=self._host)
 
     def _run_elf(self, f: NativeFile) -> LoadResult:
@@ -377,22 +442,41 @@ class _Simulator:
 
         proc = GlibcProcess(self.tree, self._glibc_options())
         proc.start(f.path)
-        return proc.result(f.path)
+        result = proc.result(f.path)
+        if self.options.symbols and not result.missing and not any(r.error for r in result.resolutions):
+            from rpathfix.bind_glibc import SymbolTables, check_program
+
+            # Started for real: versions, then lazy binding (what the PLT does not defer).
+            self._elf_tables = self._elf_tables or SymbolTables(self.tree)
+            problems = check_program(proc, self._elf_tables, bind=True, lazy=True, trace=False)
+            self.symbol_problems += [(f, p) for p in problems]
+        return result
 
     def _load_macho(self, f: NativeFile) -> LoadResult:
         """No macOS interpreter to load into here: the file is the main image (LOADERS.md rule 30)."""
         from rpathfix.loader_dyld import DyldOptions, load_macho
 
-        return load_macho(self.tree, f.path, DyldOptions(restricted=self.options.secure), dlopen=False)
+        options = DyldOptions(restricted=self.options.secure)
+        if f.is_extension and self.options.symbols:
+            from rpathfix.bind_dyld import MachoTables, load_and_bind
+
+            self._macho_tables = self._macho_tables or MachoTables(self.tree)
+            result, problems = load_and_bind(self.tree, f.path, options, self._macho_tables)
+            self.symbol_problems += [(f, p) for p in problems]
+            return result
+        return load_macho(self.tree, f.path, options, dlopen=False)
 
 
 def report_to_json(report: Report) -> dict[str, object]:
     def one(x: Finding) -> dict[str, object]:
-        return {
+        out: dict[str, object] = {
             "file": x.file, "name": x.name, "code": x.code, "message": x.message,
             "trace": [{"path": a.path, "rule": a.rule, "result": a.result, "entry": a.entry,
                        "contributor": a.contributor} for a in x.trace],
         }
+        if x.symbol is not None:
+            out.update(symbol_json(x.symbol, x.demangled))
+        return out
 
     return {
         "schema": "rpathfix.verify/1",
@@ -401,6 +485,13 @@ def report_to_json(report: Report) -> dict[str, object]:
         "errors": [one(x) for x in report.errors],
         "warnings": [one(x) for x in report.warnings],
     }
+
+
+def symbol_json(p: SymbolProblem, demangled: str | None) -> dict[str, object]:
+    """The keys a version-not-found or undefined-symbol record adds (docs/schemas.md)."""
+    return {"symbol": p.symbol, "demangled": demangled, "version": p.version, "required_by": p.requester,
+            "provider": p.provider, "searched": list(p.searched), "loader_message": p.message}
+
 
 
 def format_report(report: Report, *, explain: bool = False, color: bool = False, named: Sequence[str] = (),

@@ -10,7 +10,7 @@ import sys
 from rpathfix.static import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from rpathfix.resolution import LoadResult
+    from rpathfix.resolution import LoadResult, SymbolProblem
 
 HELP = "show every library a binary loads and how each was found (ELF and Mach-O, nothing executed)"
 DESCRIPTION = """\
@@ -21,9 +21,12 @@ Nothing is executed, so untrusted and foreign-architecture files are safe.
 
 --exe PY simulates PY dlopen()ing FILE instead (how Python imports an extension module).
 --secure simulates FILE run as a setuid program (AT_SECURE), as ldd cannot show it.
-JSON (--json): {"schema": "rpathfix.ldd/1", "root": ..., "libraries": [{"name", "path",
-"found_via", "needed_by", "error"}]}. Exit codes: 0 all found, 1 something missing or a
-file the loader refuses (the load stops there), 2 bad input."""
+Version needs are checked as ld.so checks them (`version `GLIBC_2.38' not found`); with -r,
+or with --exe (an import binds with RTLD_NOW), every undefined symbol is bound too, as
+`ldd -r` does. JSON (--json): {"schema": "rpathfix.ldd/1", "root": ..., "libraries":
+[{"name", "path", "found_via", "needed_by", "error"}], "problems": [...]}. Exit codes: 0 all
+found and bound, 1 something missing or unbound or a file the loader refuses (the load
+stops there), 2 bad input."""
 
 
 def register(p: argparse.ArgumentParser) -> None:
@@ -36,17 +39,20 @@ def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("--arch", help="Mach-O slice to simulate (default: arm64 when present)")
     p.add_argument("--secure", action="store_true",
                    help="simulate a setuid/setgid/capability program (AT_SECURE: LD_LIBRARY_PATH ignored, $ORIGIN restricted; a restricted process for dyld)")
+    p.add_argument("-r", "--bind", action="store_true",
+                   help="also bind every undefined symbol, as `ldd -r` does (always with --exe)")
 
 
 def libraries(result: LoadResult) -> list[dict[str, object]]:
-    """One row per library in load order, plus one per name that was not found (the root
-    itself, dlopen()ed by --exe, is the subject, not a row)."""
+    """One row per library in load order, plus one per failed search: a name that several
+    objects look for and do not find gets a row per requester, as ldd(1) prints it (the
+    root itself, dlopen()ed by --exe, is the subject, not a row)."""
     rows: list[dict[str, object]] = []
-    seen: set[tuple[str, str | None]] = set()
+    seen: set[tuple[str, str | None, str | None]] = set()
     for r in result.resolutions:
         if r.found_via == "loaded" or (r.found_via == "direct" and r.path == result.root):
             continue
-        key = (r.name, r.path)
+        key = (r.name, r.path, None if r.path is not None else r.requester)
         if key in seen:
             continue
         seen.add(key)
@@ -56,17 +62,23 @@ def libraries(result: LoadResult) -> list[dict[str, object]]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from rpathfix.demangle import demangle
     from rpathfix.fstree import RealTree
-    from rpathfix.loaders import ProcessSpec, load
+    from rpathfix.loaders import ProcessSpec, load_checked
 
     spec = ProcessSpec(executable=args.exe, library_path=args.ld_library_path,
                        cache_path=None if args.no_cache else args.cache, cwd=os.getcwd(), arch=args.arch,
                        secure=args.secure)
-    result = load(RealTree(), args.file, spec)
+    result, problems = load_checked(RealTree(), args.file, spec, bind=args.bind)
     rows = libraries(result)
     missing = result.missing
+    demangled = demangle(p.symbol for p in problems if p.symbol)
     if args.json:
-        json.dump({"schema": "rpathfix.ldd/1", "root": result.root, "libraries": rows}, sys.stdout, indent=1)
+        from rpathfix.verify import symbol_json
+
+        doc = {"schema": "rpathfix.ldd/1", "root": result.root, "libraries": rows,
+               "problems": [{"kind": p.kind, **symbol_json(p, demangled.get(p.symbol or ""))} for p in problems]}
+        json.dump(doc, sys.stdout, indent=1)
         sys.stdout.write("\n")
     else:
         for row in rows:
@@ -78,4 +90,20 @@ def run(args: argparse.Namespace) -> int:
                 print(f"\t{row['name']} => not found   (needed by {row['needed_by']})")
             else:
                 print(f"\t{row['name']} => {row['path']}   [{row['found_via']}]")
-    return 1 if missing else 0
+        for p in problems:
+            print(_problem_line(p, demangled.get(p.symbol or "")))
+    return 1 if missing or problems else 0
+
+
+def _problem_line(p: SymbolProblem, demangled: str | None) -> str:
+    """One problem as ldd -r words it."""
+    from rpathfix.resolution import VERSION_NOT_FOUND
+
+    if p.kind == VERSION_NOT_FOUND:
+        return f"{p.provider}: version `{p.version}' not found (required by {p.requester})"
+    name = f"{p.symbol} ({demangled})" if demangled else f"{p.symbol}"
+    if p.loader == "dyld":
+        where = f"expected in {p.provider}" if p.provider else "flat namespace"
+        return f"symbol not found: {name}\t({p.requester}; {where})"
+    version = f", version {p.version}" if p.version else ""
+    return f"undefined symbol: {name}{version}\t({p.requester})"

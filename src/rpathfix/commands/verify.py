@@ -16,7 +16,10 @@ that form a sys.path (for example one directory per wheel, as rules_python lays 
 
 Errors: an extension module whose libraries do not resolve; an executable that does not
 find a library the environment holds (programs are run by their resolved path, as the
-kernel runs them). Warnings: a library whose dependency nothing provides, a library that
+kernel runs them); an extension module whose load needs a symbol version or a symbol
+that no object in its scope defines (version-not-found, undefined-symbol: checked as the
+import's dlopen(RTLD_NOW) binds them, and for programs as their start-up binds them; C++
+names demangled with c++filt when present). Warnings: a library whose dependency nothing provides, a library that
 resolves only by load order, a system library shadowing a wheel's copy, one SONAME
 provided by files with different contents.
 
@@ -45,6 +48,8 @@ def register(p: argparse.ArgumentParser) -> None:
                    help="a library file name, or a distribution whose modules' libraries, that the package "
                         "loads itself at run time: not found is a warning (repeatable)")
     p.add_argument("--explain", action="store_true", help="show every directory the loader tried")
+    p.add_argument("--no-symbols", action="store_true",
+                   help="do not check symbol versions and undefined symbols of extension modules")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -52,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     from rpathfix.verify import LoaderOptions, format_report, report_to_json, verify
 
     opts = LoaderOptions(interpreter=args.python, ld_library_path=args.ld_library_path, use_cache=not args.no_cache,
-                         secure=args.secure, assume_loaded=tuple(args.assume_loaded))
+                         secure=args.secure, assume_loaded=tuple(args.assume_loaded), symbols=not args.no_symbols)
     report = verify(RealTree(), args.paths, opts)
     if args.json:
         json.dump(report_to_json(report), sys.stdout, indent=1)
