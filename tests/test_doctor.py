@@ -487,18 +487,14 @@ def test_symbol_findings_group_by_code() -> None:
 
 
 def test_symbol_version_end_to_end(tmp_path: Path) -> None:
-    """Enabled once verify binds symbol versions (the symbol-binding work): a module built
-    against a library version the installed copy does not have."""
-    import rpathfix.verify
-
-    if "version-not-found" not in Path(rpathfix.verify.__file__).read_text():
-        pytest.skip("verify does not bind symbols yet")
+    """A module built against a library version the installed copy does not have: the real
+    import fails naming the version, and doctor says version-not-found."""
     site = root(tmp_path / "roots", "xsym", "1.0")
     lib_dir = site / "xsym" / "lib"
     lib_dir.mkdir(parents=True)
-    (tmp_path / "v2.map").write_text("XSYM_2.0 { global: x_xsym; local: *; };\n")
-    (tmp_path / "v1.map").write_text("XSYM_1.0 { global: x_xsym; local: *; };\n")
-    (tmp_path / "s.c").write_text("int x_xsym(void) { return 1; }\n")
+    (tmp_path / "v2.map").write_text("XSYM_2.0 { global: x_libxsym; local: *; };\n")
+    (tmp_path / "v1.map").write_text("XSYM_1.0 { global: x_libxsym; local: *; };\n")
+    (tmp_path / "s.c").write_text("int x_libxsym(void) { return 1; }\n")
     build = ["gcc", "-shared", "-fPIC", "-Wl,-soname,libxsym.so", str(tmp_path / "s.c")]
     subprocess.run([*build, f"-Wl,--version-script={tmp_path / 'v2.map'}", "-o", str(tmp_path / "libxsym.so")],
                    check=True)
@@ -509,6 +505,11 @@ def test_symbol_version_end_to_end(tmp_path: Path) -> None:
     assert real.returncode != 0 and "XSYM_2.0" in real.stderr
     code, doc = doctor(str(site))
     assert code == 1 and "XSYM_2.0" in json.dumps(codes(doc)["version-not-found"])
+    # The control: the copy it was built against loads, and doctor finds nothing of the kind.
+    (lib_dir / "libxsym.so").write_bytes((tmp_path / "libxsym.so").read_bytes())
+    assert run_python("import xsym._ext", python_env([site])).returncode == 0
+    code, doc = doctor(str(site))
+    assert "version-not-found" not in codes(doc)
 
 
 # ---------------------------------------------------------------- venv, plan, unpack: one voice, quiet success
