@@ -18,7 +18,7 @@ from rpathfix import __version__
 from rpathfix.errors import RpathfixError
 
 # In the order `--help` lists them.
-COMMANDS = ("scan", "ldd", "why", "verify", "unpack", "plan", "venv")
+COMMANDS = ("scan", "ldd", "why", "verify", "unpack", "plan", "venv", "patch")
 
 
 def _command_module(name: str) -> ModuleType | None:
