@@ -19,12 +19,12 @@ from pathlib import Path
 
 import pytest
 
+from conftest import zig_available, zig_cc
 from rpathfix import elf_write
 from rpathfix.errors import EditError, FormatError
 from rpathfix.model import BytePatch, Edit
 from rpathfix.patch import stream_patched
 from rpathfix.source import BytesSource, FileSource
-from tests.conftest import zig_available, zig_cc
 
 FOO = "int foo(void){return 42;}\n"
 BAR = "int foo(void);\nint bar(void){return foo()+1;}\n"
@@ -256,7 +256,7 @@ def test_shorter_path_is_written_over_the_old_one_only(native, tmp_path):
     assert len(patch.writes) == 1 and len(patch.writes[0][1]) == len("/nonexistent/placeholder/dir") + 1
     out = write_patched(lib, tmp_path / "new.so", patch)
     old, new = lib.read_bytes(), out.read_bytes()
-    assert [i for i in range(len(old)) if old[i] != new[i]][0] >= patch.writes[0][0]
+    assert next(i for i in range(len(old)) if old[i] != new[i]) >= patch.writes[0][0]
     check(lib, out, expect={"RPATH": ["$ORIGIN/../deps"]})  # the tag stays DT_RPATH
     os.replace(out, lib)
     assert runs(main, env).stdout == "43\n"

@@ -219,8 +219,9 @@ def _write_in_place(fd: int, old_size: int, patch: BytePatch, step: _Steps) -> N
         if patch.size > old_size:
             os.ftruncate(fd, patch.size)  # zeros up to the new size, where no write reaches
             step()
-        os.fsync(fd)  # the new bytes are on disk before anything points at them
-        step()
+        if appends or patch.size > old_size:
+            os.fsync(fd)  # the new bytes are on disk before anything points at them
+            step()
         fileio.pwrite_all(fd, last, last_off)
         switched = True
         step()
