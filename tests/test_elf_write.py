@@ -78,12 +78,27 @@ def native(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     out["pie"] = gcc(d / "bin/main", MAIN, "-pie", "-fPIE", *exe)
     out["nopie"] = gcc(d / "var/main_nopie", MAIN, "-no-pie", *exe)
     out["pie_sysv"] = gcc(d / "var/main_sysv", MAIN, "-pie", "-fPIE", "-Wl,--hash-style=sysv", *exe)
+    out["nopie_nophdr"] = without_pt_phdr(out["nopie"], d / "var/main_nopie_nophdr")
     for name in ("lib", "pie", "nopie"):
         stripped = d / "var" / (out[name].name + ".nosht")
         run("llvm-objcopy-14", "--strip-sections", out[name], stripped)
         out[name + "_nosht"] = stripped
     out["root"] = d
     return out
+
+
+def without_pt_phdr(src: Path, dest: Path) -> Path:
+    """A copy whose PT_PHDR entry is PT_NULL: no linker we have omits it from an executable,
+    and a non-PIE one runs without it (glibc needs it only to find a PIE's load address)."""
+    data = bytearray(src.read_bytes())
+    phoff, phentsize, phnum = int.from_bytes(data[32:40], "little"), data[54], int.from_bytes(data[56:58], "little")
+    for i in range(phnum):
+        at = phoff + i * phentsize
+        if int.from_bytes(data[at:at + 4], "little") == 6:  # PT_PHDR
+            data[at:at + 4] = bytes(4)
+    dest.write_bytes(bytes(data))
+    shutil.copymode(src, dest)
+    return dest
 
 
 def write_patched(src: Path, dest: Path, patch: BytePatch) -> Path:
@@ -171,7 +186,7 @@ def layout(native: dict[str, Path], tmp: Path, exe: str = "pie", lib: str = "lib
 # -- growing: a new string, new tables, a new (or extended) PT_LOAD ------------------------------
 
 
-@pytest.mark.parametrize("exe", ["pie", "nopie", "pie_sysv", "pie_nosht", "nopie_nosht"])
+@pytest.mark.parametrize("exe", ["pie", "nopie", "pie_sysv", "pie_nosht", "nopie_nosht", "nopie_nophdr"])
 def test_new_runpath_in_an_executable_loads_through_it(native, tmp_path, exe):
     main, lib = layout(native, tmp_path, exe=exe)
     lib_fixed = tmp_path / "lib/libxbar.fixed"
@@ -303,6 +318,22 @@ def test_shared_string_tails_are_never_overwritten(native, tmp_path, monkeypatch
     control = tmp_path / "control.so"
     assert edit(lib, control, *edits).method == "in-place"
     assert run("readelf", "--dyn-syms", "-W", control).stdout != syms
+
+
+def test_a_plan_that_would_not_read_back_is_refused(native, monkeypatch):
+    """The plan is read back with elf.read_elf before anything is written; the control
+    breaks the in-place write (a string's first byte) and the plan is refused."""
+    real = elf_write._in_place_write
+
+    def broken(elf, strings, entries):  # type: ignore[no-untyped-def]
+        off, data = real(elf, strings, entries)
+        return off, b"X" + data[1:]
+
+    with FileSource(str(native["lib_rpath"])) as s:
+        assert elf_write.plan_patch(s, [Edit("set-rpath", "/short")]).method == "in-place"
+        monkeypatch.setattr(elf_write, "_in_place_write", broken)
+        with pytest.raises(EditError, match="read back differently"):
+            elf_write.plan_patch(s, [Edit("set-rpath", "/short")])
 
 
 def test_unchanged_and_idempotent(native, tmp_path):

@@ -24,7 +24,7 @@ import pytest
 from conftest import rpathfix
 from rpathfix import fileio
 from rpathfix.model import BytePatch, Edit
-from rpathfix.patch import FAULT_ENV, atomic_in_place, pieces, stream_patched
+from rpathfix.patch import FAULT_ENV, PatchedSource, atomic_in_place, pieces, stream_patched
 from rpathfix.source import BytesSource, FileSource
 from test_elf_write import BAR, FOO, MAIN, gcc, runs
 
@@ -290,9 +290,11 @@ def test_stream_patched_into_a_wheel_gives_the_same_bytes(tree, tmp_path):
     with zipfile.ZipFile(whl, "w", zipfile.ZIP_DEFLATED) as zf, FileSource(str(lib)) as s, \
             zf.open("pkg/libxbar.so", "w") as member:
         stream_patched(s, patch, member)  # type: ignore[arg-type]
+    with FileSource(str(lib)) as s:
+        view = PatchedSource(s, patch).read_at(0, patch.size)  # the file as it will be, read before writing
     assert rpathfix("patch", str(lib), "--add-rpath", "$ORIGIN/a/new/and/long/entry").returncode == 0
     with zipfile.ZipFile(whl) as zf:
-        assert zf.read("pkg/libxbar.so") == lib.read_bytes()
+        assert zf.read("pkg/libxbar.so") == lib.read_bytes() == view
 
 
 def test_pieces_later_writes_win_and_the_file_grows_with_zeros():

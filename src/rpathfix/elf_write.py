@@ -505,12 +505,13 @@ class _Want:
     """What the edits ask for: the new dynamic entries, the version needs that must name a
     renamed library ((file offset of a vn_file field, new name)), and the changes."""
 
-    __slots__ = ("changes", "entries", "vn_files")
+    __slots__ = ("changes", "entries", "expect", "vn_files")
 
     def __init__(self) -> None:
         self.entries: list[_Ent] = []
         self.vn_files: list[tuple[int, bytes]] = []
         self.changes: list[Change] = []
+        self.expect: dict[str, object] = {}  # what elf.read_elf must read back
 
 
 def _text(b: bytes | None) -> str | None:
@@ -628,6 +629,9 @@ def _wanted(elf: _Elf, edits: Sequence[Edit]) -> _Want:
             if name in renames:
                 want.vn_files.append((off + 4, renames[name]))
 
+    want.expect = {"needed": tuple(_text(n) for n in names), "soname": _text(new_soname),
+                   "rpath": _text(new_path) if DT_RPATH in tags else None,
+                   "runpath": _text(new_path) if DT_RUNPATH in tags else None}
     ch = want.changes
     ch += [Change("needed", _text(old), _text(new)) for (_i, old), new in zip(needed, names) if old != new]
     if new_soname != soname:
@@ -737,12 +741,33 @@ def plan_patch(src: ByteSource, edits: Sequence[Edit]) -> BytePatch:
         return BytePatch((), src.size, "unchanged", ())
     strings = _place_strings(elf, want)
     changes = tuple(want.changes)
+    patch = None
     if not strings.appended:
         write = _in_place_write(elf, strings, want.entries)
         if write is not None:
-            return BytePatch((write,), src.size, "in-place", changes)
-    writes, size = _Grow(elf, strings, want.entries).plan()
-    return BytePatch(writes, size, "grown", changes)
+            patch = BytePatch((write,), src.size, "in-place", changes)
+    if patch is None:
+        writes, size = _Grow(elf, strings, want.entries).plan()
+        patch = BytePatch(writes, size, "grown", changes)
+    _read_back(src, patch, want)
+    return patch
+
+
+def _read_back(src: ByteSource, patch: BytePatch, want: _Want) -> None:
+    """Read the planned file with the reader every other part uses (elf.read_elf) and check
+    it says what the edits asked for and, besides, what the old file said: a plan that would
+    not is a bug, refused before anything is written."""
+    from rpathfix.elf import read_elf
+    from rpathfix.patch import PatchedSource
+
+    before = read_elf(src)._asdict()
+    try:
+        after = read_elf(PatchedSource(src, patch))._asdict()
+    except FormatError as e:
+        raise EditError(f"{src.name}: the planned file would not read back ({e.reason}); nothing written") from None
+    wrong = {k: after[k] for k in after if after[k] != want.expect.get(k, before[k])}
+    if wrong:
+        raise EditError(f"{src.name}: the planned file would read back differently ({wrong}); nothing written")
 
 
 def _pack_dynamic(elf: _Elf, entries: list[_Ent], base_addr: int, slots: int) -> bytes:

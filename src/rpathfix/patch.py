@@ -102,6 +102,52 @@ def pieces(old_size: int, patch: BytePatch) -> list[tuple[int, int, bytes | None
     return out
 
 
+class PatchedSource:
+    """A ByteSource of the file as it will be once `patch` is applied: reads are served from
+    the patch's bytes and the original's. A plan is read back with the same readers (and can
+    be checked with the loader model) before anything is written; the repair uses it for
+    wheel members held in memory."""
+
+    def __init__(self, src: ByteSource, patch: BytePatch) -> None:
+        self._src = src
+        self._patch = patch
+        self._pieces = pieces(src.size, patch)
+        self._starts = [p[0] for p in self._pieces]
+
+    @property
+    def name(self) -> str:
+        return self._src.name
+
+    @property
+    def size(self) -> int:
+        return self._patch.size
+
+    def read_at(self, offset: int, size: int) -> bytes:
+        from bisect import bisect_right
+
+        from rpathfix.source import _check
+
+        _check(self.name, self.size, offset, size)
+        out = []
+        pos, end = offset, offset + size
+        i = max(0, bisect_right(self._starts, pos) - 1)
+        while pos < end:
+            p_off, p_len, data = self._pieces[i]
+            take = min(end, p_off + p_len) - pos
+            if data is not None:
+                out.append(data[pos - p_off: pos - p_off + take])
+            elif pos < self._src.size:
+                out.append(self._src.read_at(pos, take))
+            else:
+                out.append(bytes(take))
+            pos += take
+            i += 1
+        return b"".join(out)
+
+    def close(self) -> None:
+        pass
+
+
 def stream_patched(src: ByteSource, patch: BytePatch, out: BinaryIO) -> None:
     """Write the patched file to `out` from its first byte to its last, reading `src` in 1 MB
     chunks: memory is the chunk plus the patch's own bytes, whatever the file's size. This is
@@ -232,4 +278,4 @@ def _write_in_place(fd: int, old_size: int, patch: BytePatch, step: _Steps) -> N
         raise
 
 
-__all__ = ["apply", "atomic_in_place", "is_read_only", "pieces", "stream_patched"]
+__all__ = ["PatchedSource", "apply", "atomic_in_place", "is_read_only", "pieces", "stream_patched"]
