@@ -387,18 +387,20 @@ def foreign(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         zig_cc(d, t, "-o", f"{t}/main", "main.c", f"-L{t}", "-lxbar", "-lxfoo")
         out[t + "/lib"] = d / t / "libxbar.so"
         out[t + "/exe"] = d / t / "main"
+        out[t + "/lib_nosht"] = d / t / "libxbar.nosht.so"
+        run("llvm-objcopy-14", "--strip-sections", out[t + "/lib"], out[t + "/lib_nosht"])
     return out
 
 
 @pytest.mark.parametrize("target", ZIG_TARGETS)
-@pytest.mark.parametrize("kind", ["lib", "exe"])
+@pytest.mark.parametrize("kind", ["lib", "exe", "lib_nosht"])
 def test_other_machines(foreign, tmp_path, target, kind):
     src = foreign[f"{target}/{kind}"]
     out = tmp_path / "grown"
     assert edit(src, out, Edit("add-rpath", "$ORIGIN/../lib/a/longer/entry")).method == "grown"
     old = [v for t, v in dynamic(src) if t == "RUNPATH"]
     check(src, out, expect={"RUNPATH": [":".join([*old, "$ORIGIN/../lib/a/longer/entry"])]}, native_machine=False)
-    if kind == "lib":
+    if kind.startswith("lib"):
         fits = tmp_path / "fits"
         assert edit(src, fits, Edit("set-rpath", "$ORIGIN")).method == "in-place"
         check(src, fits, expect={"RUNPATH": ["$ORIGIN"]}, native_machine=False)

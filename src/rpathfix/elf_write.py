@@ -352,12 +352,29 @@ class _Elf:
         sec = next((s for s in self.secs if s.type == SHT_DYNSYM and s.entsize), None)
         if sec is not None:
             n = sec.size // sec.entsize
-        elif DT_HASH in self.tags:
-            _nbucket, n = self.unpack(self.e + "II", self.to_offset(self.tags[DT_HASH]))
         elif DT_GNU_HASH in self.tags:
             n = self._gnu_hash_nsyms(self.to_offset(self.tags[DT_GNU_HASH]))[0]
+        elif DT_HASH in self.tags:
+            _nbucket, n = self._sysv_hash_header()
+        if n is not None and DT_SYMTAB in self.tags and (
+                self.to_offset(self.tags[DT_SYMTAB]) + n * self.tags.get(DT_SYMENT, 16) > self.src.size):
+            raise self.fail(f"{n} dynamic symbols do not fit in the file (truncated or corrupt hash table)")
         self._nsyms = n
         return n
+
+    def _hash_entry(self) -> int:
+        """The size of a DT_HASH word: its section header says (lld writes 4 everywhere);
+        without one, 8 on 64-bit s390 and Alpha as GNU ld writes them, else 4."""
+        sec = next((s for s in self.secs if s.type == SHT_HASH and s.entsize in (4, 8)), None)
+        if sec is not None:
+            return sec.entsize
+        return 8 if self.is64 and self.e_machine in (22, 0x9026) else 4
+
+    def _sysv_hash_header(self) -> tuple[int, int]:
+        """(nbucket, nchain) of the DT_HASH table; nchain is the number of symbols."""
+        fmt = self.e + ("QQ" if self._hash_entry() == 8 else "II")
+        nbucket, nchain = self.unpack(fmt, self.to_offset(self.tags[DT_HASH]))
+        return nbucket, nchain
 
     def _gnu_hash_nsyms(self, off: int) -> tuple[int, int]:
         """(symbol count, table size) of a DT_GNU_HASH table: the highest bucket's chain ends
@@ -472,9 +489,14 @@ class _Elf:
         if tag == DT_VERSYM:
             return None if n is None else n * 2
         if tag == DT_HASH:
-            entry = 8 if (self.is64 and self.e_machine in (22, 0x9026)) else 4  # s390x, alpha
-            nbucket, nchain = self.unpack(self.e + ("QQ" if entry == 8 else "II"), self.to_offset(self.tags[tag]))
-            return (2 + nbucket + nchain) * entry
+            # nchain is the symbol count: the word size that reads it back is the right one
+            start = self.to_offset(self.tags[tag])
+            for size in dict.fromkeys((self._hash_entry(), 4, 8)):
+                nbucket, nchain = self.unpack(self.e + ("QQ" if size == 8 else "II"), start)
+                extent = (2 + nbucket + nchain) * size
+                if (n is None or nchain == n) and start + extent <= self.src.size:
+                    return extent
+            return None
         if tag == DT_GNU_HASH:
             return self._gnu_hash_nsyms(self.to_offset(self.tags[tag]))[1]
         records = self.verneed() if tag == DT_VERNEED else self.verdef() if tag == DT_VERDEF else None
