@@ -443,3 +443,25 @@ def test_edits_that_cannot_be_made(native):
         elf_write.plan_patch(s, [Edit("set-soname", "x")])
     with FileSource(str(native["lib"])) as s, pytest.raises(EditError, match="Mach-O"):
         elf_write.plan_patch(s, [Edit("set-id", "x")])
+
+
+def test_corrupt_files_give_format_or_edit_errors_only(native):
+    """Mutated headers, tables and strings: every outcome is a plan, a FormatError or an
+    EditError (one line for the user), never another exception or a hang."""
+    import random
+    import struct
+
+    rnd = random.Random(7)
+    originals = [native[k].read_bytes() for k in ("lib", "lib_rpath", "pie", "lib_nosht")]
+    edits = [[Edit("set-rpath", "$ORIGIN/x")], [Edit("set-rpath", "/a/long/path/that/makes/the/file/grow")],
+             [Edit("replace-needed", "libxfoo.so", "libq.so")], [Edit("remove-all-rpaths")]]
+    for _ in range(600):
+        data = bytearray(rnd.choice(originals))
+        for _ in range(rnd.randint(1, 3)):
+            pos = rnd.randrange(min(len(data), 0x1000) if rnd.random() < 0.7 else len(data)) & ~3
+            word = rnd.choice([0, 1, 0xFFFFFFFF, 0x7FFFFFFF, len(data), rnd.randrange(1 << 32)])
+            struct.pack_into("<I", data, pos, word)
+        try:
+            elf_write.plan_patch(BytesSource("x", bytes(data)), rnd.choice(edits))
+        except (FormatError, EditError):
+            pass
