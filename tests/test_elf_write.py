@@ -11,6 +11,7 @@ through the new paths, where a control run before the edit fails.
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import re
 import shutil
@@ -461,7 +462,5 @@ def test_corrupt_files_give_format_or_edit_errors_only(native):
             pos = rnd.randrange(min(len(data), 0x1000) if rnd.random() < 0.7 else len(data)) & ~3
             word = rnd.choice([0, 1, 0xFFFFFFFF, 0x7FFFFFFF, len(data), rnd.randrange(1 << 32)])
             struct.pack_into("<I", data, pos, word)
-        try:
+        with contextlib.suppress(FormatError, EditError):
             elf_write.plan_patch(BytesSource("x", bytes(data)), rnd.choice(edits))
-        except (FormatError, EditError):
-            pass
