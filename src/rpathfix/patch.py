@@ -77,17 +77,18 @@ def atomic_in_place(patch: BytePatch, old_size: int) -> bool:
     return off >= old_size or not data or off // PAGE == (off + len(data) - 1) // PAGE
 
 
-def pieces(old_size: int, patch: BytePatch) -> list[tuple[int, int, bytes | None]]:
+def pieces(old_size: int, patch: BytePatch) -> list[tuple[int, int, memoryview | None]]:
     """The new file as (offset, length, data) pieces in order; data None means "the old
-    bytes at this offset" (zeros past the old end). Later writes win where writes overlap."""
-    out: list[tuple[int, int, bytes | None]] = [(0, min(old_size, patch.size), None)]
+    bytes at this offset" (zeros past the old end). Later writes win where writes overlap.
+    The data are views of the patch's own bytes: nothing is copied."""
+    out: list[tuple[int, int, memoryview | None]] = [(0, min(old_size, patch.size), None)]
     if patch.size > old_size:
         out.append((old_size, patch.size - old_size, None))
     for off, data in patch.writes:
         end = off + len(data)
         if end > patch.size:
             raise ValueError(f"a write at {off} ends beyond the patched size {patch.size}")
-        nxt: list[tuple[int, int, bytes | None]] = []
+        nxt: list[tuple[int, int, memoryview | None]] = []
         for p_off, p_len, p_data in out:
             p_end = p_off + p_len
             if p_end <= off or p_off >= end:
@@ -97,7 +98,7 @@ def pieces(old_size: int, patch: BytePatch) -> list[tuple[int, int, bytes | None
                 nxt.append((p_off, off - p_off, None if p_data is None else p_data[: off - p_off]))
             if p_end > end:
                 nxt.append((end, p_end - end, None if p_data is None else p_data[end - p_off:]))
-        nxt.append((off, len(data), bytes(data)))
+        nxt.append((off, len(data), memoryview(data)))
         out = sorted((p for p in nxt if p[1] > 0), key=lambda p: p[0])
     return out
 
@@ -128,7 +129,7 @@ class PatchedSource:
         from rpathfix.source import _check
 
         _check(self.name, self.size, offset, size)
-        out = []
+        out: list[bytes | memoryview] = []
         pos, end = offset, offset + size
         i = max(0, bisect_right(self._starts, pos) - 1)
         while pos < end:
