@@ -212,6 +212,8 @@ class _Elf:
         self._read_dynamic()
         self._names: bytes | None = None
         self._nsyms: int | None = -1
+        self._verneed: list[tuple[int, tuple[int, ...], list[tuple[int, tuple[int, ...]]]]] | None = None
+        self._verdef: list[tuple[int, tuple[int, ...], list[tuple[int, tuple[int, ...]]]]] | None = None
 
     # -- reading ------------------------------------------------------------------------
 
@@ -463,11 +465,15 @@ class _Elf:
 
     def verneed(self) -> list[tuple[int, tuple[int, ...], list[tuple[int, tuple[int, ...]]]]]:
         # Elf_Verneed: vn_version, vn_cnt, vn_file, vn_aux, vn_next; Elf_Vernaux: hash, flags, other, name, next.
-        return self._walk(DT_VERNEED, DT_VERNEEDNUM, "HHIII", "IHHII", 4, 3, 1)
+        if self._verneed is None:
+            self._verneed = self._walk(DT_VERNEED, DT_VERNEEDNUM, "HHIII", "IHHII", 4, 3, 1)
+        return self._verneed
 
     def verdef(self) -> list[tuple[int, tuple[int, ...], list[tuple[int, tuple[int, ...]]]]]:
         # Elf_Verdef: version, flags, ndx, cnt, hash, aux, next; Elf_Verdaux: name, next.
-        return self._walk(DT_VERDEF, DT_VERDEFNUM, "HHHHIII", "II", 6, 5, 3)
+        if self._verdef is None:
+            self._verdef = self._walk(DT_VERDEF, DT_VERDEFNUM, "HHHHIII", "II", 6, 5, 3)
+        return self._verdef
 
     def unknown_strtab_users(self) -> bool:
         """A section other than the known kinds names .dynstr as its string table (or holds the
