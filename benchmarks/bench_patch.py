@@ -171,6 +171,11 @@ def main() -> None:
             shown = statistics.median(inner) if inner else statistics.median(times)
             print(f"| {name} | {tool} | {shown:.4f} | {statistics.median(rss):.1f} | {size:+,} | {got[0]} |",
                   flush=True)
+    for ref, cmd in (("ref: python -c pass", [PY, "-c", "pass"]),
+                     ("ref: python -m rpathfix --version", [PY, "-m", "rpathfix", "--version"])):
+        runs = [timed(cmd, env) for _ in range(args.repeat + 1)][1:]
+        print(f"| - | {ref} | {statistics.median(r[0] for r in runs):.4f} | "
+              f"{statistics.median(r[1] for r in runs):.1f} | | |")
     for p in (target, target.with_name("hardlink")):
         if p.exists():
             p.unlink()
