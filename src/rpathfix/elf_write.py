@@ -854,16 +854,19 @@ class _Grow:
         self.cur = self.start  # where the next piece of it goes
         self.pieces: list[tuple[int, bytes]] = []
         self.max_align = max(max(s.align for s in elf.loads), 1)
-        self.base = 0  # the address of self.start
+        self.mapped = self.start  # where the mapped part of the new space begins
+        self.base = 0  # the address of self.mapped
         self.shifts: dict[int, int] = {}  # section index -> how far it moved in memory
-        self.unmapped: list[tuple[int, list[tuple[int, bytes]]]] = []  # non-allocated copies: (index, writes)
+        # symbol tables to copy, their symbols in moved sections: (index, bytes, [(entry offset, section)])
+        self.symbol_tables: list[tuple[int, bytes, list[tuple[int, int]]]] = []
+        self.unmapped: dict[int, int] = {}  # non-allocated table copies: section index -> file offset
 
     def reserve(self, size: int, align: int = 8, congruent_to: int = 0) -> tuple[int, int]:
         """Room for `size` bytes whose offset is congruent to `congruent_to` modulo `align`;
         (its offset, its address)."""
         off = self.cur + (congruent_to - self.cur) % align
         self.cur = off + size
-        return off, self.base + (off - self.start)
+        return off, self.base + (off - self.mapped)
 
     def put(self, data: bytes, align: int = 8) -> tuple[int, int]:
         off, addr = self.reserve(len(data), align)
@@ -883,14 +886,22 @@ class _Grow:
                   and last_end <= elf.src.size and self.start - last_end < self.max_align
                   and not any(s.type not in (SHT_NULL, SHT_NOBITS) and s.size and s.offset >= last_end
                               and s.flags & SHF_ALLOC for s in elf.secs))
+        block = None if extend else _block_to_move(elf)
+        # Copies of non-allocated symbol tables (.symtab) go first, before the mapped part: a
+        # later edit then finds the mapped part at the end of the file and extends it.
+        self.find_symbols(self.moving_sections(block))
+        for i, _table, _fixes in self.symbol_tables:
+            if not elf.secs[i].flags & SHF_ALLOC:
+                self.unmapped[i], _addr = self.reserve(elf.secs[i].size)
+        self.mapped = self.cur = _align(self.cur, 16)
         if extend:
-            self.base = last.vaddr + (self.start - last.offset)
+            self.base = last.vaddr + (self.mapped - last.offset)
             phnum = elf.e_phnum
         else:
             top = max(s.vaddr + s.memsz for s in elf.loads)
-            self.base = _align(top, max(self.max_align, elf.page)) + self.start % self.max_align
+            self.base = _align(top, max(self.max_align, elf.page)) + self.mapped % self.max_align
             phnum = elf.e_phnum + 1
-            self.move_block()
+            self.move_block(block)
         self.copy_dynstr()
         self.copy_verneed()
         self.write_dynamic()
@@ -903,17 +914,12 @@ class _Grow:
             # writable when the dynamic table it now holds was (ld.so relocates it in place,
             # except where it is read-only, as on MIPS)
             flags = PF_R | (PF_W if self.dynamic_writable() else 0)
-            self.segs.append(_Seg((PT_LOAD, flags, self.start, self.base, self.base, end - self.start,
-                                   end - self.start, self.max_align), True))
+            self.segs.append(_Seg((PT_LOAD, flags, self.mapped, self.base, self.base, end - self.mapped,
+                                   end - self.mapped, self.max_align), True))
             for s in self.segs:
                 if s.type == PT_PHDR:
                     s.filesz = s.memsz = phnum * elf.e_phentsize
-        # After the mapped space: copies of non-allocated tables (.symtab), then the section
-        # header table.
-        for i, writes in self.unmapped:
-            off, _addr = self.reserve(len(writes[0][1]))
-            self.secs[i].offset = off
-            self.pieces += [(off + rel, data) for rel, data in writes]
+        # After the mapped space: the section header table.
         shoff = elf.e_shoff
         if self.secs:
             sht = bytearray(elf.sht_raw)
@@ -950,11 +956,39 @@ class _Grow:
         if index is not None and d_addr and self.elf.secs[index].flags & SHF_ALLOC:
             self.shifts[index] = self.shifts.get(index, 0) + d_addr
 
-    def move_block(self) -> None:
+    def moving_sections(self, block: tuple[int, int, int] | None) -> set[int]:
+        """The allocated sections this plan moves: the block after the program headers, the
+        copied .dynstr and version needs, and .dynamic (always)."""
+        elf = self.elf
+        out = {elf.dynamic_sec} if elf.dynamic_sec is not None else set()
+        if elf.dynstr_sec is not None and (self.strings.overlays or self.strings.appended):
+            out.add(elf.dynstr_sec)
+        if self.strings.vn_writes and DT_VERNEED in elf.tags:
+            vn_start = elf.to_offset(elf.tags[DT_VERNEED])
+            out |= {i for i, sec in enumerate(elf.secs) if sec.type == SHT_GNU_VERNEED and sec.offset == vn_start}
+        if block is not None:
+            lo, hi, _ = block
+            out |= {i for i, sec in enumerate(elf.secs) if sec.type not in (SHT_NULL, SHT_NOBITS) and sec.size
+                    and lo <= sec.offset and sec.offset + sec.size <= hi}
+        return {i for i in out if elf.secs[i].flags & SHF_ALLOC}
+
+    def find_symbols(self, moving: set[int]) -> None:
+        """The symbol tables with symbols defined in a moving section (_DYNAMIC in .dynamic,
+        __abi_tag in a note): they are copied, with those symbols' values moved."""
+        elf = self.elf
+        if not moving:
+            return
+        for i, sec in enumerate(elf.secs):
+            if sec.type in (SHT_SYMTAB, SHT_DYNSYM) and sec.size:
+                table = elf.read(sec.offset, sec.size)
+                fixes = _symbols_in(elf, table, sec.entsize, moving)
+                if fixes:
+                    self.symbol_tables.append((i, table, fixes))
+
+    def move_block(self, block: tuple[int, int, int] | None) -> None:
         """Copy what follows the program header table to the new space, with every pointer to
         it, so that the table can take one more entry."""
         elf = self.elf
-        block = _block_to_move(elf)
         holder = next((s for s in elf.loads if s.offset <= elf.e_phoff < s.offset + s.filesz), None)
         need_end = elf.e_phoff + (elf.e_phnum + 1) * elf.e_phentsize
         if holder is None or need_end > holder.offset + holder.filesz:
@@ -1049,41 +1083,36 @@ class _Grow:
         self.pieces.append((off, _pack_dynamic(elf, self.entries, addr, 0)))
 
     def fix_symbols(self) -> None:
-        """Symbols defined in a moved section (_DYNAMIC in .dynamic, __abi_tag in a note) move
-        with it, as eu-elflint checks: their table is copied with the new values (.dynsym into
-        the mapped space, its DT_SYMTAB updated; .symtab after it, not mapped)."""
+        """Write the copies of the symbol tables find_symbols chose, with the values of the
+        symbols in moved sections moved: .dynsym into the mapped space (DT_SYMTAB follows),
+        .symtab into the room reserved before it."""
         elf = self.elf
-        if not self.shifts:
-            return
         value_fmt = elf.e + ("Q" if elf.is64 else "I")
         value_at = 8 if elf.is64 else 4
         mask = (1 << (8 * elf.wsize)) - 1
-        for i, sec in enumerate(elf.secs):
-            if sec.type not in (SHT_SYMTAB, SHT_DYNSYM) or not sec.size:
-                continue
-            table = elf.read(sec.offset, sec.size)
-            fixes = _symbols_in(elf, table, sec.entsize, self.shifts)
-            if not fixes:
-                continue
+        for i, table, fixes in self.symbol_tables:
+            sec = elf.secs[i]
             writes = [(0, table)]
-            for at, shift in fixes:
+            for at, index in fixes:
                 (value,) = struct.unpack_from(value_fmt, table, at + value_at)
-                writes.append((at + value_at, struct.pack(value_fmt, (value + shift) & mask)))
+                value = (value + self.shifts.get(index, 0)) & mask
+                writes.append((at + value_at, struct.pack(value_fmt, value)))
             if sec.flags & SHF_ALLOC:
                 off, addr = self.reserve(sec.size)
-                self.pieces += [(off + rel, data) for rel, data in writes]
                 for e in self.entries:
                     if e.tag == DT_SYMTAB and e.val == sec.addr:
                         e.val = addr
                 self.secs[i].offset, self.secs[i].addr = off, addr
             else:
-                self.unmapped.append((i, writes))
+                off = self.unmapped[i]
+                self.secs[i].offset = off
+            self.pieces += [(off + rel, data) for rel, data in writes]
 
 
-def _symbols_in(elf: _Elf, table: bytes, entsize: int, shifts: dict[int, int]) -> list[tuple[int, int]]:
-    """(byte offset in the table, shift) of every symbol defined in a shifted section. The
-    section indices are found as byte patterns in the st_shndx column, so a million symbols
-    cost a few searches in C, not a Python loop over each."""
+def _symbols_in(elf: _Elf, table: bytes, entsize: int, sections: set[int]) -> list[tuple[int, int]]:
+    """(byte offset in the table, section index) of every symbol defined in one of
+    `sections`. The indices are found as byte patterns in the st_shndx column, so a million
+    symbols cost a few searches in C, not a Python loop over each."""
     entsize = entsize or (24 if elf.is64 else 16)
     if entsize % 2 or entsize < (24 if elf.is64 else 16):
         raise elf.fail(f"bad symbol table entry size {entsize}")
@@ -1091,12 +1120,12 @@ def _symbols_in(elf: _Elf, table: bytes, entsize: int, shifts: dict[int, int]) -
     shndx_at = 6 if elf.is64 else 14
     column = memoryview(table)[:count * entsize].cast("H")[shndx_at // 2::entsize // 2].tobytes()
     out = []
-    for index, shift in shifts.items():
+    for index in sections:
         pattern = struct.pack(elf.e + "H", index)
         pos = column.find(pattern)
         while pos >= 0:
             if pos % 2 == 0:
-                out.append((pos // 2 * entsize, shift))
+                out.append((pos // 2 * entsize, index))
             pos = column.find(pattern, pos + 1)
     return sorted(out)
 
