@@ -7,10 +7,13 @@ says so by its shape (`atomic_in_place`): every write but the last lands at or b
 old end of the file (bytes nothing in the old file points at), and the last one, the
 switch, lies inside one 4096-byte page, which a write is never cut inside (Linux checks for
 a fatal signal between pages, not within one). The writes reach the file in order; the
-appended bytes are flushed to disk before the switch, so a crash cannot leave a switch
-pointing at bytes that never arrived. A run killed before the switch leaves the old file
-with unreferenced bytes past its old end; one that fails with an exception truncates them
-away again.
+appended bytes are flushed to disk before the switch, so even a power loss cannot leave a
+switch pointing at bytes that never arrived. The switch itself is not flushed: the file is
+consistent either way, and an fsync waits for whatever else the filesystem must commit
+(0.6 ms on an idle disk, 0.7 s on this busy shared one), so an in-place edit is durable when
+the kernel writes it back. A run killed before the switch leaves the old file with
+unreferenced bytes past its old end; one that fails with an exception truncates them away
+again.
 
 A file is edited in place only when it has exactly one name: uv's cache and Bazel's
 repository cache hard-link their files, and the other names must keep the old bytes. Then,
@@ -272,7 +275,6 @@ def _write_in_place(fd: int, old_size: int, patch: BytePatch, step: _Steps) -> N
         fileio.pwrite_all(fd, last, last_off)
         switched = True
         step()
-        os.fsync(fd)
     except BaseException:
         if not switched:
             os.ftruncate(fd, old_size)
