@@ -204,7 +204,7 @@ def has_other_links(path: str) -> bool:
         return False
 
 
-def pwrite_all(fd: int, data: bytes, offset: int) -> None:
+def pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
     """os.pwrite until every byte is written (a short write is legal for regular files)."""
     view = memoryview(data)
     while view:
