@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from typing import BinaryIO
 
     from rpathfix.model import BytePatch
-    from rpathfix.source import ByteSource
+    from rpathfix.source import ByteSource, SupportsWrite
 
 PAGE = 4096
 CHUNK = 1 << 20
@@ -152,7 +152,7 @@ class PatchedSource:
         pass
 
 
-def stream_patched(src: ByteSource, patch: BytePatch, out: BinaryIO) -> None:
+def stream_patched(src: ByteSource, patch: BytePatch, out: SupportsWrite) -> None:
     """Write the patched file to `out` from its first byte to its last, reading `src` in 1 MB
     chunks: memory is the chunk plus the patch's own bytes, whatever the file's size. This is
     how a patched member goes into a new wheel without a copy on disk."""

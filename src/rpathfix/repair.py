@@ -14,11 +14,12 @@ import os
 import posixpath
 from collections.abc import Sequence
 
-from rpathfix.errors import EditError, UsageError
+from rpathfix.errors import UsageError
 from rpathfix.static import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
     from rpathfix.repair_plan import FileRepair, RepairPlan
+    from rpathfix.source import ByteSource, SupportsWrite
     from rpathfix.wheelfile import MemberEdit
 
 
@@ -45,21 +46,15 @@ def binary_member_edit(repair: FileRepair) -> MemberEdit:
     `out` in order, in bounded chunks. Until those exist this raises EditError, before anything
     is written.
     """
-    try:
-        from rpathfix import patch as patch_apply  # type: ignore[attr-defined]
+    from rpathfix import elf_write, macho_write
+    from rpathfix.patch import stream_patched
 
-        if repair.format == "elf":
-            from rpathfix import elf_write as planner  # type: ignore[attr-defined]
-        else:
-            from rpathfix import macho_write as planner
-    except ImportError:
-        raise EditError(f"{repair.path}: binary rewriting is not available yet in this build of rpathfix; "
-                        "--dry-run shows the planned edits") from None
+    planner = elf_write if repair.format == "elf" else macho_write
     edits = repair.edits
 
-    def edit(src: object, out: object) -> None:
+    def edit(src: ByteSource, out: SupportsWrite) -> None:
         patch = planner.plan_patch(src, edits)
-        patch_apply.stream_patch(src, patch, out)
+        stream_patched(src, patch, out)
 
     return edit
 

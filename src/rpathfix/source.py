@@ -36,6 +36,12 @@ if TYPE_CHECKING:  # an interface for the type checker; nothing subclasses it (s
 
         def close(self) -> None: ...
 
+    class SupportsWrite(Protocol):
+        """Where a writer streams bytes, in order, in chunks of any size (a file, a zip
+        member being deflated, a hash)."""
+
+        def write(self, data: bytes | memoryview, /) -> object: ...
+
 
 def _check(name: str, total: int, offset: int, size: int) -> None:
     if offset < 0 or size < 0:

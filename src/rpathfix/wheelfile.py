@@ -34,14 +34,9 @@ from rpathfix.source import MAX_READ
 from rpathfix.static import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
-    from typing import Protocol, Union
+    from typing import Union
 
-    from rpathfix.source import ByteSource
-
-    class SupportsWrite(Protocol):
-        """Where an edit writes a member's new content, in order, in chunks of any size."""
-
-        def write(self, data: bytes, /) -> int: ...
+    from rpathfix.source import ByteSource, SupportsWrite
 
     # A member's new content: the whole bytes, or a function streaming it from the old content.
     MemberEdit = Union[bytes, Callable[[ByteSource, SupportsWrite], None]]
@@ -664,7 +659,7 @@ class _Sink:
         self.method = method
         self._z = zlib.compressobj(level, zlib.DEFLATED, -15) if method == DEFLATED else None
 
-    def write(self, data: bytes, /) -> int:
+    def write(self, data: bytes | memoryview, /) -> int:
         if not data:
             return 0
         self.crc = zlib.crc32(data, self.crc)
