@@ -385,13 +385,8 @@ def check_repaired(tree: FileTree, root_paths: Sequence[str], dist: str, repairs
     used: set[str] = set()
     findings: list[Finding] = []
     checked = 0
-    blind = _dyld_ignores_remembered_headers()
     for b in plan.binaries:
         if b.dist != dist:
-            continue
-        if blind and b.rel in repaired and isinstance(b.info, MachoInfo):
-            notes.append(f"{b.rel}: not checked after the repair (the dyld model reads headers from the file, "
-                         "not the repaired ones)")
             continue
         result = _load(ptree, b)
         if result is None:
@@ -422,15 +417,6 @@ def check_repaired(tree: FileTree, root_paths: Sequence[str], dist: str, repairs
                       for a in r.attempts)))
     unique = {(x.level, x.file, x.name): x for x in findings}
     return Check(sorted(unique.values(), key=lambda x: (x.level != "error", x.file, x.name or "")), checked, used)
-
-
-def _dyld_ignores_remembered_headers() -> bool:
-    """Whether loader_dyld reads headers only from the file: then it cannot see a repaired
-    Mach-O file's headers before they are written. (It sees them once it reads through
-    sniff.read_binary_in, as loader_glibc does.)"""
-    from rpathfix import loader_dyld
-
-    return "read_binary_in" not in vars(loader_dyld)
 
 
 def _is_extension(info: BinaryInfo) -> bool:
