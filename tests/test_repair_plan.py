@@ -285,7 +285,7 @@ def test_macho_gets_a_loader_path_rpath(stub_wheels: dict[str, Path], tmp_path: 
         theirs.parent.mkdir()
         shutil.copy(tmp_path / "libxmacfix.dylib", theirs)
         assert install_name_tool(theirs, "-add_rpath", "@loader_path/../../macdep/lib").returncode == 0
-        (_h, edited, kinds), = objdump_view(ours).values()
+        ((_h, edited, _kinds),) = objdump_view(ours).values()
         assert [re.search(r"path (\S+)", e).group(1) for e in edited if "LC_RPATH" in e] == [  # type: ignore[union-attr]
             "@loader_path", "@loader_path/../../macdep/lib"]
         assert objdump_view(ours) == objdump_view(theirs)
