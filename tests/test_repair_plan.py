@@ -438,3 +438,105 @@ def test_the_repaired_wheel_through_rpathfix_venv_and_pypiserver(stub_wheels: di
     run = subprocess.run([str(py), "-c", LOAD], capture_output=True, text=True, env=CLEAN_ENV)
     assert run.returncode == 0 and run.stdout.strip() == "8", run.stderr
     assert "LD_LIBRARY_PATH" not in CLEAN_ENV and os.environ.get("LD_PRELOAD") is None
+
+
+# ---------------------------------------------------------------- rpathfix venv --repair
+
+
+def test_venv_repair_patches_copies_of_the_provider_only(stub_wheels: dict[str, Path], tmp_path: Path) -> None:
+    """The onnxruntime-gpu-like case as one root per wheel: without --repair the venv is
+    refused and the message names `rpathfix venv --repair`; with it, the provider (and the
+    cublasLt-like library that finds nvjitlink only through its loader's RPATH) are patched
+    copies, every other file is a link, the roots are untouched, and the provider loads with
+    ctypes from the venv with LD_LIBRARY_PATH unset, every library from inside the venv."""
+    roots = tmp_path / "roots"
+    assert rpathfix("unpack", *[str(stub_wheels[n]) for n in ("onnxgpustub", *CU13)], "--into",
+                    str(roots)).returncode == 0
+    args = [str(p) for p in sorted(roots.iterdir()) if not p.name.startswith(".")]
+    out = tmp_path / "venv"
+    refused = rpathfix("venv", str(out), *args)
+    assert refused.returncode == 1 and not out.exists(), refused.stderr
+    assert "[no-path-to-provider]" in refused.stderr and "libxonnxruntime_providers_cuda.so" in refused.stderr
+    assert f"fix: rpathfix venv --repair {out} " in refused.stderr
+
+    provider_root = roots / "onnxgpustub" / "site-packages" / PROVIDER
+    root_bytes = provider_root.read_bytes()
+    proc = rpathfix("venv", "-v", "--repair", str(out), *args)
+    assert proc.returncode == 0, proc.stderr
+    site = out / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}" / "site-packages"
+    copies = sorted(str(p.relative_to(site)) for p in site.rglob("*")
+                    if p.is_file() and not p.is_symlink() and "__pycache__" not in p.parts)
+    assert copies == ["nvidia/cu13/lib/libxcublasLt.so.13", PROVIDER]
+    assert f"patched copy: {PROVIDER} (--repair)" in proc.stderr
+    assert (site / "onnxgpustub" / "__init__.py").is_symlink() and (site / "onnxgpustub" / "capi").is_dir()
+    assert provider_root.read_bytes() == root_bytes, "the roots are not changed"
+    assert (site / PROVIDER).stat().st_mode & 0o777 == provider_root.stat().st_mode & 0o777
+    dyn = subprocess.run(["readelf", "-dW", str(site / PROVIDER)], capture_output=True, text=True).stdout
+    assert "(RPATH)" in dyn and "[$ORIGIN/../../nvidia/cu13/lib]" in dyn
+
+    ldd = subprocess.run(["ldd", str(site / PROVIDER)], capture_output=True, text=True, env=CLEAN_ENV).stdout
+    libs = {line.split()[0]: line.split("=> ")[1].split(" (")[0] for line in ldd.splitlines() if "=> " in line}
+    ours = {n: p for n, p in libs.items() if n.startswith("libx")}
+    assert sorted(ours) == ["libxcublas.so.13", "libxcublasLt.so.13", "libxcudart.so.13", "libxnvjitlink.so.13"]
+    assert all(p.startswith(str(out) + "/") for p in ours.values()), ours
+    run = subprocess.run([str(out / "bin" / "python"), "-c", LOAD], capture_output=True, text=True, env=CLEAN_ENV)
+    assert run.returncode == 0 and run.stdout.strip() == "8", run.stderr
+    control = subprocess.run([sys.executable, "-c", f"import ctypes; ctypes.CDLL({str(provider_root)!r})"],
+                             capture_output=True, text=True, env=CLEAN_ENV)
+    assert control.returncode != 0 and "libxcublasLt.so.13" in control.stderr, "the root's copy does not load"
+    assert "LD_LIBRARY_PATH" not in CLEAN_ENV
+
+    verify = rpathfix("verify", str(out))
+    assert verify.returncode == 0 and "no-path-to-provider" not in verify.stdout, verify.stdout
+    again = rpathfix("venv", "-v", "--repair", str(out), *args)
+    assert again.returncode == 0 and "up to date" in again.stdout, "the patched copies compare equal"
+
+
+def test_venv_repair_in_copy_mode_and_the_tree_node(stub_wheels: dict[str, Path], tmp_path: Path) -> None:
+    """The patched copy is a VenvNode of its own (source + BytePatch, no bytes held): the
+    planned view reads it through PatchedSource, and write_tree streams it; in copy mode
+    (every directory real) only the node's kind changes."""
+    from rpathfix.build_venv import repair_venv
+    from rpathfix.elf import read_elf
+    from rpathfix.fstree import CachedTree, RealTree
+    from rpathfix.plan import make_plan
+    from rpathfix.roots import load_root
+    from rpathfix.venv import describe_venv, planned_view, write_tree
+
+    roots = tmp_path / "roots"
+    assert rpathfix("unpack", *[str(stub_wheels[n]) for n in ("onnxgpustub", *CU13)], "--into",
+                    str(roots)).returncode == 0
+    tree = CachedTree(RealTree())
+    plan = make_plan(tree, [load_root(tree, str(p)) for p in sorted(roots.iterdir())])
+    for mode in ("symlink", "copy"):
+        out = tmp_path / f"venv-{mode}"
+        venv = describe_venv(str(out), plan.entries, python=sys.executable, link_mode=mode)
+        done = repair_venv(tree, venv, plan)
+        assert sorted(done) == ["nvidia/cu13/lib/libxcublasLt.so.13", PROVIDER]
+        rel = posixpath_join(venv.kind_dirs["site-packages"], PROVIDER)
+        node = venv.nodes[rel]
+        assert node.kind == "patched" and node.data is None and node.patch is not None
+        assert len(node.patch.writes) < 10 and node.source == str(roots / "onnxgpustub" / "site-packages" / PROVIDER)
+        view = planned_view(venv, RealTree())
+        src = view.open(str(out / rel))
+        try:
+            assert read_elf(src).rpath == "$ORIGIN/../../nvidia/cu13/lib"
+        finally:
+            src.close()
+        assert write_tree(venv).changed
+        assert read_elf_path(out / rel).rpath == "$ORIGIN/../../nvidia/cu13/lib"
+        run = subprocess.run([sys.executable, "-c", f"import ctypes; ctypes.CDLL({str(out / rel)!r})"],
+                             capture_output=True, text=True, env=CLEAN_ENV)
+        assert run.returncode == 0, run.stderr
+
+
+def posixpath_join(*parts: str) -> str:
+    return "/".join(p.strip("/") for p in parts if p)
+
+
+def read_elf_path(path: Path):  # type: ignore[no-untyped-def]
+    from rpathfix.elf import read_elf
+    from rpathfix.source import FileSource
+
+    with FileSource(str(path)) as src:
+        return read_elf(src)

@@ -162,6 +162,32 @@ def plan_repair(tree: FileTree, wheel_root: str, sibling_roots: Sequence[str], *
                       tuple(findings), checked, tuple(dict.fromkeys(notes)))
 
 
+def plan_venv_repairs(view: CachedTree, plan: Plan, *,
+                      rpath_tag_default: str = DEFAULT_RPATH_TAG) -> list[FileRepair]:
+    """The repair inside a venv (`rpathfix venv --repair`): the same rules as plan_repair,
+    for every native file of site-packages whatever its distribution, in the planned venv of
+    `plan`. FileRepair.member is the file's physical path in its root (what gets a patched
+    copy in the venv). The caller checks the venv with the copies in place, as it checks any
+    venv before writing it."""
+    if rpath_tag_default not in RPATH_TAGS:
+        raise ValueError(f"rpath_tag_default must be one of {RPATH_TAGS}")
+    providers = _providers(plan.binaries)
+    ptree = _planned(view, plan)
+    tags: dict[str, str] = {}
+    skipped: list[Skipped] = []
+    notes: list[str] = []
+    out = []
+    for b in plan.binaries:
+        if b.kind != "site-packages":
+            continue
+        if b.dist not in tags:
+            tags[b.dist] = _wheel_tag([x for x in plan.binaries if x.dist == b.dist], rpath_tag_default)
+        repair = _repair_one(ptree, b, b.real, providers, {}, tags[b.dist], skipped, notes)
+        if repair is not None:
+            out.append(repair)
+    return out
+
+
 def _unplaced(tree: FileTree, own: Root, placed: list[Binary]) -> list[str]:
     """Notes for native files of the wheel that are left alone: in bin/ (their $ORIGIN depends
     on the environment's layout, not on site-packages), or losing their path to a sibling."""
@@ -512,6 +538,7 @@ __all__ = [
     "check_repaired",
     "compatible_release",
     "plan_repair",
+    "plan_venv_repairs",
     "requirements",
     "requirements_to_add",
 ]
