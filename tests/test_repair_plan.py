@@ -1,7 +1,7 @@
 """`rpathfix repair`: the plan (which entry each native file of a wheel gets, from the planner and
 the loader model), the check of the repaired layout, the metadata, and the whole story with real
 pip, uv, an index, `rpathfix venv` and the real loader. The byte edits are the real rewriter's
-(elf_write, macho_write through `rpathfix.repair.binary_member_edit`); the written headers are
+(elf_write, macho_write through `rpathfix.repair.binary_member_patch`); the written headers are
 compared with what the check loaded (FileRepair.after)."""
 
 from __future__ import annotations

@@ -177,14 +177,17 @@ def check_environment(tree: FileTree, env: Environment, options: LoaderOptions, 
                 # nothing imports it by itself, so it is a warning, not an error.
                 findings.append(_missing(f, r, providers, what="library", error=False))
     if modules_only and providers_reachable:
+        # Plugins: libraries no module reaches. One that another plugin loads is judged in
+        # that one's load (an RPATH it inherits there counts), the others on their own.
         plugins = [f for f in env.files if not (f.is_extension or f.is_executable) and f.realpath not in reached]
-        for f in plugins:
-            result = sim.load(f)
-            if result is None:
+        results = [(f, sim.load(f)) for f in plugins]
+        covered = {o.realpath for f, res in results if res is not None for o in res.objects if o.realpath != f.realpath}
+        for f, res in results:
+            if res is None or f.realpath in covered:
                 continue
             loaded.append(f)
-            for r in result.resolutions:
-                if r.found or r.weak or r.requester != f.path:
+            for r in res.resolutions:
+                if r.found or r.weak:
                     continue
                 providers = inside.providers(r.name)
                 if providers and assumed.covering(f, r, providers) is None:
