@@ -107,6 +107,7 @@ def repair_wheels(wheels: Sequence[str], siblings: Sequence[str], out_dir: str |
         tree = WheelTree(RealTree(), list(archives.values()))
         mounts = {ap: tree.mount_path(a) for ap, a in archives.items()}
         wheel_mounts = [mounts[os.path.abspath(w)] for w in wheels]
+        headers = tree.read_headers()  # every wheel's native headers, once for all the plans
         sibling_mounts = [mounts[os.path.abspath(s)] for s in siblings if os.path.abspath(s) in mounts
                           and os.path.abspath(s) not in {os.path.abspath(w) for w in wheels}]
         outcomes: list[WheelOutcome] = []
@@ -119,7 +120,7 @@ def repair_wheels(wheels: Sequence[str], siblings: Sequence[str], out_dir: str |
 
             plan = plan_repair(tree, root, others, member_of=member_of,
                                metadata=arc.read(f"{arc.dist_info()}/METADATA"),
-                               rpath_tag_default=rpath_tag_default)
+                               rpath_tag_default=rpath_tag_default, known=headers)
             missing = tuple(requirements_to_add(plan.requirements, extra))
             added = missing if add_requires else ()
             refused = bool(plan.errors) and not allow_unresolved

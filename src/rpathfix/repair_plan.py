@@ -119,12 +119,14 @@ class RepairPlan(NamedTuple):
 
 def plan_repair(tree: FileTree, wheel_root: str, sibling_roots: Sequence[str], *,
                 member_of: Callable[[str], str | None], metadata: bytes | None = None,
-                rpath_tag_default: str = DEFAULT_RPATH_TAG) -> RepairPlan:
+                rpath_tag_default: str = DEFAULT_RPATH_TAG,
+                known: Mapping[tuple[str, str], object] | None = None) -> RepairPlan:
     """The repair of the wheel mounted at `wheel_root`, installed beside `sibling_roots`.
 
     `tree` answers for the wheel (and any sibling wheels) as roots (a wheeltree.WheelTree) and
     for the system; `member_of(rel)` names the wheel member installed at site-packages/`rel`;
-    `metadata` is the wheel's METADATA, for the requirements it lacks. Pure: reads through
+    `metadata` is the wheel's METADATA, for the requirements it lacks; `known`, headers
+    already read from `tree` (a header memo: WheelTree.read_headers). Pure: reads through
     `tree`, writes nothing. PlanError when the wheels cannot share one site-packages.
     """
     from rpathfix.plan import make_plan
@@ -132,7 +134,7 @@ def plan_repair(tree: FileTree, wheel_root: str, sibling_roots: Sequence[str], *
 
     if rpath_tag_default not in RPATH_TAGS:
         raise ValueError(f"rpath_tag_default must be one of {RPATH_TAGS}")
-    view = CachedTree(tree)
+    view = CachedTree(tree, memo=dict(known or {}))
     roots = [load_root(view, p) for p in (wheel_root, *sibling_roots)]
     own = roots[0]
     plan = make_plan(view, roots)

@@ -866,8 +866,9 @@ class RewriteResult(NamedTuple):
 
 
 # Patched deflated members reuse their original deflate blocks (rpathfix.deflate); False
-# deflates the whole patched content instead (the tests compare the two).
-SPLICE = True
+# (or RPATHFIX_NO_SPLICE=1, which benchmarks/bench_repair.py sets for its comparison)
+# deflates the whole patched content instead.
+SPLICE = not os.environ.get("RPATHFIX_NO_SPLICE")
 
 # Compression of new content: level 6 (zlib's default) for metadata-sized members, 1 for large
 # ones (a patched 500 MB library: level 1 deflates it several times faster, for a few percent
