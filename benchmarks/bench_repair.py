@@ -108,7 +108,7 @@ def main() -> None:
     args = ap.parse_args()
     ort = next(args.ort.glob("onnxruntime_gpu-1.31.1-*.whl"))
     sibs = [next(args.wheels.glob(f"{s}*.whl")) for s in SIBLINGS]
-    work = args.work
+    work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     roots = work / "roots"
     if not roots.is_dir():
