@@ -40,6 +40,7 @@ from rpathfix.static import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
     import ctypes
+    from collections.abc import Iterator
 
     from rpathfix.model import BytePatch
 
@@ -129,17 +130,20 @@ class _Blocks:
         self.lib.inflateEnd(ctypes.byref(self.strm))
 
     def _fill(self) -> None:
+        import ctypes
+
         n = min(_IN, self.csize - self.fed)
         if n <= 0:
             raise FormatError(self.name, "deflated data ends before its last block")
-        got = os.preadv(self.fd, [memoryview(self.inbuf)[:n]], self.start + self.fed)
-        if got != n:
+        data = os.pread(self.fd, n, self.start + self.fed)
+        if len(data) != n:
             raise FormatError(self.name, f"short read at offset {self.start + self.fed}")
+        ctypes.memmove(self.in_addr, data, n)
         self.fed += n
         self.strm.next_in = self.in_addr
         self.strm.avail_in = n
 
-    def __iter__(self):  # type: ignore[no-untyped-def]  # Iterator[tuple[list[bytes], int, int, bool, bool]]
+    def __iter__(self) -> Iterator[tuple[list[bytes], int, int, bool, bool]]:
         """Each block as (pieces of its content, start bit, end bit, final, whole): `whole`
         False for pieces of a block longer than MAX_BLOCK (then never reused)."""
         import ctypes
