@@ -313,3 +313,90 @@ def test_atomic_in_place_shapes():
     assert atomic_in_place(one_page, 100_000) and atomic_in_place(grown, 100_000)
     assert not atomic_in_place(across, 100_000)  # one write over two pages can be cut between them
     assert not atomic_in_place(late, 100_000)  # a write into the old file before the last one
+
+
+# ---------------------------------------------------------------- Mach-O through the CLI
+
+
+@pytest.fixture(scope="session")
+def macho_built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from conftest import zig_available
+    from macho_helpers import build_inputs
+
+    if not zig_available():
+        pytest.skip("the Mach-O inputs need zig")
+    return build_inputs(tmp_path_factory.mktemp("patch-macho"))
+
+
+def _macho_copy(macho_built: dict[str, Path], kind: str, d: Path) -> Path:
+    if kind not in macho_built:
+        pytest.skip(f"no {kind} input (a fat file needs llvm-lipo)")
+    from macho_helpers import copy_to
+
+    return copy_to(macho_built[kind], d)
+
+
+@pytest.mark.parametrize("kind", ["dylib-arm64", "dylib-x86_64", "fat"])
+def test_macho_patch_matches_install_name_tool_and_stays_signed(macho_built, tmp_path, kind):
+    """The CLI on a thin and a fat zig-built dylib: every slice edited, each signature valid
+    again (codesign.verify), and llvm-install-name-tool-14 making the same edits gives the same
+    load commands (llvm-objdump)."""
+    from macho_helpers import INSTALL_NAME_TOOL, OBJDUMP, install_name_tool, objdump_view
+    from rpathfix.codesign import verify
+
+    ours = _macho_copy(macho_built, kind, tmp_path / "ours")
+    theirs = _macho_copy(macho_built, kind, tmp_path / "theirs")
+    mode = ours.stat().st_mode
+    before = [(v.arch, v.signed, v.ok) for v in verify(FileSource(str(ours)))]
+    r = rpathfix("patch", str(ours), "--add-rpath", "@loader_path/../../macdep/lib",
+                 "--change", "@rpath/libxdep.dylib=@rpath/libxdep2.dylib", "--set-id", "@rpath/libxa2.dylib")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("\n") == 1 and r.stdout.startswith(f"{ours}: patched")
+    assert ours.stat().st_mode == mode
+    with FileSource(str(ours)) as src:
+        after = verify(src)
+    assert [(v.arch, v.signed) for v in after] == [(a, s) for a, s, _ in before]
+    assert all(v.ok for v in after), [v.problems for v in after]
+    if INSTALL_NAME_TOOL is None or OBJDUMP is None:
+        pytest.skip("llvm-install-name-tool-14 and llvm-objdump-14 cross-check the commands")
+    assert install_name_tool(theirs, "-add_rpath", "@loader_path/../../macdep/lib", "-change",
+                             "@rpath/libxdep.dylib", "@rpath/libxdep2.dylib", "-id",
+                             "@rpath/libxa2.dylib").returncode == 0
+    view = objdump_view(ours)
+    assert view == objdump_view(theirs)
+    for _header, edited, _kinds in view.values():
+        text = "\n".join(edited)
+        assert "@loader_path/../../macdep/lib" in text and "@rpath/libxdep2.dylib" in text
+        assert "@rpath/libxa2.dylib" in text
+
+
+def test_macho_dry_run_and_json(macho_built, tmp_path):
+    fat = _macho_copy(macho_built, "fat", tmp_path)
+    before = snapshot(fat)
+    r = rpathfix("patch", str(fat), "--remove-rpath", "@loader_path", "--dry-run")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == (f"{fat}: would patch in place: [x86_64] lc_rpath @loader_path -> (none); "
+                        "[arm64] lc_rpath @loader_path -> (none)\n"), r.stdout
+    assert snapshot(fat) == before
+    r = rpathfix("patch", str(fat), "--add-rpath", "@loader_path/../x", "--json", "--dry-run")
+    doc = json.loads(r.stdout)
+    (f,) = doc["files"]
+    assert doc["dry_run"] is True and f["format"] == "macho" and f["written"] is None and f["error"] is None
+    assert [(c["slice"], c["what"], c["before"], c["after"]) for c in f["changes"]] == [
+        ("x86_64", "lc_rpath", None, "@loader_path/../x"), ("arm64", "lc_rpath", None, "@loader_path/../x")]
+    assert snapshot(fat) == before
+    again = rpathfix("patch", str(fat), "--add-rpath", "@loader_path", "--json")
+    assert json.loads(again.stdout)["files"][0]["method"] == "unchanged" and snapshot(fat) == before
+
+
+def test_macho_edit_that_does_not_fit_exits_1_naming_the_linker_flag(macho_built, tmp_path):
+    tight = _macho_copy(macho_built, "tight", tmp_path)
+    before = snapshot(tight)
+    r = rpathfix("patch", str(tight), "--add-rpath", "@loader_path/" + "x" * 200)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert r.stderr.count("\n") == 1 and "-headerpad_max_install_names" in r.stderr
+    assert re.search(r"\d+ bytes missing", r.stderr) and str(tight) in r.stderr
+    assert snapshot(tight) == before, "nothing written"
+    # Control: the same edit on the same code linked with room for it.
+    roomy = _macho_copy(macho_built, "dylib-arm64", tmp_path / "roomy")
+    assert rpathfix("patch", str(roomy), "--add-rpath", "@loader_path/" + "x" * 200).returncode == 0

@@ -1,64 +1,38 @@
 """`rpathfix repair`: the plan (which entry each native file of a wheel gets, from the planner and
 the loader model), the check of the repaired layout, the metadata, and the whole story with real
-pip, uv, an index, `rpathfix venv` and the real loader.
-
-The byte rewriter (issue 11) is not on this branch: the end-to-end tests stand patchelf in for
-it behind `rpathfix.repair.binary_member_edit` (the one seam), writing the DT_RPATH the plan
-computed. Everything else is the real code path."""
+pip, uv, an index, `rpathfix venv` and the real loader. The byte edits are the real rewriter's
+(elf_write, macho_write through `rpathfix.repair.binary_member_patch`); the written headers are
+compared with what the check loaded (FileRepair.after)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import zipfile
 from pathlib import Path
 
 import pytest
 
 from conftest import rpathfix, zig_available, zig_cc
-from rpathfix.errors import EditError
 from rpathfix.model import Edit
-from rpathfix.repair import WheelOutcome, binary_member_edit, repair_wheels
-from rpathfix.repair_plan import FileRepair, compatible_release
+from rpathfix.repair import WheelOutcome, repair_wheels
+from rpathfix.repair_plan import compatible_release
 from test_index import CLEAN_ENV, new_venv, pip, pypiserver, serve, uv
 from test_wheelfile import make_wheel
 
 CU13 = ("nvidia_xcublas", "nvidia_xcuda_runtime", "nvidia_xnvjitlink")
 PROVIDER = "onnxgpustub/capi/libxonnxruntime_providers_cuda.so"
 LOAD = "import onnxgpustub; print(onnxgpustub.load_cuda_provider())"
-HAVE_REWRITER = importlib.util.find_spec("rpathfix.elf_write") is not None
 
 
 def plan_of(stub_wheels: dict[str, Path], wheel: str, siblings: tuple[str, ...], **kw: object) -> WheelOutcome:
     (o,) = repair_wheels([str(stub_wheels[wheel])], [str(stub_wheels[s]) for s in siblings], None,
                          dry_run=True, **kw)  # type: ignore[arg-type]
     return o
-
-
-def patchelf_member_edit(repair: FileRepair):  # type: ignore[no-untyped-def]
-    """Stands in for issue 11's rewriter in these tests: the same DT_RPATH/DT_RUNPATH value the
-    plan computed, written by patchelf (which keeps DT_RPATH with --force-rpath)."""
-    from rpathfix.model import ElfInfo
-
-    assert repair.format == "elf" and isinstance(repair.after, ElfInfo)
-    value = repair.after.rpath if repair.tag == "rpath" else repair.after.runpath
-    assert value is not None
-
-    def edit(src, out):  # type: ignore[no-untyped-def]
-        with tempfile.TemporaryDirectory() as d:
-            p = Path(d) / "lib"
-            p.write_bytes(src.read_at(0, src.size))
-            flags = ["--force-rpath"] if repair.tag == "rpath" else []
-            subprocess.run([str(Path(sys.executable).parent / "patchelf"), *flags, "--set-rpath", value, str(p)],
-                           check=True)
-            out.write(p.read_bytes())
-
-    return edit
 
 
 # ---------------------------------------------------------------- the plan
@@ -216,6 +190,55 @@ def test_the_tag_follows_the_file_then_the_wheel_then_the_option(stub_wheels: di
     assert o.plan.files[0].edits[0] == Edit("rpath-tag", "rpath"), "the default is DT_RPATH"
 
 
+def written(wheel: str, member: str) -> bytes:
+    with zipfile.ZipFile(wheel) as zf:
+        return zf.read(member)
+
+
+def test_the_written_elf_headers_are_the_checked_ones(stub_wheels: dict[str, Path], tmp_path: Path) -> None:
+    """What elf_write writes for each tag case is what the check loaded (FileRepair.after):
+    a file with neither tag gets `rpath-tag` first and then its entries, in that tag; one
+    with DT_RUNPATH keeps it and its entries, in order. readelf agrees."""
+    from rpathfix.elf import read_elf
+    from rpathfix.source import BytesSource
+
+    build = tmp_path / "build"
+    with zipfile.ZipFile(stub_wheels["nvidia_xcuda_runtime"]) as zf:
+        (build / "x").mkdir(parents=True)
+        (build / "x" / "libxcudart.so.13").write_bytes(zf.read("nvidia/cu13/lib/libxcudart.so.13"))
+    dirs = (build / "x",)
+    sibling = str(stub_wheels["nvidia_xcuda_runtime"])
+    cases = {
+        "ownrunpath": ({"ownrunpath/libown.so": gcc_lib(build / "a", "libown.so", ("libxcudart.so.13",),
+                                                         runpath="/opt/keep:$ORIGIN", libdirs=dirs)}, "rpath"),
+        "peers": ({"peers/libbare.so": gcc_lib(build / "b", "libbare.so", ("libxcudart.so.13",), libdirs=dirs),
+                   "peers/libpeer.so": gcc_lib(build / "c", "libpeer.so", runpath="$ORIGIN")}, "rpath"),
+        "alone": ({"alone/libbare.so": (build / "b" / "libbare.so").read_bytes()}, "rpath"),
+        "alonerun": ({"alonerun/libbare.so": (build / "b" / "libbare.so").read_bytes()}, "runpath"),
+    }
+    seen = {}
+    for name, (libs, default) in cases.items():
+        w = lib_wheel(tmp_path, name, libs)
+        (o,) = repair_wheels([str(w)], [sibling], str(tmp_path / "out"), rpath_tag_default=default)
+        (f,) = o.plan.files
+        assert o.output is not None
+        data = written(o.output, f.member)
+        after = read_elf(BytesSource(f.member, data))
+        assert (after.rpath, after.runpath, after.needed, after.soname) == (
+            f.after.rpath, f.after.runpath, f.after.needed, f.after.soname), name  # type: ignore[union-attr]
+        lib = tmp_path / "check" / name / posixpath_basename(f.member)
+        lib.parent.mkdir(parents=True)
+        lib.write_bytes(data)
+        dyn = subprocess.run(["readelf", "-dW", str(lib)], capture_output=True, text=True).stdout
+        seen[name] = [line.split()[1] for line in dyn.splitlines() if "(RPATH)" in line or "(RUNPATH)" in line]
+    assert seen == {"ownrunpath": ["(RUNPATH)"], "peers": ["(RUNPATH)"], "alone": ["(RPATH)"],
+                    "alonerun": ["(RUNPATH)"]}
+
+
+def posixpath_basename(member: str) -> str:
+    return member.rsplit("/", 1)[-1]
+
+
 @pytest.mark.skipif(not zig_available(), reason="the Mach-O stubs need zig")
 def test_macho_gets_a_loader_path_rpath(stub_wheels: dict[str, Path], tmp_path: Path) -> None:
     """A zig-built arm64 dylib that needs macdep's @rpath/libxmacdep.dylib, with only
@@ -232,22 +255,68 @@ def test_macho_gets_a_loader_path_rpath(stub_wheels: dict[str, Path], tmp_path: 
     assert f.format == "macho" and f.tag is None
     assert f.edits == (Edit("add-rpath", "@loader_path/../../macdep/lib"),)
     assert f.after.slices[0].rpaths == ("@loader_path", "@loader_path/../../macdep/lib")  # type: ignore[union-attr]
-    assert o.plan.errors == []
+    assert o.plan.errors == [] and o.plan.checked == 1, "loaded with the LC_RPATH the edit adds"
     (control,) = repair_wheels([str(wheel)], [], None, dry_run=True)
     assert control.plan.files == () and control.plan.warnings, "alone, nothing provides libxmacdep"
 
+    # Written: the real Mach-O rewriter, re-signed; llvm-objdump reads the commands the check
+    # loaded, and llvm-install-name-tool making the same edit gives the same ones.
+    from macho_helpers import INSTALL_NAME_TOOL, OBJDUMP, install_name_tool, objdump_view
+    from rpathfix.codesign import verify
+    from rpathfix.macho import read_macho
+    from rpathfix.source import BytesSource
 
-def test_the_binary_rewriter_seam(stub_wheels: dict[str, Path], tmp_path: Path) -> None:
-    o = plan_of(stub_wheels, "onnxgpustub", CU13)
-    if HAVE_REWRITER:
-        assert callable(binary_member_edit(o.plan.files[0]))
-        return
-    with pytest.raises(EditError, match="binary rewriting is not available"):
-        binary_member_edit(o.plan.files[0])
-    proc = rpathfix("repair", str(stub_wheels["onnxgpustub"]), "--with", *[str(stub_wheels[s]) for s in CU13],
-                    "--out", str(tmp_path / "out"))
-    assert proc.returncode == 1 and "binary rewriting is not available" in proc.stderr
-    assert not (tmp_path / "out").exists()
+    (done,) = repair_wheels([str(wheel)], [str(stub_wheels["macdep"])], str(tmp_path / "out"))
+    assert done.status == "repaired" and done.output is not None
+    with zipfile.ZipFile(done.output) as zf:
+        data = zf.read("macfixstub/.libs/libxmacfix.dylib")
+    def seen_by_dyld(info: object) -> list[tuple[object, ...]]:
+        return [(s.arch, s.filetype, s.install_name, s.dylibs, s.rpaths, s.has_code_signature)
+                for s in info.slices]  # type: ignore[attr-defined]
+
+    assert seen_by_dyld(read_macho(BytesSource("x", data))) == seen_by_dyld(f.after)
+    (verdict,) = verify(BytesSource("x", data))
+    assert verdict.signed and verdict.ok, verdict.problems
+    ours = tmp_path / "ours" / "libxmacfix.dylib"
+    ours.parent.mkdir()
+    ours.write_bytes(data)
+    if OBJDUMP is not None and INSTALL_NAME_TOOL is not None:
+        theirs = tmp_path / "theirs" / "libxmacfix.dylib"
+        theirs.parent.mkdir()
+        shutil.copy(tmp_path / "libxmacfix.dylib", theirs)
+        assert install_name_tool(theirs, "-add_rpath", "@loader_path/../../macdep/lib").returncode == 0
+        ((_h, edited, _kinds),) = objdump_view(ours).values()
+        assert [re.search(r"path (\S+)", e).group(1) for e in edited if "LC_RPATH" in e] == [  # type: ignore[union-attr]
+            "@loader_path", "@loader_path/../../macdep/lib"]
+        assert objdump_view(ours) == objdump_view(theirs)
+
+
+@pytest.mark.skipif(not zig_available(), reason="the Mach-O stubs need zig")
+def test_a_repaired_macho_file_is_checked_with_its_new_headers(stub_wheels: dict[str, Path], tmp_path: Path) -> None:
+    """The dyld model reads headers through the header memo, so the check loads the repaired
+    file as the edit makes it: a library that gets the path to macdep but also needs a dylib
+    no wheel provides is refused (it was skipped, unchecked, while dyld read only the file)."""
+    with zipfile.ZipFile(stub_wheels["macdep"]) as zf:
+        (tmp_path / "libxmacdep.dylib").write_bytes(zf.read("macdep/lib/libxmacdep.dylib"))
+    (tmp_path / "gone.c").write_text("int xgone(void) { return 1; }\n")
+    zig_cc(tmp_path, "aarch64-macos", "-shared", "-o", "libxgone.dylib", "gone.c",
+           "-Wl,-install_name,@rpath/libxgone.dylib")
+    (tmp_path / "fix.c").write_text("int stub_macdep(void);\nint xgone(void);\n"
+                                    "int stub_macfix(void) { return stub_macdep() + xgone(); }\n")
+    zig_cc(tmp_path, "aarch64-macos", "-shared", "-o", "libxmacfix.dylib", "fix.c", "-L.", "-lxmacdep", "-lxgone",
+           "-Wl,-install_name,@rpath/libxmacfix.dylib", "-Wl,-rpath,@loader_path")
+    wheel = lib_wheel(tmp_path, "macgone", {"macgone/.libs/libxmacfix.dylib":
+                                            (tmp_path / "libxmacfix.dylib").read_bytes()})
+    (o,) = repair_wheels([str(wheel)], [str(stub_wheels["macdep"])], None, dry_run=True)
+    (f,) = o.plan.files
+    assert f.edits == (Edit("add-rpath", "@loader_path/../../macdep/lib"),)
+    (err,) = o.plan.errors
+    assert err.name == "@rpath/libxgone.dylib" and "repaired library libxmacfix.dylib will not load" in err.message
+    assert not any("not checked" in n for n in o.plan.notes)
+    # Control: a sibling that provides libxgone too; the same check then passes.
+    gone = lib_wheel(tmp_path, "gonewheel", {"gonewheel/lib/libxgone.dylib": (tmp_path / "libxgone.dylib").read_bytes()})
+    (ok,) = repair_wheels([str(wheel)], [str(stub_wheels["macdep"]), str(gone)], None, dry_run=True)
+    assert ok.plan.errors == [] and len(ok.plan.files[0].edits) == 2
 
 
 def test_metadata_only_repair_is_accepted_by_pip_wheel_and_twine(stub_wheels: dict[str, Path],
@@ -292,12 +361,8 @@ def ldd_missing(lib: Path) -> list[str]:
 
 
 @pytest.fixture
-def repaired_index(stub_wheels: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def repaired_index(stub_wheels: dict[str, Path], tmp_path: Path) -> Path:
     """The original and the repaired onnxgpustub, and the cu13 wheels, in one static repository."""
-    import rpathfix.repair
-
-    if not HAVE_REWRITER:
-        monkeypatch.setattr(rpathfix.repair, "binary_member_edit", patchelf_member_edit)
     wheels = tmp_path / "wheels"
     wheels.mkdir()
     for n in ("onnxgpustub", *CU13):
@@ -373,3 +438,105 @@ def test_the_repaired_wheel_through_rpathfix_venv_and_pypiserver(stub_wheels: di
     run = subprocess.run([str(py), "-c", LOAD], capture_output=True, text=True, env=CLEAN_ENV)
     assert run.returncode == 0 and run.stdout.strip() == "8", run.stderr
     assert "LD_LIBRARY_PATH" not in CLEAN_ENV and os.environ.get("LD_PRELOAD") is None
+
+
+# ---------------------------------------------------------------- rpathfix venv --repair
+
+
+def test_venv_repair_patches_copies_of_the_provider_only(stub_wheels: dict[str, Path], tmp_path: Path) -> None:
+    """The onnxruntime-gpu-like case as one root per wheel: without --repair the venv is
+    refused and the message names `rpathfix venv --repair`; with it, the provider (and the
+    cublasLt-like library that finds nvjitlink only through its loader's RPATH) are patched
+    copies, every other file is a link, the roots are untouched, and the provider loads with
+    ctypes from the venv with LD_LIBRARY_PATH unset, every library from inside the venv."""
+    roots = tmp_path / "roots"
+    assert rpathfix("unpack", *[str(stub_wheels[n]) for n in ("onnxgpustub", *CU13)], "--into",
+                    str(roots)).returncode == 0
+    args = [str(p) for p in sorted(roots.iterdir()) if not p.name.startswith(".")]
+    out = tmp_path / "venv"
+    refused = rpathfix("venv", str(out), *args)
+    assert refused.returncode == 1 and not out.exists(), refused.stderr
+    assert "[no-path-to-provider]" in refused.stderr and "libxonnxruntime_providers_cuda.so" in refused.stderr
+    assert f"fix: rpathfix venv --repair {out} " in refused.stderr
+
+    provider_root = roots / "onnxgpustub" / "site-packages" / PROVIDER
+    root_bytes = provider_root.read_bytes()
+    proc = rpathfix("venv", "-v", "--repair", str(out), *args)
+    assert proc.returncode == 0, proc.stderr
+    site = out / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}" / "site-packages"
+    copies = sorted(str(p.relative_to(site)) for p in site.rglob("*")
+                    if p.is_file() and not p.is_symlink() and "__pycache__" not in p.parts)
+    assert copies == ["nvidia/cu13/lib/libxcublasLt.so.13", PROVIDER]
+    assert f"patched copy: {PROVIDER} (--repair)" in proc.stderr
+    assert (site / "onnxgpustub" / "__init__.py").is_symlink() and (site / "onnxgpustub" / "capi").is_dir()
+    assert provider_root.read_bytes() == root_bytes, "the roots are not changed"
+    assert (site / PROVIDER).stat().st_mode & 0o777 == provider_root.stat().st_mode & 0o777
+    dyn = subprocess.run(["readelf", "-dW", str(site / PROVIDER)], capture_output=True, text=True).stdout
+    assert "(RPATH)" in dyn and "[$ORIGIN/../../nvidia/cu13/lib]" in dyn
+
+    ldd = subprocess.run(["ldd", str(site / PROVIDER)], capture_output=True, text=True, env=CLEAN_ENV).stdout
+    libs = {line.split()[0]: line.split("=> ")[1].split(" (")[0] for line in ldd.splitlines() if "=> " in line}
+    ours = {n: p for n, p in libs.items() if n.startswith("libx")}
+    assert sorted(ours) == ["libxcublas.so.13", "libxcublasLt.so.13", "libxcudart.so.13", "libxnvjitlink.so.13"]
+    assert all(p.startswith(str(out) + "/") for p in ours.values()), ours
+    run = subprocess.run([str(out / "bin" / "python"), "-c", LOAD], capture_output=True, text=True, env=CLEAN_ENV)
+    assert run.returncode == 0 and run.stdout.strip() == "8", run.stderr
+    control = subprocess.run([sys.executable, "-c", f"import ctypes; ctypes.CDLL({str(provider_root)!r})"],
+                             capture_output=True, text=True, env=CLEAN_ENV)
+    assert control.returncode != 0 and "libxcublasLt.so.13" in control.stderr, "the root's copy does not load"
+    assert "LD_LIBRARY_PATH" not in CLEAN_ENV
+
+    verify = rpathfix("verify", str(out))
+    assert verify.returncode == 0 and "no-path-to-provider" not in verify.stdout, verify.stdout
+    again = rpathfix("venv", "-v", "--repair", str(out), *args)
+    assert again.returncode == 0 and "up to date" in again.stdout, "the patched copies compare equal"
+
+
+def test_venv_repair_in_copy_mode_and_the_tree_node(stub_wheels: dict[str, Path], tmp_path: Path) -> None:
+    """The patched copy is a VenvNode of its own (source + BytePatch, no bytes held): the
+    planned view reads it through PatchedSource, and write_tree streams it; in copy mode
+    (every directory real) only the node's kind changes."""
+    from rpathfix.build_venv import repair_venv
+    from rpathfix.elf import read_elf
+    from rpathfix.fstree import CachedTree, RealTree
+    from rpathfix.plan import make_plan
+    from rpathfix.roots import load_root
+    from rpathfix.venv import describe_venv, planned_view, write_tree
+
+    roots = tmp_path / "roots"
+    assert rpathfix("unpack", *[str(stub_wheels[n]) for n in ("onnxgpustub", *CU13)], "--into",
+                    str(roots)).returncode == 0
+    tree = CachedTree(RealTree())
+    plan = make_plan(tree, [load_root(tree, str(p)) for p in sorted(roots.iterdir())])
+    for mode in ("symlink", "copy"):
+        out = tmp_path / f"venv-{mode}"
+        venv = describe_venv(str(out), plan.entries, python=sys.executable, link_mode=mode)
+        done = repair_venv(tree, venv, plan)
+        assert sorted(done) == ["nvidia/cu13/lib/libxcublasLt.so.13", PROVIDER]
+        rel = posixpath_join(venv.kind_dirs["site-packages"], PROVIDER)
+        node = venv.nodes[rel]
+        assert node.kind == "patched" and node.data is None and node.patch is not None
+        assert len(node.patch.writes) < 10 and node.source == str(roots / "onnxgpustub" / "site-packages" / PROVIDER)
+        view = planned_view(venv, RealTree())
+        src = view.open(str(out / rel))
+        try:
+            assert read_elf(src).rpath == "$ORIGIN/../../nvidia/cu13/lib"
+        finally:
+            src.close()
+        assert write_tree(venv).changed
+        assert read_elf_path(out / rel).rpath == "$ORIGIN/../../nvidia/cu13/lib"
+        run = subprocess.run([sys.executable, "-c", f"import ctypes; ctypes.CDLL({str(out / rel)!r})"],
+                             capture_output=True, text=True, env=CLEAN_ENV)
+        assert run.returncode == 0, run.stderr
+
+
+def posixpath_join(*parts: str) -> str:
+    return "/".join(p.strip("/") for p in parts if p)
+
+
+def read_elf_path(path: Path):  # type: ignore[no-untyped-def]
+    from rpathfix.elf import read_elf
+    from rpathfix.source import FileSource
+
+    with FileSource(str(path)) as src:
+        return read_elf(src)

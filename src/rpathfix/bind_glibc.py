@@ -68,9 +68,10 @@ from __future__ import annotations
 from rpathfix.elf_symbols import Budget, Definition, ElfSymbols, Reference, Version, gnu_hash, open_symbols
 from rpathfix.errors import FormatError
 from rpathfix.fstree import as_cached
-from rpathfix.loader_glibc import DRIVER_LIBS, GlibcProcess, started
+from rpathfix.loader_glibc import GlibcProcess, started
 from rpathfix.resolution import UNDEFINED_SYMBOL, VERSION_NOT_FOUND, Step, SymbolProblem, SymbolTrace
 from rpathfix.static import TYPE_CHECKING
+from rpathfix.systemlibs import DRIVER_LIBS
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

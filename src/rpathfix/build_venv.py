@@ -37,10 +37,11 @@ class BuildResult:
     extension modules went unchecked (--no-verify), warnings (what matters, said once), and
     the planner's notes (said with -v)."""
 
-    __slots__ = ("changed", "entries", "notes", "real_dirs", "refused", "unchecked", "warnings")
+    __slots__ = ("changed", "entries", "notes", "real_dirs", "refused", "repaired", "unchecked", "warnings")
 
     def __init__(self, entries: int = 0, real_dirs: int = 0) -> None:
         self.changed = False
+        self.repaired: list[str] = []  # site-packages paths that got a patched copy (--repair)
         self.entries = entries
         self.real_dirs = real_dirs
         self.refused: str | None = None
@@ -51,8 +52,10 @@ class BuildResult:
 
 def check_plan(tree: CachedTree, venv: VenvTree, plan: Plan, options: LoaderOptions) -> Report:
     """Import every extension module the plan places, in the planned view of `venv`, with
-    the loader model: what decides whether the venv works. (`rpathfix verify OUT` also
-    loads every other library, for its warnings.)"""
+    the loader model: what decides whether the venv works; and load every library no module
+    reaches (a plugin), which fails the check when its own paths miss a library that another
+    file of the venv provides (what --repair fixes). (`rpathfix verify OUT` also reports
+    every other library's problems, as warnings.)"""
     from rpathfix.environment import environment_of
     from rpathfix.venv import planned_view
     from rpathfix.verify import check_environment
@@ -65,7 +68,7 @@ def check_plan(tree: CachedTree, venv: VenvTree, plan: Plan, options: LoaderOpti
         raise UsageError(f"{lost}: placed by the plan but not found in the venv about to be written; "
                          "was a root changed while rpathfix ran?")
     env = environment_of(view, site, options.interpreter, paths)
-    return check_environment(view, env, options, modules_only=True)
+    return check_environment(view, env, options, modules_only=True, providers_reachable=True)
 
 
 def scripts_without_bin(tree: FileTree, roots: Sequence[Root]) -> list[tuple[str, str, str]]:
@@ -96,13 +99,47 @@ def _is_extension(info: BinaryInfo) -> bool:
     return any(s.is_extension for s in info.slices)
 
 
+def repair_venv(tree: CachedTree, venv: VenvTree, plan: Plan, *, rpath_tag_default: str = "rpath") -> list[str]:
+    """Give each library of the plan whose own search path misses a library another file of
+    the venv provides a patched copy in `venv` with the entries that reach it (repair_plan's
+    rules, the binary rewriter's patch); every other file stays as described. Returns the
+    site-packages paths patched. Nothing is written: the copies are VenvNodes of kind
+    "patched" that the check reads and write_tree streams."""
+    import os
+
+    from rpathfix import elf_write, macho_write
+    from rpathfix.repair_plan import plan_venv_repairs
+    from rpathfix.source import FileSource
+
+    done = []
+    for fr in plan_venv_repairs(tree, plan, rpath_tag_default=rpath_tag_default):
+        planner = elf_write if fr.format == "elf" else macho_write
+        with FileSource(fr.member) as src:
+            patch = planner.plan_patch(src, fr.edits)
+        mode = os.stat(fr.member).st_mode & 0o7777
+        venv.patched_copy(posixpath.join(venv.kind_dirs["site-packages"], fr.path), fr.member, patch, mode)
+        done.append(fr.path)
+    return done
+
+
+def _repair_command(out: str, root_paths: Sequence[str]) -> str:
+    """`rpathfix venv --repair OUT ROOT...`: the fix a refusal names for files that cannot
+    reach their providers."""
+    import shlex
+
+    from rpathfix.causes import compact_paths
+
+    return " ".join(["rpathfix", "venv", "--repair", shlex.quote(out), *compact_paths(list(root_paths))])
+
+
 def build_venv(out: str, root_paths: Sequence[str], *, python: str, link_mode: str = "symlink",
                prefer: Sequence[str] = (), verify_layout: bool = True, ld_library_path: str | None = None,
-               assume_loaded: Sequence[str] = ()) -> BuildResult:
+               assume_loaded: Sequence[str] = (), repair: bool = False) -> BuildResult:
     """Plan the roots into a venv at OUT, check it (unless verify_layout is False), write it.
 
-    A refused check (result.refused) writes nothing. UsageError/PlanError/FormatError for
-    bad input, before anything is written.
+    repair: libraries whose own search paths miss a provider in the venv get patched copies
+    (repair_venv) before the check. A refused check (result.refused) writes nothing.
+    UsageError/PlanError/FormatError for bad input, before anything is written.
     """
     from rpathfix.hwcaps import start_hwcap_probe
     from rpathfix.venv import check_destination, describe_venv, write_tree
@@ -117,6 +154,8 @@ def build_venv(out: str, root_paths: Sequence[str], *, python: str, link_mode: s
     venv = describe_venv(out, plan.entries, python=python, link_mode=link_mode, entry_points=scripts)
     result = BuildResult(entries=len(plan.entries), real_dirs=len(plan.real_dirs))
     result.notes = list(plan.notes)
+    if repair:
+        result.repaired = repair_venv(tree, venv, plan)
     if verify_layout:
         from rpathfix.verify import format_report, format_warnings
 
@@ -125,7 +164,8 @@ def build_venv(out: str, root_paths: Sequence[str], *, python: str, link_mode: s
         # Worded and counted as `rpathfix verify` words them; fix commands name the roots.
         named = [(r.dist, p) for r, p in zip(roots, root_paths)]
         if report.errors:
-            result.refused = format_report(report, roots=named, what="venv about to be written")
+            result.refused = format_report(report, roots=named, what="venv about to be written",
+                                           venv_repair=None if repair else _repair_command(out, root_paths))
             return result
         result.warnings += format_warnings(report, named)
     else:

@@ -440,10 +440,12 @@ def choose_out() -> str:
     return "rpathfix-venv"
 
 
-def fix_context(ctx: Context, named: Sequence[str] = (), roots: Sequence[tuple[str, str]] = ()) -> FixContext:
+def fix_context(ctx: Context, named: Sequence[str] = (), roots: Sequence[tuple[str, str]] = (),
+                venv_repair: str | None = None) -> FixContext:
     """How fix commands name the directories: as the user named them when each named
     path is one sys.path directory, else by the directories themselves; `roots` adds
-    distribution roots known otherwise."""
+    distribution roots known otherwise; `venv_repair`, the command that writes a venv being
+    checked with patched copies (FixContext.venv_repair)."""
     sites = list(ctx.env.site_dirs)
     # A venv is named by its directory; what a command takes is its site-packages.
     paths = list(named) if named and len(named) == len(sites) and ctx.env.interpreter is None else sites
@@ -454,11 +456,12 @@ def fix_context(ctx: Context, named: Sequence[str] = (), roots: Sequence[tuple[s
             known.append((found[0], path))
     split = len(sites) > 1 and ctx.env.interpreter is None
     return FixContext(tuple(paths), split, tuple(known), choose_out() if split else "venv", tuple(sites),
-                      words=tuple(compact_paths(paths)) if split else ())
+                      words=tuple(compact_paths(paths)) if split else (), venv_repair=venv_repair)
 
 
 def verify_findings(tree: FileTree, report: Report, named: Sequence[str] = (),
-                    roots: Sequence[tuple[str, str]] = ()) -> tuple[list[Finding], Context]:
+                    roots: Sequence[tuple[str, str]] = (),
+                    venv_repair: str | None = None) -> tuple[list[Finding], Context]:
     """verify's report as grouped Findings with causes and fixes."""
     ctx = Context(tree, report.environment)
-    return group(classify(ctx, report.findings), fix_context(ctx, named, roots)), ctx
+    return group(classify(ctx, report.findings), fix_context(ctx, named, roots, venv_repair)), ctx

@@ -88,6 +88,9 @@ class FixContext(NamedTuple):
     sites: tuple[str, ...] = ()  # the sys.path directories, absolute, in the order of `paths`
     python: str | None = None  # the interpreter a new venv is for (None: rpathfix's default)
     words: tuple[str, ...] = ()  # `paths` as a command line writes them (causes.compact_paths)
+    # The check of a venv about to be written: the `rpathfix venv --repair ...` command that
+    # writes it with patched copies of the files that cannot reach their providers.
+    venv_repair: str | None = None
 
     def root_of(self, dist: str | None) -> str | None:
         for d, path in self.roots:
@@ -109,7 +112,10 @@ def _repair_fix(problems: Sequence[Problem], ctx: FixContext) -> str | None:
     """Give the distribution's libraries a path to the wheels that provide what they need.
 
     The installed environment does not hold the wheel, so the command fetches it first;
-    the providers are named by their directories (repair takes roots as siblings)."""
+    the providers are named by their directories (repair takes roots as siblings). In the
+    check of a venv about to be written, the same venv with --repair: patched copies there."""
+    if ctx.venv_repair is not None:
+        return ctx.venv_repair
     first = problems[0]
     if first.dist is None:
         return None
@@ -128,6 +134,12 @@ def _repair_fix(problems: Sequence[Problem], ctx: FixContext) -> str | None:
     for s in siblings:
         cmd += f" --with {shlex.quote(s)}"
     return cmd + " --out wheels/repaired"
+
+
+def _venv_repair_fix(problems: Sequence[Problem], ctx: FixContext) -> str | None:
+    """In the check of a venv about to be written: its --repair command (a patched copy
+    reaches the library on its own); elsewhere nothing needs fixing."""
+    return ctx.venv_repair
 
 
 def _site_of(path: str, ctx: FixContext) -> str | None:
@@ -177,7 +189,7 @@ CAUSES: dict[str, Cause] = {
         _repair_fix, _NEEDED),
     "inherited-rpath": Cause(
         _LIBS + " {is|are} found only through the RPATH of the library that loads it (fine when loaded that way)",
-        None, _NEEDED),
+        _venv_repair_fix, _NEEDED),
     "missing-library": Cause(_LIBS + " {is|are} in no wheel of this environment and not on this system",
                              None, _NEEDED),
     "shadowed": Cause("{n} {library|libraries} that {dist} needs {resolves|resolve} to a system copy, "

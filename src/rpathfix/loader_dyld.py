@@ -51,6 +51,7 @@ from rpathfix.fstree import resolve
 from rpathfix.macho import read_macho
 from rpathfix.model import MachoInfo, MachoSlice
 from rpathfix.resolution import Attempt, LoadedObject, LoadResult, Resolution
+from rpathfix.sniff import read_binary_in
 from rpathfix.static import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
@@ -194,18 +195,33 @@ class _Simulation:
         if node is None or node.kind != "file":
             info = "not a regular file"
         else:
+            # Through the tree's header memo, as loader_glibc reads: the planner's reads are
+            # reused, and the repair check sees a file as its planned edits will make it
+            # (sniff.remember_binary) before anything is written.
             try:
-                src = self.tree.open(physical)
-                try:
-                    info = read_macho(src)
-                finally:
-                    src.close()
-            except FormatError as e:
-                info = e.reason
+                known = read_binary_in(self.tree, physical)
             except OSError as e:
+                known = None
                 info = e.strerror or str(e)
+            else:
+                info = known if isinstance(known, MachoInfo) else self._why_not_macho(physical)
         self._headers[physical] = info
         return info
+
+    def _why_not_macho(self, physical: str) -> str:
+        """Why a file is not a loadable Mach-O file, in read_macho's words (read again: only
+        a file that fails gets here)."""
+        try:
+            src = self.tree.open(physical)
+            try:
+                read_macho(src)
+            finally:
+                src.close()
+        except FormatError as e:
+            return e.reason
+        except OSError as e:
+            return e.strerror or str(e)
+        return "not a Mach-O file"
 
     def pick_slice(self, info: MachoInfo) -> MachoSlice | None:
         return next((s for s in info.slices if s.arch == self.arch), None)

@@ -68,15 +68,14 @@ from rpathfix.model import ElfInfo
 from rpathfix.resolution import Attempt, LoadedObject, LoadResult, Resolution
 from rpathfix.sniff import read_binary_in
 from rpathfix.static import TYPE_CHECKING, NamedTuple
+from rpathfix.systemlibs import DRIVER_LIBS
 
 if TYPE_CHECKING:
     from rpathfix.fstree import Credentials, FileTree
 
-# GPU driver libraries come with the kernel driver, never with a wheel: a simulation on a
-# build machine without a GPU must call them "provided by the driver", not missing.
-DRIVER_LIBS = re.compile(
-    r"^lib(cuda|cudadebugger|nvidia-[A-Za-z0-9_.-]+|nvcuvid|nvoptix|nvidia)\.so(\.[0-9]+)*$"
-)
+# DRIVER_LIBS (systemlibs, the one list): GPU driver libraries come with the kernel driver,
+# never with a wheel, so a simulation on a build machine without a GPU calls them "provided
+# by the driver", not missing; the repair never adds a path for them.
 
 # $LIB and the default directories per machine (Debian multiarch; rule 5e, 16).
 MULTIARCH = {"x86_64": "x86_64-linux-gnu", "aarch64": "aarch64-linux-gnu", "i386": "i386-linux-gnu",

@@ -3,9 +3,11 @@
 For each WHEEL: plan the edits with the loader model (repair_plan.plan_repair, the wheels read
 in place through a wheeltree.WheelTree), check the repaired layout (same module), and only when
 every wheel passes (or --allow-unresolved), write each changed wheel into OUT under its new
-name (wheelfile.rewrite_wheel): binaries patched while they are streamed, METADATA given the
-missing requirements (--add-requires), WHEEL and RECORD updated, every other member copied
-byte for byte. A wheel that needs nothing is not written.
+name (wheelfile.rewrite_wheel): binaries patched (each patch planned and read back before
+anything is written; a deflated member keeps its original compressed blocks where the patch
+leaves them, rpathfix.deflate), METADATA given the missing requirements (--add-requires),
+WHEEL and RECORD updated, every other member copied byte for byte. A wheel that needs nothing
+is not written.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ from rpathfix.errors import UsageError
 from rpathfix.static import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
+    from rpathfix.model import BytePatch
     from rpathfix.repair_plan import FileRepair, RepairPlan
-    from rpathfix.source import ByteSource, SupportsWrite
+    from rpathfix.source import ByteSource
     from rpathfix.wheelfile import MemberEdit
 
 
@@ -36,27 +39,34 @@ class WheelOutcome(NamedTuple):
     output: str | None  # the written (or existing identical) wheel
 
 
-def binary_member_edit(repair: FileRepair) -> MemberEdit:
-    """The streamed edit of one native member of a wheel: plan the byte patch of `repair.edits`
-    from the member's headers, then apply it while the member is copied into the new wheel.
-
-    THE SEAM for the binary rewriter (issue 11): `rpathfix.elf_write.plan_patch(src, edits)` /
-    `rpathfix.macho_write.plan_patch(src, edits)` -> model.BytePatch, and
-    `rpathfix.patch.stream_patch(src, patch, out)` writing the patched content of `src` to
-    `out` in order, in bounded chunks. Until those exist this raises EditError, before anything
-    is written.
-    """
+def binary_member_patch(src: ByteSource, repair: FileRepair) -> BytePatch:
+    """The byte patch of one native member: `repair.edits` planned by the binary rewriter
+    (elf_write / macho_write) from the member's headers, before anything is written, and
+    read back: the headers it produces must be the ones the check loaded (`repair.after`),
+    else EditError. `src` is the member's content (a checkpointed MemberSource: the planner's
+    scattered reads do not inflate the member again from its start)."""
     from rpathfix import elf_write, macho_write
-    from rpathfix.patch import stream_patched
+    from rpathfix.errors import EditError
+    from rpathfix.patch import PatchedSource
+    from rpathfix.sniff import read_binary
 
-    planner = elf_write if repair.format == "elf" else macho_write
-    edits = repair.edits
+    patch: BytePatch = (elf_write if repair.format == "elf" else macho_write).plan_patch(src, repair.edits)
+    after = read_binary(PatchedSource(src, patch))
+    if _as_loaded(after) != _as_loaded(repair.after):
+        raise EditError(f"{repair.member}: the planned edit gives other headers than the check loaded "
+                        f"({_as_loaded(after)} != {_as_loaded(repair.after)}); nothing written")
+    return patch
 
-    def edit(src: ByteSource, out: SupportsWrite) -> None:
-        patch = planner.plan_patch(src, edits)
-        stream_patched(src, patch, out)
 
-    return edit
+def _as_loaded(info: object) -> tuple[object, ...]:
+    """What the loader models read of a file's headers (not sizes or padding)."""
+    from rpathfix.model import ElfInfo, MachoInfo
+
+    if isinstance(info, ElfInfo):
+        return ("elf", info.soname, info.needed, info.rpath, info.runpath)
+    if isinstance(info, MachoInfo):
+        return ("macho", tuple((sl.arch, sl.install_name, sl.dylibs, sl.rpaths) for sl in info.slices))
+    return (None,)
 
 
 def repair_wheels(wheels: Sequence[str], siblings: Sequence[str], out_dir: str | None, *,
@@ -97,6 +107,7 @@ def repair_wheels(wheels: Sequence[str], siblings: Sequence[str], out_dir: str |
         tree = WheelTree(RealTree(), list(archives.values()))
         mounts = {ap: tree.mount_path(a) for ap, a in archives.items()}
         wheel_mounts = [mounts[os.path.abspath(w)] for w in wheels]
+        headers = tree.read_headers()  # every wheel's native headers, once for all the plans
         sibling_mounts = [mounts[os.path.abspath(s)] for s in siblings if os.path.abspath(s) in mounts
                           and os.path.abspath(s) not in {os.path.abspath(w) for w in wheels}]
         outcomes: list[WheelOutcome] = []
@@ -109,7 +120,7 @@ def repair_wheels(wheels: Sequence[str], siblings: Sequence[str], out_dir: str |
 
             plan = plan_repair(tree, root, others, member_of=member_of,
                                metadata=arc.read(f"{arc.dist_info()}/METADATA"),
-                               rpath_tag_default=rpath_tag_default)
+                               rpath_tag_default=rpath_tag_default, known=headers)
             missing = tuple(requirements_to_add(plan.requirements, extra))
             added = missing if add_requires else ()
             refused = bool(plan.errors) and not allow_unresolved
@@ -119,7 +130,11 @@ def repair_wheels(wheels: Sequence[str], siblings: Sequence[str], out_dir: str |
         if dry_run or any(o.status == "refused" for o in outcomes):
             return outcomes
         assert out_dir is not None
-        edits = [{fr.member: binary_member_edit(fr) for fr in o.plan.files} for o in outcomes]
+        edits: list[dict[str, MemberEdit]] = []
+        for o in outcomes:
+            arc = archives[os.path.abspath(o.wheel)]
+            edits.append({fr.member: binary_member_patch(arc.source(fr.member), fr) for fr in o.plan.files
+                          if o.status == "repaired"})
         done = []
         for o, member_edits in zip(outcomes, edits):
             if o.status != "repaired":
@@ -233,4 +248,4 @@ def format_refusal(o: WheelOutcome) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["WheelOutcome", "binary_member_edit", "format_plan", "outcomes_to_json", "repair_wheels"]
+__all__ = ["WheelOutcome", "binary_member_patch", "format_plan", "outcomes_to_json", "repair_wheels"]

@@ -119,12 +119,14 @@ class RepairPlan(NamedTuple):
 
 def plan_repair(tree: FileTree, wheel_root: str, sibling_roots: Sequence[str], *,
                 member_of: Callable[[str], str | None], metadata: bytes | None = None,
-                rpath_tag_default: str = DEFAULT_RPATH_TAG) -> RepairPlan:
+                rpath_tag_default: str = DEFAULT_RPATH_TAG,
+                known: Mapping[tuple[str, str], object] | None = None) -> RepairPlan:
     """The repair of the wheel mounted at `wheel_root`, installed beside `sibling_roots`.
 
     `tree` answers for the wheel (and any sibling wheels) as roots (a wheeltree.WheelTree) and
     for the system; `member_of(rel)` names the wheel member installed at site-packages/`rel`;
-    `metadata` is the wheel's METADATA, for the requirements it lacks. Pure: reads through
+    `metadata` is the wheel's METADATA, for the requirements it lacks; `known`, headers
+    already read from `tree` (a header memo: WheelTree.read_headers). Pure: reads through
     `tree`, writes nothing. PlanError when the wheels cannot share one site-packages.
     """
     from rpathfix.plan import make_plan
@@ -132,7 +134,7 @@ def plan_repair(tree: FileTree, wheel_root: str, sibling_roots: Sequence[str], *
 
     if rpath_tag_default not in RPATH_TAGS:
         raise ValueError(f"rpath_tag_default must be one of {RPATH_TAGS}")
-    view = CachedTree(tree)
+    view = CachedTree(tree, memo=dict(known or {}))
     roots = [load_root(view, p) for p in (wheel_root, *sibling_roots)]
     own = roots[0]
     plan = make_plan(view, roots)
@@ -160,6 +162,32 @@ def plan_repair(tree: FileTree, wheel_root: str, sibling_roots: Sequence[str], *
     reqs = requirements(metadata or b"", needed)
     return RepairPlan(wheel_root, own.dist, own.version, tuple(repairs), tuple(skipped), tuple(reqs),
                       tuple(findings), checked, tuple(dict.fromkeys(notes)))
+
+
+def plan_venv_repairs(view: CachedTree, plan: Plan, *,
+                      rpath_tag_default: str = DEFAULT_RPATH_TAG) -> list[FileRepair]:
+    """The repair inside a venv (`rpathfix venv --repair`): the same rules as plan_repair,
+    for every native file of site-packages whatever its distribution, in the planned venv of
+    `plan`. FileRepair.member is the file's physical path in its root (what gets a patched
+    copy in the venv). The caller checks the venv with the copies in place, as it checks any
+    venv before writing it."""
+    if rpath_tag_default not in RPATH_TAGS:
+        raise ValueError(f"rpath_tag_default must be one of {RPATH_TAGS}")
+    providers = _providers(plan.binaries)
+    ptree = _planned(view, plan)
+    tags: dict[str, str] = {}
+    skipped: list[Skipped] = []
+    notes: list[str] = []
+    out = []
+    for b in plan.binaries:
+        if b.kind != "site-packages":
+            continue
+        if b.dist not in tags:
+            tags[b.dist] = _wheel_tag([x for x in plan.binaries if x.dist == b.dist], rpath_tag_default)
+        repair = _repair_one(ptree, b, b.real, providers, {}, tags[b.dist], skipped, notes)
+        if repair is not None:
+            out.append(repair)
+    return out
 
 
 def _unplaced(tree: FileTree, own: Root, placed: list[Binary]) -> list[str]:
@@ -385,13 +413,8 @@ def check_repaired(tree: FileTree, root_paths: Sequence[str], dist: str, repairs
     used: set[str] = set()
     findings: list[Finding] = []
     checked = 0
-    blind = _dyld_ignores_remembered_headers()
     for b in plan.binaries:
         if b.dist != dist:
-            continue
-        if blind and b.rel in repaired and isinstance(b.info, MachoInfo):
-            notes.append(f"{b.rel}: not checked after the repair (the dyld model reads headers from the file, "
-                         "not the repaired ones)")
             continue
         result = _load(ptree, b)
         if result is None:
@@ -422,15 +445,6 @@ def check_repaired(tree: FileTree, root_paths: Sequence[str], dist: str, repairs
                       for a in r.attempts)))
     unique = {(x.level, x.file, x.name): x for x in findings}
     return Check(sorted(unique.values(), key=lambda x: (x.level != "error", x.file, x.name or "")), checked, used)
-
-
-def _dyld_ignores_remembered_headers() -> bool:
-    """Whether loader_dyld reads headers only from the file: then it cannot see a repaired
-    Mach-O file's headers before they are written. (It sees them once it reads through
-    sniff.read_binary_in, as loader_glibc does.)"""
-    from rpathfix import loader_dyld
-
-    return "read_binary_in" not in vars(loader_dyld)
 
 
 def _is_extension(info: BinaryInfo) -> bool:
@@ -526,6 +540,7 @@ __all__ = [
     "check_repaired",
     "compatible_release",
     "plan_repair",
+    "plan_venv_repairs",
     "requirements",
     "requirements_to_add",
 ]

@@ -42,7 +42,8 @@ from rpathfix.errors import UsageError
 from rpathfix.fstree import Node, OverlayTree, Planned
 from rpathfix.launchers import entry_point_launcher, python_launcher
 from rpathfix.model import PlanEntry
-from rpathfix.source import BytesSource
+from rpathfix.patch import PatchedSource
+from rpathfix.source import BytesSource, FileSource
 from rpathfix.static import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
@@ -50,6 +51,7 @@ if TYPE_CHECKING:
     from typing import Literal
 
     from rpathfix.fstree import FileTree
+    from rpathfix.model import BytePatch
     from rpathfix.source import ByteSource
 
 LINK_MODES = ("symlink", "hardlink", "copy")
@@ -161,14 +163,17 @@ def kind_dirs(out: str, info: PythonInfo) -> dict[str, str]:
 
 class VenvNode(NamedTuple):
     """One entry of a venv to write: a real directory, a symlink (its text), a regular file
-    hard-linked or copied from `source`, or a generated regular file holding `data`."""
+    hard-linked or copied from `source`, a generated regular file holding `data`, or a
+    patched copy of `source` ("patched": the file as `patch` makes it, never held in memory:
+    the check reads it through patch.PatchedSource, the writer streams it)."""
 
-    kind: Literal["dir", "link", "file", "data"]
+    kind: Literal["dir", "link", "file", "data", "patched"]
     link: str | None = None  # link text
-    source: str | None = None  # file to hard-link or copy (a physical path)
+    source: str | None = None  # file to hard-link, copy or patch (a physical path)
     how: Literal["hardlink", "copy"] = "copy"
     data: bytes | None = None
     mode: int = DIR_MODE
+    patch: BytePatch | None = None
 
 
 _DIR = VenvNode("dir")
@@ -239,6 +244,43 @@ class VenvTree:
             if r:
                 out[posixpath.dirname(r)].add(posixpath.basename(r))
         return out
+
+    def patched_copy(self, rel: str, source: str, patch: BytePatch, mode: int) -> None:
+        """Put a patched copy of `source` at `rel` (copy-on-write, `rpathfix venv --repair`):
+        every linked directory on the way becomes a real one whose entries link where the
+        directory's did, so only this file is a copy and everything else stays a link."""
+        parts = rel.split("/")
+        for i in range(1, len(parts)):
+            self._split("/".join(parts[:i]), rel)
+        node = self.nodes.get(rel)
+        if node is None or node.kind not in ("link", "file"):
+            raise UsageError(f"{rel}: no file of the plan to patch there")
+        self.nodes[rel] = VenvNode("patched", source=source, mode=mode, patch=patch)
+
+    def _split(self, rel: str, why: str) -> None:
+        """Make the link at `rel`, which leads to a directory, a real directory of links."""
+        node = self.nodes.get(rel)
+        if node is None or node.kind == "dir":
+            return
+        target = self._link_target(rel)
+        if node.kind != "link" or target is None or not os.path.isdir(target):
+            raise UsageError(f"{why}: {rel} is a {node.kind}, not a directory that can be made real")
+        self.nodes[rel] = _DIR
+        self.entry_links = [e for e in self.entry_links if e[0] != rel]
+        for name in sorted(os.listdir(target)):
+            self.add_entry_link(f"{rel}/{name}", posixpath.join(target, name), why)
+
+    def _link_target(self, rel: str) -> str | None:
+        """Where the link at `rel` leads (a physical path outside the venv)."""
+        for r, head, name in self.entry_links:
+            if r == rel:
+                return posixpath.join(head, name)
+        node = self.nodes[rel]
+        if node.link is None:
+            return None
+        here = posixpath.join(self.final, posixpath.dirname(rel))
+        target = posixpath.normpath(posixpath.join(here, node.link))
+        return None if target == self.final or target.startswith(self.final + "/") else os.path.realpath(target)
 
 
 def _clean_rel(path: str, why: str) -> str:
@@ -451,7 +493,20 @@ class _PlannedVenv(OverlayTree):
             node = self._venv.nodes.get(rel)
             if node is not None and node.kind == "data" and node.data is not None:
                 return BytesSource(path, node.data)
+            if node is not None and node.kind == "patched" and node.source is not None and node.patch is not None:
+                return _OwnedPatchedSource(self.base.open(node.source), node.patch)
         return super().open(path)
+
+
+class _OwnedPatchedSource(PatchedSource):
+    """patch.PatchedSource that closes the source it reads when it is closed itself."""
+
+    def __init__(self, src: ByteSource, patch: BytePatch) -> None:
+        super().__init__(src, patch)
+        self._owned = src
+
+    def close(self) -> None:
+        self._owned.close()
 
 
 def planned_view(venv: VenvTree, base: FileTree) -> OverlayTree:
@@ -469,7 +524,7 @@ def planned_view(venv: VenvTree, base: FileTree) -> OverlayTree:
             entries[path] = Planned("link", node.link)
         elif node.kind == "file":
             entries[path] = Planned("file", node.source, node.mode)
-        else:
+        else:  # generated and patched files: _PlannedVenv.open reads them
             entries[path] = Planned("file", None, node.mode)
     return _PlannedVenv(base, venv, entries)
 
@@ -526,6 +581,23 @@ def _same_bytes(a: str, b: str | bytes) -> bool:
                     return True
 
 
+def _same_patched(path: str, size: int, node: VenvNode) -> bool:
+    """Whether the file at `path` holds the patched copy `node` describes (compared in 1 MB
+    chunks: neither file is read whole)."""
+    assert node.source is not None and node.patch is not None
+    if size != node.patch.size:
+        return False
+    with FileSource(node.source) as src, open(path, "rb") as f:
+        want = PatchedSource(src, node.patch)
+        pos = 0
+        while pos < size:
+            n = min(1 << 20, size - pos)
+            if f.read(n) != want.read_at(pos, n):
+                return False
+            pos += n
+    return True
+
+
 def _matches(out: str, tree: VenvTree) -> bool:
     """True when OUT already holds exactly `tree` (paths, kinds, link texts, bytes, modes).
 
@@ -551,6 +623,9 @@ def _matches(out: str, tree: VenvTree) -> bool:
                 if node.kind == "data":
                     assert node.data is not None
                     if st.st_size != len(node.data) or not _same_bytes(p, node.data):
+                        return False
+                elif node.kind == "patched":
+                    if not _same_patched(p, st.st_size, node):
                         return False
                 else:
                     assert node.source is not None
@@ -652,6 +727,13 @@ def _create(p: str, node: VenvNode, copied: list[tuple[str, int]]) -> None:
     if node.kind == "link":
         assert node.link is not None
         os.symlink(node.link, p)
+    elif node.kind == "patched":
+        from rpathfix.patch import stream_patched
+
+        assert node.source is not None and node.patch is not None
+        with FileSource(node.source) as src, open(p, "xb") as f:
+            stream_patched(src, node.patch, f)
+            os.fchmod(f.fileno(), node.mode)
     elif node.kind == "data":
         assert node.data is not None
         fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, node.mode)

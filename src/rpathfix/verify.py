@@ -114,7 +114,7 @@ def verify(tree: FileTree, paths: Sequence[str], options: LoaderOptions) -> Repo
 
 
 def check_environment(tree: FileTree, env: Environment, options: LoaderOptions, *,
-                      modules_only: bool = False) -> Report:
+                      modules_only: bool = False, providers_reachable: bool = False) -> Report:
     """Load every native file of an already collected environment with the loader models.
 
     modules_only loads only the extension modules and the executables (what decides
@@ -123,6 +123,12 @@ def check_environment(tree: FileTree, env: Environment, options: LoaderOptions, 
     skips the duplicate-SONAME check, which decides nothing about loading and reads every
     same-size copy in full (45 MB on the torch stack): the check before `venv` writes is
     this mode; `verify` reports duplicates.
+
+    providers_reachable (with modules_only): also load, on their own, the libraries that no
+    module's load reached (plugins a package dlopen()s: onnxruntime's CUDA provider), and
+    make a name they need that another file of the environment provides, but their own
+    search path does not reach, an error: the layout's fault, which `rpathfix venv --repair`
+    fixes with a patched copy. A name nothing here provides stays the machine's business.
     """
     tree = as_cached(tree)
     interpreter = options.interpreter or env.interpreter
@@ -131,10 +137,12 @@ def check_environment(tree: FileTree, env: Environment, options: LoaderOptions, 
     assumed = _Assumptions(tree, env, options.assume_loaded)
     findings: list[Finding] = []
     loaded = [f for f in env.files if f.is_extension or f.is_executable] if modules_only else list(env.files)
+    reached: set[str] = set()
     for f in loaded:
         result = sim.load(f)
         if result is None:
             continue
+        reached.update(o.realpath for o in result.objects)
         for r in result.resolutions:
             if r.found:
                 findings.extend(_shadowing(f, r, inside))
@@ -168,6 +176,22 @@ def check_environment(tree: FileTree, env: Environment, options: LoaderOptions, 
                 # A plugin library may need what only some systems have (libibverbs, libmpi):
                 # nothing imports it by itself, so it is a warning, not an error.
                 findings.append(_missing(f, r, providers, what="library", error=False))
+    if modules_only and providers_reachable:
+        # Plugins: libraries no module reaches. One that another plugin loads is judged in
+        # that one's load (an RPATH it inherits there counts), the others on their own.
+        plugins = [f for f in env.files if not (f.is_extension or f.is_executable) and f.realpath not in reached]
+        results = [(f, sim.load(f)) for f in plugins]
+        covered = {o.realpath for f, res in results if res is not None for o in res.objects if o.realpath != f.realpath}
+        for f, res in results:
+            if res is None or f.realpath in covered:
+                continue
+            loaded.append(f)
+            for r in res.resolutions:
+                if r.found or r.weak:
+                    continue
+                providers = inside.providers(r.name)
+                if providers and assumed.covering(f, r, providers) is None:
+                    findings.append(_missing(f, r, providers, what="library"))
     sim.close()
     findings.extend(_symbol_findings(sim.symbol_problems))
     if not modules_only:
@@ -495,17 +519,19 @@ def symbol_json(p: SymbolProblem, demangled: str | None) -> dict[str, object]:
 
 
 def format_report(report: Report, *, explain: bool = False, color: bool = False, named: Sequence[str] = (),
-                  roots: Sequence[tuple[str, str]] = (), what: str = "sys.path") -> str:
+                  roots: Sequence[tuple[str, str]] = (), what: str = "sys.path",
+                  venv_repair: str | None = None) -> str:
     """The report for a person: grouped by cause, with fixes (report.py); traces with explain.
 
     named: the directories as the user named them (fix commands repeat them); roots:
     (distribution, directory) of distribution roots that fix commands may name (`venv`'s
-    check of a planned venv knows the roots its files come from)."""
+    check of a planned venv knows the roots its files come from); venv_repair: that check's
+    `rpathfix venv --repair ...` command, the fix where a file cannot reach its provider."""
     from rpathfix.causes import verify_findings
     from rpathfix.fstree import RealTree
     from rpathfix.report import Display, Scope, format_findings
 
-    findings, ctx = verify_findings(report.tree or RealTree(), report, named, roots)
+    findings, ctx = verify_findings(report.tree or RealTree(), report, named, roots, venv_repair)
     env = report.environment
     scope = Scope(len(env.files), sum(1 for f in env.files if f.is_extension), len(env.site_dirs), what=what)
     return format_findings(findings, scope, Display(env.site_dirs, ctx.label), explain=explain, color=color)

@@ -36,10 +36,12 @@ from rpathfix.static import TYPE_CHECKING, NamedTuple
 if TYPE_CHECKING:
     from typing import Union
 
+    from rpathfix.model import BytePatch
     from rpathfix.source import ByteSource, SupportsWrite
 
-    # A member's new content: the whole bytes, or a function streaming it from the old content.
-    MemberEdit = Union[bytes, Callable[[ByteSource, SupportsWrite], None]]
+    # A member's new content: the whole bytes, a function streaming it from the old content,
+    # or a patch of the old content (a binary edit: spliced into the old deflate stream).
+    MemberEdit = Union[bytes, Callable[[ByteSource, SupportsWrite], None], BytePatch]
 
 # ---------------------------------------------------------------- zip records
 
@@ -71,6 +73,12 @@ _COPY_CHUNK = 1 << 20
 _INFLATE_IN = 1 << 18
 _INFLATE_OUT = 1 << 20
 _KEEP_BEHIND = 1 << 16  # decompressed bytes kept before the last read, for readers that step back a little
+# Inflater checkpoints of a deflated member (a copy of the inflater's state, 32 KiB window
+# included: about 45 KB each), one every so many bytes of content, at most _MAX_POINTS per
+# member: a read before the current position restarts from the nearest one, not from the
+# start (the ELF planner reads the end of a file, then its start, then its end again).
+_POINT_EVERY = 8 << 20
+_MAX_POINTS = 64
 # 1980-01-01 00:00, the earliest a zip entry can carry: the date of a member that has no
 # original to take its date from.
 ZIP_EPOCH_DOS = (0, (0 << 9) | (1 << 5) | 1)
@@ -167,6 +175,8 @@ class WheelArchive:
             os.close(self._fd)
             raise
         self.by_name = {e.name: e for e in self.entries}
+        # member -> [(content offset, compressed bytes fed, CRC-32 so far, inflater copy)]
+        self.points: dict[str, list[tuple[int, int, int, zlib._Decompress]]] = {}
 
     def close(self) -> None:
         if self._fd >= 0:
@@ -331,8 +341,10 @@ class WheelArchive:
             raise self._fail(f"no member {name!r}") from None
 
     def source(self, name: str) -> MemberSource:
-        """A ByteSource of one member's content (random access, bounded reads)."""
-        return MemberSource(self, self.entry(name))
+        """A ByteSource of one member's content (random access, bounded reads; inflated
+        members keep checkpoints in the archive, so later sources of the member, and reads
+        that step back, restart near where they read)."""
+        return MemberSource(self, self.entry(name), checked=False)
 
     def read(self, name: str, limit: int = MAX_METADATA) -> bytes:
         """A small member's whole content (METADATA, WHEEL, RECORD)."""
@@ -372,23 +384,34 @@ class MemberSource:
     finish() reads what is left and checks the CRC-32 (and size): a streamed copy ends with it.
     """
 
-    def __init__(self, archive: WheelArchive, entry: ZipEntry) -> None:
+    def __init__(self, archive: WheelArchive, entry: ZipEntry, *, checked: bool = True) -> None:
         self._arc = archive
         self._e = entry
+        # Unchecked: no CRC-32 on the way (reads of headers never reach the end; a copy
+        # that must be whole is checked, and finish()es).
+        self._checked = checked
         self._name = f"{archive.path}!{entry.name}"
         if entry.method not in (STORED, DEFLATED):
             raise FormatError(self._name, f"compression method {entry.method} is not supported here "
                                           "(stored and deflated are)")
         self._reset()
 
-    def _reset(self) -> None:
-        self._inflater = zlib.decompressobj(-15)
-        self._consumed = 0  # compressed bytes fed
-        self._pos = 0  # decompressed bytes produced
+    def _reset(self, before: int = 0) -> None:
+        """Inflate again from the last checkpoint at or before content offset `before`."""
+        points = self._arc.points.get(self._e.name, [])
+        point = next((p for p in reversed(points) if p[0] <= before and (p[2] >= 0 or not self._checked)), None)
+        if point is None:
+            self._inflater = zlib.decompressobj(-15)
+            self._consumed = 0  # compressed bytes fed
+            self._pos = 0  # decompressed bytes produced
+            self._crc = 0
+        else:
+            self._pos, self._consumed, self._crc, inflater = point
+            self._inflater = inflater.copy()
         self._win = b""  # inflated bytes from _win_start on: a bounded window
-        self._win_start = 0
-        self._crc = 0
+        self._win_start = self._pos
         self._done = False
+        self._every = max(_POINT_EVERY, self._e.file_size // _MAX_POINTS)
 
     @property
     def name(self) -> str:
@@ -412,10 +435,12 @@ class MemberSource:
                 self._crc = zlib.crc32(data, self._crc)
                 self._pos += size
             return data
-        if offset < self._win_start:
-            self._reset()
-        end = offset + size
         keep = max(offset - _KEEP_BEHIND, 0)  # the window keeps a little before the read
+        if offset < self._win_start or (self._e.method == DEFLATED and offset - self._pos > self._every):
+            points = self._arc.points.get(self._e.name, [])
+            if offset < self._win_start or (points and points[-1][0] > self._pos and points[-1][0] <= keep):
+                self._reset(keep)
+        end = offset + size
         while self._pos < end:
             out = self._produce()
             if self._pos <= keep:  # wholly before what is asked: skipped, never stored
@@ -430,6 +455,7 @@ class MemberSource:
 
     def finish(self) -> None:
         """Read what is left and check the CRC-32 (and size): a streamed copy ends here."""
+        assert self._checked, "finish() checks the CRC-32 of a checked source"
         if self._e.method == STORED:
             while self._pos < self._e.file_size:
                 self.read_at(self._pos, min(_INFLATE_OUT, self._e.file_size - self._pos))
@@ -455,15 +481,22 @@ class MemberSource:
             out = self._inflater.decompress(data, _INFLATE_OUT) if data else self._inflater.flush()
         except zlib.error as err:
             raise FormatError(self._name, f"corrupt deflated data ({err})") from None
-        self._crc = zlib.crc32(out, self._crc)
+        if self._checked:
+            self._crc = zlib.crc32(out, self._crc)
+        before = self._pos
         self._pos += len(out)
+        if self._pos // self._every > before // self._every and not self._inflater.eof:
+            points = self._arc.points.setdefault(e.name, [])
+            if not points or points[-1][0] < self._pos:
+                points.append((self._pos, self._consumed, self._crc if self._checked else -1,
+                               self._inflater.copy()))
         if self._pos > e.file_size:
             raise FormatError(self._name, "deflated data is longer than the member's declared size")
         if self._inflater.eof or (not data and not out):
             self._done = True
             if self._pos != e.file_size:
                 raise FormatError(self._name, "deflated data ends before the member's declared size")
-            if self._crc != e.crc:
+            if self._checked and self._crc != e.crc:
                 raise FormatError(self._name, "CRC-32 mismatch: the member is corrupt")
         return out
 
@@ -736,9 +769,34 @@ class _ZipWriter:
             size_hint: int) -> tuple[str, int]:
         """A member with new content written by `produce(sink)`, keeping the template's name,
         date, attributes and extra fields; (RECORD hash, size) of the new content."""
+        method = STORED if template.method == STORED else DEFLATED
+
+        def body(offset: int) -> tuple[int, int, bytes, int]:
+            sink = _Sink(self.fd, offset, method, level)
+            produce(sink)
+            csize = sink.close()
+            return sink.crc, sink.size, sink.sha.digest(), csize
+
+        return self._member(template, method, size_hint, body)
+
+    def add_spliced(self, template: ZipEntry, arc: WheelArchive, patch: BytePatch, *, level: int) -> tuple[str, int]:
+        """A deflated member patched by `patch`, its original deflate blocks reused where the
+        patch leaves them and their window alone (rpathfix.deflate)."""
+        from rpathfix.deflate import splice
+
+        def body(offset: int) -> tuple[int, int, bytes, int]:
+            r = splice(f"{arc.path}!{template.name}", arc.fd, template.data_offset, template.compress_size,
+                       template.file_size, template.crc, patch, self.fd, offset, level)
+            return r.crc, r.size, r.sha256, r.compress_size
+
+        return self._member(template, DEFLATED, max(patch.size, template.file_size), body)
+
+    def _member(self, template: ZipEntry, method: int, size_hint: int,
+                body: Callable[[int], tuple[int, int, bytes, int]]) -> tuple[str, int]:
+        """Write a member whose data `body(offset)` writes at `offset`, returning its CRC-32,
+        size, SHA-256 and compressed size; then its local header before it."""
         from rpathfix.fileio import pwrite_all
 
-        method = STORED if template.method == STORED else DEFLATED
         # zip64 sizes are reserved in the local header when the content could reach 4 GiB
         # (decided from the old size, so the same input always gets the same header).
         zip64 = size_hint + (size_hint >> 4) + (1 << 20) >= _U32
@@ -747,26 +805,25 @@ class _ZipWriter:
             local_extra = _zip64_field((0, 0)) + local_extra
         header_len = _LOCAL.size + len(template.raw_name) + len(local_extra)
         start = self.offset
-        sink = _Sink(self.fd, start + header_len, method, level)
-        produce(sink)
-        csize = sink.close()
-        if not zip64 and max(csize, sink.size) >= _U32:
+        crc, size, sha, csize = body(start + header_len)
+
+        if not zip64 and max(csize, size) >= _U32:
             from rpathfix.errors import EditError
 
             raise EditError(f"{template.name}: the new content is too large for this member's zip header")
         flags = template.flags & ~(FLAG_DESCRIPTOR | 0x6)  # no data descriptor; deflate options unset
         vneed = max(template.version_needed if template.method == method else 20, 45 if zip64 else 20)
         if zip64:
-            local_extra = _zip64_field((sink.size, csize)) + _without_zip64(template.local_extra)
-        header = _LOCAL.pack(_LOCAL_SIG, vneed, flags, method, template.dos_time, template.dos_date, sink.crc,
-                             _U32 if zip64 else csize, _U32 if zip64 else sink.size, len(template.raw_name),
+            local_extra = _zip64_field((size, csize)) + _without_zip64(template.local_extra)
+        header = _LOCAL.pack(_LOCAL_SIG, vneed, flags, method, template.dos_time, template.dos_date, crc,
+                             _U32 if zip64 else csize, _U32 if zip64 else size, len(template.raw_name),
                              len(local_extra)) + template.raw_name + local_extra
         pwrite_all(self.fd, header, start)
-        new = template._replace(version_needed=vneed, flags=flags, method=method, crc=sink.crc,
-                                compress_size=csize, file_size=sink.size)
+        new = template._replace(version_needed=vneed, flags=flags, method=method, crc=crc,
+                                compress_size=csize, file_size=size)
         self.central.append(_Central(new, start))
         self.offset = start + header_len + csize
-        return record_hash(sink.sha.digest()), sink.size
+        return record_hash(sha), size
 
     def finish(self, comment: bytes) -> None:
         from rpathfix.fileio import pwrite_all
@@ -808,6 +865,11 @@ class RewriteResult(NamedTuple):
     written: bool  # False when `path` already held exactly these bytes (then it was left alone)
 
 
+# Patched deflated members reuse their original deflate blocks (rpathfix.deflate); False
+# (or RPATHFIX_NO_SPLICE=1, which benchmarks/bench_repair.py sets for its comparison)
+# deflates the whole patched content instead.
+SPLICE = not os.environ.get("RPATHFIX_NO_SPLICE")
+
 # Compression of new content: level 6 (zlib's default) for metadata-sized members, 1 for large
 # ones (a patched 500 MB library: level 1 deflates it several times faster, for a few percent
 # more bytes).
@@ -821,9 +883,11 @@ def rewrite_wheel(src_wheel: str, out_dir: str, *, member_edits: Mapping[str, Me
                   new_name: str | None = None) -> RewriteResult:
     """Write a copy of `src_wheel` into `out_dir` with some members' content changed.
 
-    member_edits: archive member name -> new content (bytes), or a function
-        `edit(old: ByteSource, out: SupportsWrite)` that streams it (a patched binary: the old
-        content is read with bounded reads, the new one written in chunks).
+    member_edits: archive member name -> new content (bytes), a function
+        `edit(old: ByteSource, out: SupportsWrite)` that streams it (the old content is read
+        with bounded reads, the new one written in chunks), or a model.BytePatch of the old
+        content (a patched binary: a deflated member keeps its original compressed blocks
+        where the patch leaves them, rpathfix.deflate).
     requires, extra: Requires-Dist lines to add to METADATA (under `extra` when given).
     new_name: the output's file name (default: `repaired_name`). It may differ from the source's
         only in its build tag; WHEEL's `Build:` field follows it.
@@ -927,10 +991,25 @@ def _writes(data: bytes) -> Callable[[SupportsWrite], None]:
 
 
 def _write_edited(w: _ZipWriter, arc: WheelArchive, e: ZipEntry, edit: MemberEdit) -> tuple[str, int]:
+    from rpathfix.model import BytePatch
+
     if isinstance(edit, bytes):
         return w.add(e, _writes(edit),
                      level=SMALL_LEVEL if len(edit) < LARGE_MEMBER else LARGE_LEVEL, size_hint=len(edit))
     level = SMALL_LEVEL if e.file_size < LARGE_MEMBER else LARGE_LEVEL
+    if isinstance(edit, BytePatch):
+        from rpathfix import deflate
+
+        if e.method == DEFLATED and deflate.available() and SPLICE:
+            return w.add_spliced(e, arc, edit, level=SMALL_LEVEL)
+        patch = edit
+
+        def apply(old: ByteSource, out: SupportsWrite) -> None:
+            from rpathfix.patch import stream_patched
+
+            stream_patched(old, patch, out)
+
+        edit = apply
 
     def produce(sink: SupportsWrite) -> None:
         with MemberSource(arc, e) as old:

@@ -98,6 +98,30 @@ class WheelTree:
     def mount_path(self, archive: WheelArchive) -> str:
         return posixpath.abspath(archive.path)
 
+    def read_headers(self) -> dict[tuple[str, str], object]:
+        """The headers of every member that may be native (a library's name, or an exec
+        bit), as a header memo for a CachedTree (sniff's keys): read once for the plans of
+        all the wheels of one run. A deflated library's headers lie near its end (ELF's
+        dynamic section after code and data: 284 MB in for onnxruntime-gpu's CUDA provider),
+        so each read inflates most of the member; the member keeps inflater checkpoints
+        (wheelfile.MemberSource), so later reads of it restart near where they read.
+        (Two threads inflating two members did not run faster on this shared 2-core machine,
+        benchmarks/README.md: the reads are sequential.)"""
+        from rpathfix.fstree import CachedTree
+        from rpathfix.sniff import looks_like_library, read_binary_in
+
+        memo: dict[tuple[str, str], object] = {}
+        view = CachedTree(self, memo=memo)
+        for root, m in self._mounts.items():
+            for rel, member in m.files.items():
+                if not member:
+                    continue
+                e = m.archive.by_name[member]
+                name = rel.rsplit("/", 1)[-1]
+                if looks_like_library(name) or ("." not in name and e.mode & 0o111):
+                    read_binary_in(view, f"{root}/{rel}")
+        return memo
+
     def member(self, root: str, rel: str) -> str | None:
         """The wheel member installed at `rel` (root-relative) in the mount at `root`."""
         m = self._mounts.get(root)

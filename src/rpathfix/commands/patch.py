@@ -103,7 +103,7 @@ class _Planned:
 
 def plan_file(path: str, edits: Sequence[Edit]) -> tuple[str, BytePatch, os.stat_result]:
     """(format, patch, stat when planned) for one file; FormatError / EditError otherwise."""
-    from rpathfix.errors import EditError, FormatError
+    from rpathfix.errors import FormatError
     from rpathfix.sniff import binary_format
     from rpathfix.source import FileSource
 
@@ -117,11 +117,9 @@ def plan_file(path: str, edits: Sequence[Edit]) -> tuple[str, BytePatch, os.stat
 
             return fmt, elf_write.plan_patch(src, edits), st
         if fmt == "macho":
-            try:
-                from rpathfix import macho_write  # type: ignore[attr-defined, unused-ignore]
-            except ImportError:
-                raise EditError(f"{path}: Mach-O editing is not available") from None
-            return fmt, macho_write.plan_patch(src, edits), st  # type: ignore[no-any-return, unused-ignore]
+            from rpathfix import macho_write
+
+            return fmt, macho_write.plan_patch(src, edits), st
         raise FormatError(path, "not an ELF or Mach-O file")
 
 

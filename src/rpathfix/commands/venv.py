@@ -31,6 +31,13 @@ file system cannot exchange two directories, replacing OUT is refused: remove it
 what a killed run left beside OUT is removed by the next run. A run that changes nothing
 writes nothing.
 
+--repair: a library whose own search path (RPATH/RUNPATH, LC_RPATH) misses a library
+that another file of the venv provides (onnxruntime's CUDA provider and the nvidia-*
+wheels) gets a patched copy in the venv with the entries that reach it, the same edit
+`rpathfix repair` makes in a wheel; only those files are copies, every other file stays a
+link, and the roots are not changed. Without it, the check refuses such a venv and names
+the command with --repair.
+
 --link-mode hardlink: where a hard link cannot be made (another file system, a refusal
 by the kernel), the file is copied, and one note on stderr says how many were.
 
@@ -50,6 +57,8 @@ def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("--assume-loaded", action="append", default=[], metavar="NAME",
                    help="a library (file name or SONAME) or a distribution whose libraries the package loads "
                         "itself at run time: missing, they are warnings, not errors (repeatable)")
+    p.add_argument("--repair", action="store_true",
+                   help="give libraries that cannot reach a provider in the venv a patched copy there")
     p.add_argument("--no-verify", action="store_true",
                    help="write without checking that the extension modules load (says how many it did not check)")
     p.add_argument("--ld-library-path", metavar="P", help="LD_LIBRARY_PATH to assume when verifying (default: unset)")
@@ -63,10 +72,10 @@ def run(args: argparse.Namespace) -> int:
     out = os.path.abspath(args.out)
     result = build_venv(out, args.roots, python=python, link_mode=args.link_mode, prefer=args.prefer,
                         verify_layout=not args.no_verify, ld_library_path=args.ld_library_path,
-                        assume_loaded=args.assume_loaded)
+                        assume_loaded=args.assume_loaded, repair=args.repair)
     if result.refused is not None:
         print(result.refused, file=sys.stderr)
-        print(f"rpathfix venv: refusing to write {out}: an extension module would not load "
+        print(f"rpathfix venv: refusing to write {out}: a native file would not load "
               "(see above; --assume-loaded NAME for a library the package loads itself, "
               "--no-verify writes it anyway)", file=sys.stderr)
         return 1
@@ -80,6 +89,8 @@ def run(args: argparse.Namespace) -> int:
 
         for n in plan_note_lines(result.notes, checked=not args.no_verify):
             print(n, file=sys.stderr)
+        for rel in result.repaired:
+            print(f"patched copy: {rel} (--repair)", file=sys.stderr)
         state = "wrote" if result.changed else "up to date:"
         print(f"{state} {out} ({result.entries} entries, {result.real_dirs} real directories)")
     return 0

@@ -1,0 +1,153 @@
+"""rpathfix.deflate: a patched copy of a deflated member spliced into the original deflate
+stream. Every output is inflated by zlib (and, in the wheel test, by Info-ZIP's unzip and
+zipfile) and compared with the patched content built independently here; the controls are
+the same edits deflated whole (wheelfile.SPLICE off)."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+import zlib
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rpathfix import deflate, wheelfile
+from rpathfix.errors import FormatError
+from rpathfix.model import BytePatch
+from test_wheelfile import make_wheel
+
+pytestmark = pytest.mark.skipif(not deflate.available(), reason="zlib cannot be loaded through ctypes here")
+
+
+def content(seed: int, size: int) -> bytes:
+    """Compressible bytes with incompressible stretches (as a binary's code and data are)."""
+    rnd = random.Random(seed)
+    words = [rnd.randbytes(rnd.randrange(3, 14)) for _ in range(200)]
+    out = bytearray()
+    while len(out) < size:
+        out += rnd.choice(words) if rnd.random() < 0.85 else rnd.randbytes(rnd.randrange(1, 64))
+    return bytes(out[:size])
+
+
+def compress(data: bytes, level: int, flush_every: int = 0, flush_mode: int = zlib.Z_SYNC_FLUSH) -> bytes:
+    z = zlib.compressobj(level, zlib.DEFLATED, -15)
+    if not flush_every:
+        return z.compress(data) + z.flush()
+    parts = []
+    for i in range(0, len(data), flush_every):
+        parts.append(z.compress(data[i:i + flush_every]) + z.flush(flush_mode))
+    return b"".join(parts) + z.flush()
+
+
+def patched(old: bytes, patch: BytePatch) -> bytes:
+    new = bytearray(old[:patch.size]) + bytes(max(0, patch.size - len(old)))
+    for off, data in patch.writes:
+        new[off:off + len(data)] = data
+    return bytes(new)
+
+
+def run_splice(old: bytes, comp: bytes, patch: BytePatch) -> tuple[bytes, deflate.Spliced]:
+    with tempfile.TemporaryFile() as src, tempfile.TemporaryFile() as dst:
+        src.write(b"zip header" + comp)
+        src.flush()
+        dst.write(b"before")
+        dst.flush()
+        r = deflate.splice("m", src.fileno(), 10, len(comp), len(old), zlib.crc32(old), patch, dst.fileno(), 6, 6)
+        dst.seek(0)
+        assert dst.read(6) == b"before"
+        return dst.read(), r
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**32), size=st.sampled_from([0, 1, 900, 40_000, 200_000, 1_500_000]),
+       level=st.sampled_from([0, 1, 6, 9]), flush=st.sampled_from([0, 0, 5000, 70_000]),
+       mode=st.sampled_from([zlib.Z_SYNC_FLUSH, zlib.Z_FULL_FLUSH, zlib.Z_BLOCK, zlib.Z_PARTIAL_FLUSH]),
+       edits=st.lists(st.tuples(st.floats(0, 1), st.integers(1, 300)), max_size=4),
+       grow=st.sampled_from([0, 0, 1, 7000, -1, -3000]))
+def test_splice_gives_the_patched_content(seed: int, size: int, level: int, flush: int, mode: int,
+                                          edits: list[tuple[float, int]], grow: int) -> None:
+    old = content(seed, size)
+    comp = compress(old, level, flush, mode)
+    new_size = max(0, size + grow)
+    rnd = random.Random(seed)
+    writes = []
+    for where, n in edits:
+        off = min(int(where * new_size), max(new_size - 1, 0))
+        data = rnd.randbytes(min(n, new_size - off))
+        if data:
+            writes.append((off, data))
+    if new_size > size and rnd.random() < 0.7:
+        writes.append((size, rnd.randbytes(new_size - size)))
+    patch = BytePatch(tuple(writes), new_size, "grown", ())
+    out, r = run_splice(old, comp, patch)
+    want = patched(old, patch)
+    assert zlib.decompress(out, -15) == want
+    assert (r.crc, r.size, r.sha256, r.compress_size) == (zlib.crc32(want), len(want),
+                                                        hashlib.sha256(want).digest(), len(out))
+
+
+def test_unchanged_blocks_are_copied_not_deflated_again() -> None:
+    """An edit at the start and bytes appended at the end of 6 MB (the shape of a grown ELF
+    edit): nearly all of the original compressed stream is reused, bit for bit."""
+    old = content(7, 6 << 20)
+    comp = compress(old, 9)
+    patch = BytePatch(((6 << 20, b"appended" * 100), (0, b"\x7fELF-new-header" * 40)), (6 << 20) + 800, "grown", ())
+    out, r = run_splice(old, comp, patch)
+    assert zlib.decompress(out, -15) == patched(old, patch)
+    assert r.reused > 0.95 * len(comp), (r.reused, len(comp))
+    mid = len(comp) // 2
+    assert comp[mid:mid + 4096] in out, "the original's compressed bytes, copied"
+
+
+def test_a_corrupt_or_short_stream_is_a_format_error() -> None:
+    old = content(3, 300_000)
+    comp = bytearray(compress(old, 6))
+    patch = BytePatch(((0, b"x"),), len(old), "in-place", ())
+    with pytest.raises(FormatError, match=r"CRC-32 mismatch|corrupt"):
+        run_splice(old, bytes(comp[:100] + bytes(b ^ 0x55 for b in comp[100:140]) + comp[140:]), patch)
+    with pytest.raises(FormatError, match="ends before"):
+        run_splice(old, bytes(comp[: len(comp) // 2]), patch)
+
+
+def _wheel_with_binary(tmp: Path, data: bytes) -> Path:
+    (tmp / "w").mkdir()
+    return make_wheel(tmp / "w" / "big-1.0-py3-none-any.whl", {"big/__init__.py": b"", "big/libbig.so": data},
+                      name="big")
+
+
+def test_rewrite_wheel_splices_and_matches_a_whole_deflate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """rewrite_wheel with a BytePatch: the member is spliced (its compressed size close to the
+    original's), the wheel is valid for zipfile, Info-ZIP's unzip and wheel's RECORD check,
+    the bytes are the same on a second run, and the content is what the control (the patched
+    content deflated whole) holds."""
+    data = content(11, 3 << 20)
+    wheel = _wheel_with_binary(tmp_path, data)
+    patch = BytePatch(((0, b"HEAD" * 64), (len(data), b"TAIL" * 1000)), len(data) + 4000, "grown", ())
+    want = patched(data, patch)
+    outs = []
+    for run, splice in (("a", True), ("b", True), ("control", False)):
+        monkeypatch.setattr(wheelfile, "SPLICE", splice)
+        res = wheelfile.rewrite_wheel(str(wheel), str(tmp_path / run), member_edits={"big/libbig.so": patch})
+        outs.append(Path(res.path))
+        with zipfile.ZipFile(res.path) as zf:
+            assert zf.testzip() is None and zf.read("big/libbig.so") == want
+            info = zf.getinfo("big/libbig.so")
+        if splice:
+            with zipfile.ZipFile(wheel) as zf:
+                assert info.compress_size < zf.getinfo("big/libbig.so").compress_size + 8000
+    a, b, control = (p.read_bytes() for p in outs)
+    assert a == b, "deterministic"
+    assert a != control, "the control deflates the member again"
+    if shutil.which("unzip"):
+        assert subprocess.run(["unzip", "-tq", str(outs[0])], capture_output=True).returncode == 0
+    unpack = subprocess.run([sys.executable, "-m", "wheel", "unpack", "-d", str(tmp_path / "u"), str(outs[0])],
+                            capture_output=True, text=True)
+    assert unpack.returncode == 0, unpack.stderr  # RECORD's sha256 and size are checked
