@@ -48,10 +48,8 @@ $RF why "$OUT"/roots/torchstub/site-packages/torchstub/lib/libxtorch_cuda.so lib
 step "rpathfix plan: which directories must be real, which can be one symlink"
 $RF plan $ROOTS | grep -E '^real' || true
 
-step "rpathfix venv: the check refuses (onnxstub's CUDA provider cannot reach the cu12 wheels) and names --repair"
-if $RF venv "$OUT/venv" $ROOTS; then
-  echo "unexpected: the venv was written without --repair"; exit 1
-fi
+step "rpathfix venv: written, with one warning: onnxstub's CUDA provider cannot reach the cu12 wheels (as under pip); the fix names --repair"
+$RF venv "$OUT/venv" $ROOTS
 
 step "rpathfix venv --repair: a patched copy of that provider in the venv; every other file stays a link"
 $RF venv -v --repair "$OUT/venv" $ROOTS

@@ -53,8 +53,8 @@ class BuildResult:
 def check_plan(tree: CachedTree, venv: VenvTree, plan: Plan, options: LoaderOptions) -> Report:
     """Import every extension module the plan places, in the planned view of `venv`, with
     the loader model: what decides whether the venv works; and load every library no module
-    reaches (a plugin), which fails the check when its own paths miss a library that another
-    file of the venv provides (what --repair fixes). (`rpathfix verify OUT` also reports
+    reaches (a plugin), warning when its own paths miss a library that another file of the
+    venv provides (what --repair fixes). (`rpathfix verify OUT` also reports
     every other library's problems, as warnings.)"""
     from rpathfix.environment import environment_of
     from rpathfix.venv import planned_view
@@ -167,7 +167,7 @@ def build_venv(out: str, root_paths: Sequence[str], *, python: str, link_mode: s
             result.refused = format_report(report, roots=named, what="venv about to be written",
                                            venv_repair=None if repair else _repair_command(out, root_paths))
             return result
-        result.warnings += format_warnings(report, named)
+        result.warnings += format_warnings(report, named, None if repair else _repair_command(out, root_paths))
     else:
         result.unchecked = sum(1 for b in plan.binaries if _is_extension(b.info))
     written = write_tree(venv)

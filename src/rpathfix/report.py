@@ -294,6 +294,8 @@ def short_lines(findings: Sequence[Finding], d: Display) -> list[str]:
         where = f" ({who} {files[0]}{f' and {len(files) - 1} more' if len(files) > 1 else ''})" \
             if who and files else ""
         out.append(f"{f.severity} [{f.code}] {f.explanation}: {_relative(shown, d)}{where}")
+    for cmd in dict.fromkeys(f.fix for f in findings if f.fix and f.severity != "info"):
+        out.append(f"fix: {cmd}")
     return out
 
 

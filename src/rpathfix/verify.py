@@ -126,9 +126,9 @@ def check_environment(tree: FileTree, env: Environment, options: LoaderOptions, 
 
     providers_reachable (with modules_only): also load, on their own, the libraries that no
     module's load reached (plugins a package dlopen()s: onnxruntime's CUDA provider), and
-    make a name they need that another file of the environment provides, but their own
-    search path does not reach, an error: the layout's fault, which `rpathfix venv --repair`
-    fixes with a patched copy. A name nothing here provides stays the machine's business.
+    report a name they need that another file of the environment provides, but their own
+    search path does not reach, as a warning whose fix is `rpathfix venv --repair` (a
+    patched copy). A name nothing here provides stays the machine's business.
     """
     tree = as_cached(tree)
     interpreter = options.interpreter or env.interpreter
@@ -191,7 +191,11 @@ def check_environment(tree: FileTree, env: Environment, options: LoaderOptions, 
                     continue
                 providers = inside.providers(r.name)
                 if providers and assumed.covering(f, r, providers) is None:
-                    findings.append(_missing(f, r, providers, what="library"))
+                    # A warning, not a refusal: pip's site-packages holds the same files in
+                    # the same places, so such a plugin fails there too (torch's own stack
+                    # has three: libcufile_rdma, libcusolverMg, triton's test plugins);
+                    # the warning names `rpathfix venv --repair`, which fixes it here.
+                    findings.append(_missing(f, r, providers, what="library", error=False))
     sim.close()
     findings.extend(_symbol_findings(sim.symbol_problems))
     if not modules_only:
@@ -537,11 +541,13 @@ def format_report(report: Report, *, explain: bool = False, color: bool = False,
     return format_findings(findings, scope, Display(env.site_dirs, ctx.label), explain=explain, color=color)
 
 
-def format_warnings(report: Report, roots: Sequence[tuple[str, str]] = ()) -> list[str]:
-    """One line per cause of the report's warnings: what a check that passed says once."""
+def format_warnings(report: Report, roots: Sequence[tuple[str, str]] = (),
+                    venv_repair: str | None = None) -> list[str]:
+    """One line per cause of the report's warnings, then their fixes: what a check that
+    passed says once (venv_repair as for format_report)."""
     from rpathfix.causes import verify_findings
     from rpathfix.fstree import RealTree
     from rpathfix.report import Display, short_lines
 
-    findings, ctx = verify_findings(report.tree or RealTree(), report, (), roots)
+    findings, ctx = verify_findings(report.tree or RealTree(), report, (), roots, venv_repair)
     return short_lines(findings, Display(report.environment.site_dirs, ctx.label))
