@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import posixpath
 import struct
+from operator import mul
 
 from rpathfix.errors import FormatError
 from rpathfix.model import ElfInfo
@@ -235,9 +236,7 @@ def _gnu_lookup(r: _Reader, off: int, name: bytes, matches: object) -> bool:
     nbuckets, symoffset, bloom_size, bloom_shift = r.unpack("IIII", off)
     if nbuckets == 0:
         return False
-    h = 5381
-    for c in name:
-        h = (h * 33 + c) & 0xFFFFFFFF
+    h = gnu_hash(name)
     bits = r.wsize * 8
     bloom_off = off + 16
     if bloom_size:
@@ -266,13 +265,7 @@ def _sysv_lookup(r: _Reader, off: int, name: bytes, matches: object) -> bool:
     nbucket, nchain = r.unpack("II", off)
     if nbucket == 0:
         return False
-    h = 0
-    for c in name:
-        h = ((h << 4) + c) & 0xFFFFFFFF
-        g = h & 0xF0000000
-        if g:
-            h ^= g >> 24
-        h &= ~g & 0xFFFFFFFF
+    h = sysv_hash(name)
     (index,) = r.unpack("I", off + 8 + (h % nbucket) * 4)
     chain_off = off + 8 + nbucket * 4
     for _ in range(min(nchain, MAX_CHAIN) + 1):
@@ -284,3 +277,48 @@ def _sysv_lookup(r: _Reader, off: int, name: bytes, matches: object) -> bool:
             return True
         (index,) = r.unpack("I", chain_off + index * 4)
     raise r.fail("SysV hash chain does not end")
+
+
+def gnu_hash(name: bytes) -> int:
+    """dl_new_hash (DJB: h * 33 + c): the hash of DT_GNU_HASH tables."""
+    n = len(name)
+    if n >= _POW_LIMIT:
+        h = 5381
+        for c in name:
+            h = (h * 33 + c) & 0xFFFFFFFF
+        return h
+    powers, reversed_powers = _powers()
+    # h = 5381 * 33^n + sum(c_i * 33^(n-1-i)), mod 2^32: one C-level pass instead of a
+    # Python loop per character (the loop costs several microseconds per mangled name).
+    total: int = sum(map(mul, name, reversed_powers[_POW_LIMIT - n:]))
+    return (5381 * powers[n] + total) & 0xFFFFFFFF
+
+
+def sysv_hash(name: bytes) -> int:
+    """_dl_elf_hash: the hash of DT_HASH tables and of vna_hash / vd_hash."""
+    h = 0
+    for c in name:
+        h = ((h << 4) + c) & 0xFFFFFFFF
+        g = h & 0xF0000000
+        if g:
+            h ^= g >> 24
+        h &= ~g & 0xFFFFFFFF
+    return h
+
+
+# Powers of 33 mod 2^32 for gnu_hash, made on first use: the symbol checks hash thousands
+# of names, but most commands hash none and should not pay for the table at start-up.
+_POW_LIMIT = 1024
+_POWERS: tuple[list[int], list[int]] | None = None
+
+
+def _powers() -> tuple[list[int], list[int]]:
+    """(33^i, reversed) for i < _POW_LIMIT; two threads may both build it, with equal results."""
+    global _POWERS
+    if _POWERS is None:
+        p, powers = 1, []
+        for _ in range(_POW_LIMIT):
+            powers.append(p)
+            p = (p * 33) & 0xFFFFFFFF
+        _POWERS = (powers, powers[::-1])
+    return _POWERS

@@ -28,9 +28,10 @@ from __future__ import annotations
 import struct
 import sys
 from array import array
-from operator import mul as _mul
 
 from rpathfix.elf import MAX_CHAIN, _cstring, _dynamic_tags, _last, _Reader, _to_offset
+from rpathfix.elf import gnu_hash as gnu_hash
+from rpathfix.elf import sysv_hash as sysv_hash
 from rpathfix.errors import FormatError
 from rpathfix.static import TYPE_CHECKING, NamedTuple
 
@@ -124,34 +125,6 @@ class Definition(NamedTuple):
         return f"{bind} {kind} {self.name}{ver}"
 
 
-def gnu_hash(name: bytes) -> int:
-    """dl_new_hash (DJB: h * 33 + c): the hash of DT_GNU_HASH tables."""
-    n = len(name)
-    if n >= len(_POW33):
-        h = 5381
-        for c in name:
-            h = (h * 33 + c) & 0xFFFFFFFF
-        return h
-    # h = 5381 * 33^n + sum(c_i * 33^(n-1-i)), mod 2^32: one C-level pass instead of a
-    # Python loop per character (the loop costs several microseconds per mangled name).
-    total: int = sum(map(_mul, name, _RPOW33[len(_RPOW33) - n:]))
-    return (5381 * _POW33[n] + total) & 0xFFFFFFFF
-
-
-def sysv_hash(name: bytes) -> int:
-    """_dl_elf_hash: the hash of DT_HASH tables and of vna_hash / vd_hash."""
-    h = 0
-    for c in name:
-        h = ((h << 4) + c) & 0xFFFFFFFF
-        g = h & 0xF0000000
-        if g:
-            h ^= g >> 24
-        h &= ~g & 0xFFFFFFFF
-    return h
-
-
-_POW33 = [pow(33, i, 1 << 32) for i in range(1024)]
-_RPOW33 = _POW33[::-1]
 
 
 class Budget:
