@@ -22,7 +22,7 @@ import posixpath
 import re
 
 from rpathfix.fstree import is_dir, is_file, read_small, resolve, scan
-from rpathfix.plan import _namespace_marker  # one answer to "does this __init__.py only mark a namespace?"
+from rpathfix.plan import namespace_marker  # one answer to "does this __init__.py only mark a namespace?"
 from rpathfix.resolution import Attempt
 from rpathfix.static import TYPE_CHECKING, NamedTuple
 
@@ -91,7 +91,7 @@ def _level(tree: FileTree, portions: list[str], prefix: str, depth: int, out: li
         dotted = f"{prefix}.{name}" if prefix else name
         regular = [d for d in dirs if is_file(tree, f"{d}/__init__.py")]
         winner = regular[0] if regular else None
-        if winner is None or _namespace_marker(tree, f"{winner}/__init__.py") in ("pkgutil", "pkg_resources"):
+        if winner is None or namespace_marker(tree, f"{winner}/__init__.py") in ("pkgutil", "pkg_resources"):
             _level(tree, dirs, dotted, depth + 1, out)  # one namespace package (or joined by the shim)
             continue
         mine = {n for n, _ in _children(tree, winner)}

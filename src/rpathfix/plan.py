@@ -498,7 +498,7 @@ def _pick_file(tree: FileTree, kind: str, rel: str, files: dict[str, str], prece
     if len(groups) == 1:
         return dists[0]
     if posixpath.basename(rel) == "__init__.py":
-        kinds = {d: _namespace_marker(tree, files[d]) for d in dists}
+        kinds = {d: namespace_marker(tree, files[d]) for d in dists}
         if all(kinds.values()):
             rank = {"pkgutil": 0, "pkg_resources": 1, "empty": 2}
             return min(dists, key=lambda d: (rank[kinds[d] or "empty"], d))
@@ -517,7 +517,7 @@ _PKGUTIL = re.compile(r"pkgutil\b.*\bextend_path\b|\bextend_path\b.*pkgutil", re
 _PKG_RESOURCES = re.compile(r"pkg_resources\b.*\bdeclare_namespace\b", re.S)
 
 
-def _namespace_marker(tree: FileTree, path: str) -> str | None:
+def namespace_marker(tree: FileTree, path: str) -> str | None:
     """"empty", "pkgutil" or "pkg_resources" when the __init__.py only marks a namespace."""
     data = read_small(tree, path, MARKER_MAX)
     if data is None:
