@@ -1,4 +1,4 @@
-"""The dyld binding model (rules 48-51) on zig-built arm64 dylibs and real macOS wheels.
+"""The dyld binding model (docs/loader-rules.md rules 48-51) on zig-built arm64 dylibs and real macOS wheels.
 
 There is no Mac here: these are model-level tests. The readers are checked against
 llvm-objdump (bind tables, export tries); the binding rules on small trees where one

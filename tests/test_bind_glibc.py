@@ -4,7 +4,7 @@ Every scenario is loaded twice: by a real interpreter in a subprocess (ctypes.CD
 dlopen()s with RTLD_NOW, or an import under sys.setdlopenflags) and by the model
 (bind_glibc.load_and_bind with this interpreter as the executable). They must agree on
 whether the load works and, when it fails, on ld.so's message. Each failing row has a
-passing control that differs in one thing.
+passing control that differs in one thing. Rules 42-47 are in docs/loader-rules.md.
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
 There is no Mac to run them on, so each test builds a small tree that mimics unpacked
 wheels and checks the simulated resolution, rule by rule: the rpath stack (rule 30),
 @loader_path taking the real path (rule 31), the candidate order (rule 29), already
-loaded images (rule 33) and the shared cache (rule 35).
+loaded images (rule 33) and the shared cache (rules 35 and 41). Rule numbers: 1-36 are
+../shared/LOADERS.md's, 37 and up docs/loader-rules.md's.
 """
 
 from __future__ import annotations

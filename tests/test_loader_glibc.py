@@ -1,5 +1,7 @@
 """The glibc model against the real ld.so: every scenario runs both, and they must agree
-on every resolution (ldd for closures; a real interpreter with ctypes for dlopen)."""
+on every resolution (ldd for closures; a real interpreter with ctypes for dlopen).
+
+Rule numbers: 1-36 are ../shared/LOADERS.md's, 37 and up docs/loader-rules.md's."""
 
 from __future__ import annotations
 

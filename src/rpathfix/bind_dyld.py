@@ -4,7 +4,8 @@ loader_dyld decides which images a load maps; this module then resolves every bi
 target of every newly mapped image as dyld4 does when it applies fixups. There is no
 Mac here: the rules are read from apple-oss-distributions/dyld at dyld-1378 (`d:`), and
 checked on zig-built dylibs and on real macOS wheels' extension modules at model level
-(tests/test_bind_dyld.py). Numbered after ../shared/LOADERS.md's rules.
+(tests/test_bind_dyld.py). Numbered after ../shared/LOADERS.md's rules (1-36); every rule
+from 37 up is in docs/loader-rules.md.
 
 48. Every bind target names a library ordinal: 1..n is the image the n-th dylib load
     command (LC_LOAD_DYLIB, LC_LOAD_WEAK_DYLIB, LC_REEXPORT_DYLIB, LC_LOAD_UPWARD_DYLIB,

@@ -8,9 +8,10 @@ extension module with dlopen(path, RTLD_NOW) (`sys.getdlopenflags()`), so every
 non-weak undefined symbol of every object the import maps must bind then, or the import
 fails with "undefined symbol: ...".
 
-Rules (numbered after ../shared/LOADERS.md's and the loader models' 37-41; glibc 2.36
-sources, `g:` = bminor/glibc at glibc-2.36). Each was checked against the real ld.so here
-by tests/test_bind_glibc.py.
+Rules (numbered after ../shared/LOADERS.md's 1-36 and the loader models' 37-41; every rule
+from 37 up is in docs/loader-rules.md with its evidence; glibc 2.36 sources, `g:` =
+bminor/glibc at glibc-2.36). Each was checked against the real ld.so here by
+tests/test_bind_glibc.py.
 
 42. Version needs. After mapping, ld.so checks the needs of every object of the new
     object's search list that was not checked before (g:elf/dl-open.c:595-611; at start-up

@@ -11,7 +11,7 @@ ENOENT, ENOTDIR, ELOOP after 40 symlinks in one walk, EACCES for a directory tha
 be searched (or a file that may not be read) by the simulated user, ENAMETOOLONG. `..`
 applies to the directory reached so far, after its symlinks are resolved: `$ORIGIN/..`
 under a symlinked directory climbs from the link's target (LOADERS.md rule 17, experiment
-O2b). The loader models act on each errno as the real loaders do (loader_glibc: rule 38).
+O2b). The loader models act on each errno as the real loaders do (glibc: docs/loader-rules.md rule 38).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Apple dyld (dyld4) as a pure simulation over a FileTree: an `ldd` for Mach-O.
 
-There is no Mac here: every rule is taken from LOADERS.md Part B (rules 28-36), which
-cites apple-oss-distributions/dyld@dyld-1378 (`d:` below). The model answers, for one
+There is no Mac here: every rule is taken from ../shared/LOADERS.md Part B (rules 28-36)
+or docs/loader-rules.md (rule 41), which cite apple-oss-distributions/dyld@dyld-1378 (`d:` below). The model answers, for one
 root image (a dylib, bundle, extension module or executable) and one architecture, which
 file each dylib load command resolves to, and lists every candidate tried on the way.
 

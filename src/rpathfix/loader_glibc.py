@@ -13,8 +13,9 @@ deduplicated by its physical identity (rule 4). A Python import is the interpret
 main object, then dlopen(path) of the extension module (rule 9: its dependencies also
 see the interpreter's DT_RPATH; rule 1: a dlopen()ed object has no l_loader).
 
-Rules 37-40 were verified for this model (tests/test_loader_glibc.py runs each against the
-real ld.so, in ../shared/LOADERS.md's numbering; glibc 2.36 source as g:file:line):
+Rules 37-40 continue ../shared/LOADERS.md's numbering; docs/loader-rules.md holds them with
+their evidence (tests/test_loader_glibc.py runs each against the real ld.so; glibc 2.36
+source as g:file:line):
 
 37. A candidate that opens is checked as open_verify and _dl_map_object_from_fd do
     (g:elf/dl-load.c:1578-1790, 1245-1297). A wrong ELF class or e_machine is skipped

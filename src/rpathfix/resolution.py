@@ -126,5 +126,5 @@ class LoadResult:
 
     @property
     def error(self) -> str | None:
-        """The hard error that stopped the load (glibc: LOADERS.md rule 37), if one did."""
+        """The hard error that stopped the load (glibc: docs/loader-rules.md rule 37), if one did."""
         return next((r.error for r in self.resolutions if r.error is not None), None)
