@@ -402,6 +402,7 @@ class Compiler:
         self.procs: list[subprocess.Popen[bytes]] = []
         self.load: list[int] = []
         self.lock = threading.Lock()
+        self.stopped = False
 
     def _start(self) -> None:
         import subprocess
@@ -427,6 +428,8 @@ class Compiler:
         ddir = "site-packages" if rel_dir == "." else "site-packages/" + rel_dir.replace(os.sep, "/")
         msg = os.fsencode(src) + b"\0" + os.fsencode(ddir) + b"\0"
         with self.lock:
+            if self.stopped:
+                raise Cancelled()
             if len(self.procs) < self.want:
                 self._start()
             i = min(range(len(self.procs)), key=self.load.__getitem__)
@@ -459,10 +462,17 @@ class Compiler:
                 if rc != 0:
                     raise UsageError(f"--python {self.python}: the bytecode compiler failed (exit status {rc})")
 
-    def kill(self) -> None:
-        for p in self.procs:
+    def stop(self) -> None:
+        """Kill the workers (not waiting: kill() reaps them); no more are started."""
+        self.stopped = True
+        for p in list(self.procs):
             if p.poll() is None:
-                p.kill()
+                with contextlib.suppress(OSError):
+                    p.kill()
+
+    def kill(self) -> None:
+        """Kill the workers and reap them."""
+        self.stop()
         for p in self.procs:
             if p.stdin is not None:
                 with contextlib.suppress(OSError):
@@ -547,6 +557,8 @@ def install(wheel: str, arc: WheelArchive, top: str, interpreter: str, *, verify
         local.set()
         for f in futures:
             f.cancel()
+        if compiler is not None:
+            compiler.stop()  # first: a thread blocked writing to a worker that hangs gets EPIPE
         first: BaseException | None = None
         for f in futures:
             try:
