@@ -31,6 +31,7 @@ import marshal
 import os
 import shutil
 import stat
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -42,19 +43,20 @@ ENV = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "RPATHFIX_
 ENV["SOURCE_DATE_EPOCH"] = "315532800"
 
 
-def run_isolated(cmd: list[str], env: dict[str, str]) -> tuple[float, int]:
-    """(seconds, peak RSS in MB of the largest process) of `cmd`, run from a child Python of its own."""
+def run_isolated(cmd: list[str], env: dict[str, str]) -> tuple[float, int, float]:
+    """(seconds, peak RSS in MB of the largest process, CPU seconds of all its processes) of
+    `cmd`, run from a child Python of its own (RUSAGE_CHILDREN is then this command's alone)."""
     code = ("import json, resource, subprocess, sys, time\n"
             "t = time.perf_counter()\n"
             "p = subprocess.run(sys.argv[1:], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)\n"
             "dt = time.perf_counter() - t\n"
-            "print(json.dumps([dt, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, p.returncode,"
-            " p.stdout[-3000:]]))\n")
+            "ru = resource.getrusage(resource.RUSAGE_CHILDREN)\n"
+            "print(json.dumps([dt, ru.ru_maxrss, ru.ru_utime + ru.ru_stime, p.returncode, p.stdout[-3000:]]))\n")
     raw = subprocess.run([PY, "-c", code, *cmd], capture_output=True, text=True, env=env).stdout
-    dt, rss, rc, out = json.loads(raw)
+    dt, rss, cpu, rc, out = json.loads(raw)
     if rc != 0:
         raise SystemExit(f"{' '.join(cmd[:4])} failed ({rc}):\n{out}")
-    return dt, rss // 1024
+    return dt, rss // 1024, cpu
 
 
 def file_digest(p: str) -> str:
@@ -142,7 +144,7 @@ def main() -> int:
     print(f"{len(wheels)} wheels, {size / 1e9:.2f} GB; {os.cpu_count()} cores; python-isal: "
           f"{'yes' if have_isal else 'no'}")
 
-    def uv_row(r: int) -> tuple[float, int]:
+    def uv_row(r: int) -> tuple[float, int, float]:
         venv, cache = work / f"uv-venv-{r}", work / f"uv-cache-{r}"
         for p in (venv, cache):
             shutil.rmtree(p, ignore_errors=True)
@@ -151,7 +153,7 @@ def main() -> int:
         return run_isolated([str(BIN / "uv"), "pip", "install", "-q", "--offline", "--no-deps", "--compile-bytecode",
                              "--cache-dir", str(cache), "--python", str(venv / "bin" / "python"), *wheels], ENV)
 
-    def rp_row(into: Path, inflate: str | None, src: Path | None = None) -> tuple[float, int]:
+    def rp_row(into: Path, inflate: str | None, src: Path | None = None) -> tuple[float, int, float]:
         shutil.rmtree(into, ignore_errors=True)
         env = dict(ENV)
         if inflate:
@@ -164,7 +166,7 @@ def main() -> int:
                                "rpathfix unpack, zlib": lambda r: rp_row(work / f"rp-zlib-{r}", "zlib")}
     if have_isal:
         rows["rpathfix unpack, python-isal"] = lambda r: rp_row(work / f"rp-isal-{r}", "isal")
-    results: dict[str, list[tuple[float, int]]] = {k: [] for k in rows}
+    results: dict[str, list[tuple[float, int, float]]] = {k: [] for k in rows}
     old_src = None
     if args.old:
         old_src = work / "old-src"
@@ -177,14 +179,15 @@ def main() -> int:
     for r in range(args.rounds):
         order = names[r % len(names):] + names[:r % len(names)]
         for name in order:
-            dt, rss = rows[name](r)  # type: ignore[operator]
-            results[name].append((dt, rss))
-            print(f"round {r + 1}: {name}: {dt:.1f} s, {rss} MB", flush=True)
+            dt, rss, cpu = rows[name](r)  # type: ignore[operator]
+            results[name].append((dt, rss, cpu))
+            print(f"round {r + 1}: {name}: {dt:.1f} s, {cpu:.1f} CPU-s, {rss} MB; load {os.getloadavg()[0]:.1f}",
+                  flush=True)
         if r == 0:
             if old_src is not None:
-                dt, rss = rp_row(work / "rp-old", None, old_src / "src")
-                results[f"rpathfix unpack before this work ({args.old})"] = [(dt, rss)]
-                print(f"round 1: old: {dt:.1f} s, {rss} MB", flush=True)
+                dt, rss, cpu = rp_row(work / "rp-old", None, old_src / "src")
+                results[f"rpathfix unpack before this work ({args.old})"] = [(dt, rss, cpu)]
+                print(f"round 1: old: {dt:.1f} s, {cpu:.1f} CPU-s, {rss} MB", flush=True)
                 compare(work / "rp-zlib-0", work / "rp-old", f"new (zlib) vs {args.old}")
                 shutil.rmtree(work / "rp-old", ignore_errors=True)
             if have_isal:
@@ -195,10 +198,13 @@ def main() -> int:
                 if p.name.endswith(f"-{r}"):
                     shutil.rmtree(p, ignore_errors=True)
     print()
-    print("| row | seconds (each round) | peak RSS MB |")
-    print("|---|---:|---:|")
+    print("| row | seconds (each round) | median | CPU seconds (median) | peak RSS MB |")
+    print("|---|---:|---:|---:|---:|")
     for name, vals in results.items():
-        print(f"| {name} | {', '.join(f'{dt:.1f}' for dt, _ in vals)} | {max(m for _, m in vals)} |")
+        med = statistics.median(dt for dt, _m, _c in vals)
+        cpu = statistics.median(c for _d, _m, c in vals)
+        print(f"| {name} | {', '.join(f'{dt:.1f}' for dt, _m, _c in vals)} | {med:.1f} | {cpu:.1f} | "
+              f"{max(m for _d, m, _c in vals)} |")
     if old_src is not None:
         shutil.rmtree(old_src, ignore_errors=True)
     return 0

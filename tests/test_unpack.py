@@ -190,6 +190,8 @@ BAD_WHEELS = {
     "symlink": dict(extra=[(_symlink_member(), b"/etc/passwd")]),
     "record-mismatch": dict(bad_hash_for="tiny/__init__.py"),
     "no-WHEEL": dict(wheel_file=False),
+    "entry-point-escape": dict(extra=[(zipfile.ZipInfo("tiny-1.0.dist-info/entry_points.txt"),
+                                       b"[console_scripts]\n../../evil.py = tiny:VALUE\n")]),
 }
 
 

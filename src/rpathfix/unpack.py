@@ -3,14 +3,20 @@
 Each wheel is installed into its own root, the layout `rpathfix.roots` reads, with the
 files, launchers and RECORD that pypa's `installer` writes (wheelinstall.py: one pass
 over the zip, large members in threads, bytecode in worker processes; several wheels at
-once, largest first). The install is safe (member paths, file types and RECORD names are
-checked before anything is written; contents against RECORD's hashes and sizes as they
-are written, into a directory nobody else sees), atomic (built in DIR/.<name>.tmp-XXXX
-and renamed into place, so a root is never half-written; a failure or Ctrl-C stops every
-thread and worker and removes it) and reproducible: file modes are
-normalized (0755 for files the wheel marks executable and for scripts, 0644 otherwise,
-0755 for directories), bytecode is hash-based (CHECKED_HASH) with root-relative
-source paths, and with SOURCE_DATE_EPOCH set every mtime in the root is set to it.
+once, largest first). The install is
+- safe: member paths, file types and RECORD's list of members are checked before anything
+  is written; each member's content against RECORD's hash and size (and its CRC-32 where
+  no RECORD hash checks it) as it is written, into a directory no reader looks at;
+- atomic: built in DIR/.<name>.tmp-XXXX and renamed into place, so a root is never
+  half-written; a failure or Ctrl-C stops every thread and worker process, waits for them,
+  and removes the temporary directory;
+- bounded: members stream in chunks, memory does not grow with a member's size;
+- reproducible: file modes are normalized (0755 for files the wheel marks executable and
+  for scripts, 0644 otherwise, 0755 for directories); bytecode is hash-based (CHECKED_HASH)
+  with root-relative source paths, compiled by workers that start the same way every time
+  (so its bytes depend on the source and the interpreter only, not on this process's hash
+  seed or what it imported: see wheelinstall.Compiler); with SOURCE_DATE_EPOCH set every
+  mtime in the root is set to it.
 
 A marker file, <root>/.rpathfix-wheel, names the wheel, its sha256 and the install
 options; a second unpack of the same wheel with the same options writes nothing. An

@@ -520,8 +520,13 @@ def install(wheel: str, arc: WheelArchive, top: str, interpreter: str, *, verify
         # Scripts first, then members in zip order, then INSTALLER: installer's order, so a
         # member at a launcher's path is the same error.
         records: list[tuple[str, Any]] = []
+        bin_dir = os.path.join(top, SCHEME_DIRS["scripts"])
         for name, data in p.scripts:
-            dest = os.path.join(top, SCHEME_DIRS["scripts"], name)
+            dest = os.path.normpath(os.path.join(bin_dir, name))
+            if not dest.startswith(bin_dir + os.sep):
+                raise FormatError(wheel, f"entry point {name!r}: Attempting to write {name} outside of the target "
+                                         "directory")
+            os.makedirs(os.path.dirname(dest), mode=DIR_MODE, exist_ok=True)
             _write_new(wheel, dest, data, EXEC_MODE)
             records.append(("scripts", _entry(RecordEntry, Hash, name, data)))
         big = sorted((m for m in p.members if pool is not None and m.entry.file_size >= BIG),

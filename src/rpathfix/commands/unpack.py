@@ -10,9 +10,9 @@ Install each wheel into its own distribution root DIR/<normalized name>/ with
 site-packages/ (purelib and platlib), bin/ (console and gui script launchers and
 .data/scripts), include/ (.data/headers) and data/ (.data/data), as pypa's installer does.
 
-Wheels are checked first (member paths, file types, RECORD hashes and sizes) and each
-root is built beside its destination and renamed into place, so a failed run leaves
-nothing behind. Launchers and "#!python" scripts name --python (default: this
+Wheels are checked (member paths, file types, RECORD hashes and sizes; hashes as the
+members are written) and each root is built beside its destination and renamed into
+place, so a failed or interrupted run leaves nothing behind. Launchers and "#!python" scripts name --python (default: this
 interpreter). Bytecode is hash-based (checked-hash) and compiled for --python;
 --no-compile skips it. A root already made from the same wheel with the same options
 is left alone ("up to date"); one made from another wheel is replaced.
