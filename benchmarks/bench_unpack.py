@@ -15,6 +15,8 @@ as other work on this 2-core machine comes and goes):
   with python-isal when it is installed, and with RPATHFIX_INFLATE=zlib;
 - rpathfix unpack at --old REV (the code before this work, from `git archive`), one run.
 SOURCE_DATE_EPOCH is set for every row (the roots' mtimes are part of what is compared).
+rpathfix rows get `--python WORK/py/python3`, a symlink to this interpreter (the Bazel rule
+always passes --python), so the markers, which name it, are comparable too.
 
 Checks after the first round: every file of every root is compared with the old code's root
 (mode and bytes); a .pyc whose bytes differ is loaded and its code object compared; the isal
@@ -144,6 +146,14 @@ def main() -> int:
     print(f"{len(wheels)} wheels, {size / 1e9:.2f} GB; {os.cpu_count()} cores; python-isal: "
           f"{'yes' if have_isal else 'no'}")
 
+    # rpathfix rows name the interpreter through a path of its own, as the Bazel rule does
+    # (--python is the venv's interpreter): the code before this work compiled in a
+    # subprocess then, and in-process only when --python was its own interpreter.
+    py = work / "py" / "python3"
+    py.parent.mkdir(exist_ok=True)
+    if not py.is_symlink():
+        py.symlink_to(PY)
+
     def uv_row(r: int) -> tuple[float, int, float]:
         venv, cache = work / f"uv-venv-{r}", work / f"uv-cache-{r}"
         for p in (venv, cache):
@@ -160,7 +170,7 @@ def main() -> int:
             env["RPATHFIX_INFLATE"] = inflate
         if src is not None:
             env["PYTHONPATH"] = str(src)
-        return run_isolated([PY, "-m", "rpathfix", "unpack", *wheels, "--into", str(into)], env)
+        return run_isolated([PY, "-m", "rpathfix", "unpack", *wheels, "--into", str(into), "--python", str(py)], env)
 
     rows: dict[str, object] = {"uv pip install --compile-bytecode (empty cache)": lambda r: uv_row(r),
                                "rpathfix unpack, zlib": lambda r: rp_row(work / f"rp-zlib-{r}", "zlib")}

@@ -54,11 +54,13 @@ def run(args: argparse.Namespace) -> int:
     progress = Progress()
     total = len(args.wheels)
     try:
-        progress.show(f"unpacking {total} wheel{'s' if total != 1 else ''}")
+        # Wheels run several at once; the line names the one whose result comes next.
+        progress.show(f"unpacking 1/{total}: {os.path.basename(args.wheels[0])}")
         for i, (wheel, root, changed) in enumerate(
                 iter_unpack(args.wheels, args.into, python=args.python, compile_bytecode=not args.no_compile,
                             verify_record=not args.no_verify_record, jobs=args.jobs), 1):
-            progress.show(f"unpacked {i}/{total}: {os.path.basename(wheel)}")
+            if i < total:
+                progress.show(f"unpacking {i + 1}/{total}: {os.path.basename(args.wheels[i])}")
             if args.verbose:
                 progress.done()
                 print(f"unpacked {wheel} -> {root}" if changed else f"up to date: {root}", flush=True)
