@@ -93,21 +93,34 @@ def _read_text(path: str) -> str | None:
 
 
 def _normalize_tree(top: str) -> None:
-    """Fixed modes for everything in `top` (pycs and directories come out umask-dependent); SOURCE_DATE_EPOCH mtimes."""
+    """Fixed modes for everything in `top` (pycs and directories come out umask-dependent); SOURCE_DATE_EPOCH mtimes.
+
+    A mode already right is left alone (most are: files are created with their final mode).
+    """
     epoch_s = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
     epoch = int(epoch_s) if epoch_s.isdigit() else None
-    for dirpath, _dirnames, filenames in os.walk(top):
-        for fn in filenames:
-            p = os.path.join(dirpath, fn)
-            st = os.lstat(p)
-            if stat.S_ISREG(st.st_mode):
-                os.chmod(p, _EXEC_MODE if st.st_mode & 0o111 else _FILE_MODE)
-                if epoch is not None:
-                    os.utime(p, (epoch, epoch))
-        os.chmod(dirpath, _DIR_MODE)
+    stack = [top]
+    dirs = []
+    while stack:
+        d = stack.pop()
+        dirs.append(d)
+        if stat.S_IMODE(os.lstat(d).st_mode) != _DIR_MODE:
+            os.chmod(d, _DIR_MODE)
+        with os.scandir(d) as it:
+            for entry in it:
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(entry.path)
+                    continue
+                st = entry.stat(follow_symlinks=False)
+                if stat.S_ISREG(st.st_mode):
+                    want = _EXEC_MODE if st.st_mode & 0o111 else _FILE_MODE
+                    if stat.S_IMODE(st.st_mode) != want:
+                        os.chmod(entry.path, want)
+                    if epoch is not None:
+                        os.utime(entry.path, (epoch, epoch))
     if epoch is not None:
-        for dirpath, _dirs, _files in os.walk(top, topdown=False):
-            os.utime(dirpath, (epoch, epoch))
+        for d in reversed(dirs):  # children before their parents: a parent's mtime is set last
+            os.utime(d, (epoch, epoch))
 
 
 def _write_index(top: str) -> None:
@@ -235,12 +248,35 @@ def unpack_wheel(wheel: str, into: str, *, python: str | None = None, compile_by
     return root, True
 
 
+# Bytes of .py source cost about this many times a byte of wheel to install: compiling
+# torch's 48 MB of .py takes more CPU than inflating, hashing and writing its 1.1 GB (from
+# its 530 MB wheel). sympy (6 MB wheel, 24 MB of .py) started last by size was the tail.
+_PY_WEIGHT = 16
+
+
+def _cost(wheel: str) -> int:
+    """A wheel's expected work, to start the costly ones first: its size, plus its .py bytes
+    weighted (read from the central directory only; any error: its size, and unpack says why)."""
+    import zipfile
+
+    try:
+        size = os.stat(wheel).st_size
+    except OSError:
+        return 0
+    try:
+        with zipfile.ZipFile(wheel) as zf:
+            return size + _PY_WEIGHT * sum(i.file_size for i in zf.infolist() if i.filename.endswith(".py"))
+    except Exception:  # not a zip, truncated, ...: unpack_wheel reports it
+        return size
+
+
 def iter_unpack(wheels: list[str], into: str, *, python: str | None = None, compile_bytecode: bool = True,
                 verify_record: bool = True, inflate: str | None = None,
                 jobs: int | None = None) -> Iterator[tuple[str, str, bool]]:
     """(wheel, root, changed) for each wheel, in the order given.
 
-    Up to `jobs` wheels (default: the number of cores) are unpacked at once, largest first,
+    Up to `jobs` wheels (default: the number of cores) are unpacked at once, costliest first
+    (_cost: size and .py bytes),
     sharing one pool of threads for their large members. On the first failure (or Ctrl-C)
     the wheels not started are not started, the running ones are told to stop, and every
     thread and worker is waited for before the error is raised: each root is then either
@@ -263,14 +299,9 @@ def iter_unpack(wheels: list[str], into: str, *, python: str | None = None, comp
     members = ThreadPoolExecutor(max_workers=ncpu, thread_name_prefix="rpathfix-member")
     outer = ThreadPoolExecutor(max_workers=min(jobs, len(wheels)), thread_name_prefix="rpathfix-wheel")
 
-    def size(w: str) -> int:
-        try:
-            return os.stat(w).st_size
-        except OSError:
-            return 0
-
     try:
-        order = sorted(range(len(wheels)), key=lambda i: -size(wheels[i]))
+        costs = [_cost(w) for w in wheels]
+        order = sorted(range(len(wheels)), key=lambda i: -costs[i])
         futures = {i: outer.submit(unpack_wheel, wheels[i], into, python=python, compile_bytecode=compile_bytecode,
                                    verify_record=verify_record, inflate=inflate, _pool=members, _cancel=cancel)
                    for i in order}
