@@ -197,16 +197,22 @@ def unpack_wheel(wheel: str, into: str, *, python: str | None = None, compile_by
     inflater = inflate_module(inflate)
     if not os.path.exists(wheel):
         raise FormatError(wheel, "no such file")
-    digest = _sha256(wheel)
     into = os.path.abspath(into)
     try:
         os.makedirs(into, exist_ok=True)
     except OSError as e:
         raise UsageError(f"--into {into}: {e.strerror or e}") from None
     root = os.path.join(into, name)
-    marker = _marker_text(wheel, digest, interpreter, compile_bytecode, verify_record)
+    digest: _Digest | None = None
+    marker = ""
+    if not os.path.lexists(root) and os.path.isfile(wheel):
+        # Nothing to compare with: the marker's sha256 (0.5 s for torch's wheel) is computed
+        # by a thread while the wheel is unpacked, and waited for before the marker is written.
+        digest = _Digest(wheel)
+    else:
+        marker = _marker_text(wheel, _sha256(wheel), interpreter, compile_bytecode, verify_record)
 
-    if os.path.lexists(root):
+    if digest is None and os.path.lexists(root):
         if not os.path.isdir(root) or os.path.islink(root):
             raise UsageError(f"{root}: exists and is not a directory; remove it or choose another --into")
         current = _read_text(os.path.join(root, MARKER))
@@ -218,11 +224,18 @@ def unpack_wheel(wheel: str, into: str, *, python: str | None = None, compile_by
 
     from rpathfix.wheelfile import WheelArchive
 
-    arc = WheelArchive(wheel)
+    try:
+        arc = WheelArchive(wheel)
+    except BaseException:
+        if digest is not None:
+            digest.wait()
+        raise
     try:
         tmp_root = tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=into)
     except OSError as e:
         arc.close()
+        if digest is not None:
+            digest.wait()
         raise UsageError(f"--into {into}: {e.strerror or e}") from None
     own_pool = None
     try:
@@ -234,6 +247,8 @@ def unpack_wheel(wheel: str, into: str, *, python: str | None = None, compile_by
             install(wheel, arc, tmp_root, interpreter, verify_record=verify_record,
                     compile_bytecode=compile_bytecode, pool=_pool or own_pool,
                     cancel=_cancel or threading.Event(), inflate=inflater)
+        if digest is not None:
+            marker = _marker_text(wheel, digest.result(), interpreter, compile_bytecode, verify_record)
         with open(os.path.join(tmp_root, MARKER), "w", encoding="utf-8") as f:
             f.write(marker)
         _normalize_tree(tmp_root)
@@ -245,7 +260,38 @@ def unpack_wheel(wheel: str, into: str, *, python: str | None = None, compile_by
     finally:
         if own_pool is not None:
             own_pool.shutdown(wait=True)
+        if digest is not None:
+            digest.wait()
     return root, True
+
+
+class _Digest:
+    """The sha256 of a file, computed by a thread of its own (hashlib and reads release the
+    GIL). wait() joins it, whatever happened; result() also raises what it raised."""
+
+    __slots__ = ("error", "path", "thread", "value")
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.value = ""
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="rpathfix-wheel-sha256")
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.value = _sha256(self.path)
+        except BaseException as e:
+            self.error = e
+
+    def wait(self) -> None:
+        self.thread.join()
+
+    def result(self) -> str:
+        self.wait()
+        if self.error is not None:
+            raise self.error
+        return self.value
 
 
 # Bytes of .py source cost about this many times a byte of wheel to install: compiling
