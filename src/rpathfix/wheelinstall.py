@@ -2,7 +2,7 @@
 
 It writes what pypa's `installer` writes (the same files, contents, RECORD and launchers:
 its own parsers, Script and RECORD writer are used for those), but in one pass over the
-zip instead of three. `installer` reads every member twice (validate_record, then install),
+zip instead of two. `installer` reads every member twice (validate_record, then install),
 each time through zipfile and pathlib, and compiles bytecode afterwards in one process; on
 torch's 1.1 GB of content that was 21 s of the 63 s the 28-wheel torch stack took.
 Here:
@@ -17,7 +17,9 @@ Here:
   the many small ones;
 - a .py file is handed, as soon as it is written, to bytecode workers: processes of the
   target interpreter (one per core at most) running compileall.compile_file exactly as
-  `compileall.compile_dir(site, ddir="site-packages")` did, so the .pyc bytes are the same;
+  `compileall.compile_dir(site, ddir="site-packages")` did, so the .pyc bytes are the same
+  (and, since a worker always starts the same way, they no longer depend on the state of
+  the process that compiles: see Compiler._start);
 - python-isal (`pip install rpathfix[fast]`) inflates about 2.4 times faster than zlib when
   it is installed; without it zlib is used (RPATHFIX_INFLATE=zlib forces zlib).
 
