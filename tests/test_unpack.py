@@ -493,29 +493,72 @@ def test_failing_bytecode_worker_leaves_nothing(tmp_path: Path) -> None:
     assert list(into.iterdir()) == []
 
 
-def test_ctrl_c_stops_workers_and_removes_the_temporary_root(tmp_path: Path) -> None:
-    """SIGINT while the bytecode worker runs (an interpreter that hangs): exit 130, the worker
-    killed and reaped, nothing left in --into."""
+@pytest.mark.parametrize("n", [1, 2])
+def test_ctrl_c_stops_workers_and_removes_the_temporary_root(n: int, tmp_path: Path) -> None:
+    """SIGINT while the bytecode workers run (an interpreter that hangs), with one wheel or two
+    unpacked at once: exit 130, every worker killed and reaped, nothing left in --into."""
     import signal
     import time
 
     fake = tmp_path / "bin" / "python3"
     fake.parent.mkdir()
     pidfile = tmp_path / "worker.pid"
-    fake.write_text(f"#!/bin/sh\necho $$ > {pidfile}\nexec sleep 600\n")
+    fake.write_text(f"#!/bin/sh\necho $$ >> {pidfile}\nexec sleep 600\n")
     fake.chmod(0o755)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    wheels = [str(rich_wheel(tmp_path / "a")),
+              str(make_wheel(tmp_path / "b", dist="other", extra=[(_deflated("other/m.py"), SET_MODULE)]))][:n]
     into = tmp_path / "roots"
-    proc = subprocess.Popen([sys.executable, "-m", "rpathfix", "unpack", str(rich_wheel(tmp_path)), "--into",
-                             str(into), "--python", str(fake)], stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "rpathfix", "unpack", *wheels, "--into", str(into),
+                             "--python", str(fake), "--jobs", "2"], stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
-    while not pidfile.exists() or not pidfile.read_text().strip():
+    while not pidfile.exists() or len(pidfile.read_text().split()) < n:
         assert time.monotonic() < deadline and proc.poll() is None
         time.sleep(0.05)
-    worker = int(pidfile.read_text())
+    workers = [int(p) for p in pidfile.read_text().split()]
     proc.send_signal(signal.SIGINT)
     _out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert err == "rpathfix: interrupted\n"
     assert list(into.iterdir()) == []
-    with pytest.raises(ProcessLookupError):
-        os.kill(worker, 0)
+    for worker in workers:
+        with pytest.raises(ProcessLookupError):
+            os.kill(worker, 0)
+
+
+def test_memory_does_not_grow_with_a_member(tmp_path: Path) -> None:
+    """A 256 MB member (deflated zeros, 250 KB in the wheel) is streamed: the unpacking
+    process's peak RSS stays far below the member's size (the control: holding it would
+    need 256 MB), and the content is right."""
+    size = 256 << 20
+    di = "huge-1.0.dist-info"
+    whl = tmp_path / "huge-1.0-py3-none-any.whl"
+    h = hashlib.sha256()
+    chunk = bytes(1 << 20)
+    with zipfile.ZipFile(whl, "w") as zf:
+        info = _deflated("huge/zeros.bin")
+        with zf.open(info, "w", force_zip64=True) as f:
+            for _ in range(size // len(chunk)):
+                f.write(chunk)
+                h.update(chunk)
+        small = {f"{di}/METADATA": b"Metadata-Version: 2.1\nName: huge\nVersion: 1.0\n",
+                 f"{di}/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+        for name, data in small.items():
+            zf.writestr(_deflated(name), data)
+        lines = [f"huge/zeros.bin,sha256="
+                 f"{base64.urlsafe_b64encode(h.digest()).rstrip(b'=').decode()},{size}"]
+        lines += [f"{name},{_hash(data)},{len(data)}" for name, data in small.items()]
+        lines.append(f"{di}/RECORD,,")
+        zf.writestr(_deflated(f"{di}/RECORD"), "\n".join(lines) + "\n")
+    into = tmp_path / "roots"
+    code = ("import resource, subprocess, sys\n"
+            "p = subprocess.run(sys.argv[1:])\n"
+            "print(p.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n")
+    out = subprocess.run([sys.executable, "-c", code, sys.executable, "-m", "rpathfix", "unpack", str(whl),
+                          "--into", str(into), "--no-compile"], capture_output=True, text=True, timeout=300)
+    rc, peak_kb = (int(x) for x in out.stdout.split())
+    assert rc == 0, out.stderr
+    assert peak_kb < 128 * 1024, peak_kb
+    target = into / "huge" / "site-packages" / "huge" / "zeros.bin"
+    assert target.stat().st_size == size
