@@ -190,6 +190,8 @@ BAD_WHEELS = {
     "symlink": dict(extra=[(_symlink_member(), b"/etc/passwd")]),
     "record-mismatch": dict(bad_hash_for="tiny/__init__.py"),
     "no-WHEEL": dict(wheel_file=False),
+    "entry-point-escape": dict(extra=[(zipfile.ZipInfo("tiny-1.0.dist-info/entry_points.txt"),
+                                       b"[console_scripts]\n../../evil.py = tiny:VALUE\n")]),
 }
 
 
@@ -213,7 +215,7 @@ def test_not_a_zip_and_unreadable(tmp_path: Path) -> None:
     into = tmp_path / "roots"
     r = rpathfix("unpack", str(junk), "--into", str(into))
     assert r.returncode == 2
-    assert r.stderr == f"rpathfix unpack: error: {junk}: not a zip archive\n"
+    assert r.stderr.startswith(f"rpathfix unpack: error: {junk}: not a zip archive") and r.stderr.count("\n") == 1
     assert list(into.iterdir()) == []
     missing = tmp_path / "gone-1.0-py3-none-any.whl"
     r = rpathfix("unpack", str(missing), "--into", str(into))
@@ -267,3 +269,296 @@ def test_record_check_is_stricter_than_pip_and_can_be_turned_off(tmp_path: Path)
         strict = rpathfix("unpack", str(whl), "--into", str(into))
         assert strict.returncode == 2 and "--no-verify-record" in strict.stderr
     assert (tmp_path / "roots-unlisted" / "tiny" / "site-packages" / "tiny" / "extra.py").is_file()
+
+
+# ---------------------------------------------------------------- the one-pass installer (issue 14)
+
+SET_MODULE = b'def f(x):\n    return x in {"alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta"}\n'
+
+
+def _deflated(name: str, mode: int = 0o644) -> zipfile.ZipInfo:
+    info = zipfile.ZipInfo(name)
+    info.compress_type = zipfile.ZIP_DEFLATED
+    info.external_attr = (stat.S_IFREG | mode) << 16
+    return info
+
+
+def rich_wheel(path: Path, big: int = 3 << 20) -> Path:
+    """A wheel with every kind of member: deflated and stored, a large one (the thread pool
+    takes it), an executable library, .data scripts (one with "#!python"), headers, data,
+    purelib, entry points, a module with a set constant, one that does not compile."""
+    di = "tiny-1.0.dist-info"
+    blob = b"".join(b"line %d of a large member\n" % i for i in range(big // 26))
+    extra = [
+        (_deflated("tiny/mod.py"), SET_MODULE),
+        (_deflated("tiny/sub/deep.py"), b"import os\nX = [os.sep, '[', ']']\n"),
+        (_deflated("tiny/broken.py"), b"def (:\n"),
+        (_deflated("tiny/big.bin"), blob),
+        (_deflated("tiny/libfast.so", 0o755), b"\x7fELF" + bytes(range(256)) * 64),
+        (zipfile.ZipInfo("tiny/stored.txt"), b"stored as is\n"),
+        (_deflated("tiny-1.0.data/scripts/tool", 0o755), b"#!python\nprint('tool')\n"),
+        (_deflated("tiny-1.0.data/scripts/plain"), b"#!/bin/sh\necho plain\n"),
+        (_deflated("tiny-1.0.data/scripts/short"), b"#!py"),
+        (_deflated("tiny-1.0.data/headers/tiny.h"), b"#define TINY 1\n"),
+        (_deflated("tiny-1.0.data/data/share/tiny/readme.txt"), b"data\n"),
+        (_deflated("tiny-1.0.data/purelib/tiny_extra.py"), b"EXTRA = {1, 2, 3}\n"),
+        (_deflated(f"{di}/entry_points.txt"), b"[console_scripts]\ntinyrun = tiny.mod:f\n"
+                                              b"[gui_scripts]\ntinygui = tiny:VALUE\n"),
+    ]
+    return make_wheel(path, extra=extra)
+
+
+def _reference_install(whl: Path, top: Path, python: str) -> None:
+    """What the code before issue 14 wrote: pypa's installer, then compileall.compile_dir over
+    site-packages (checked-hash, ddir "site-packages") in a fresh interpreter with a fixed hash
+    seed and no site, then the fixed modes."""
+    from installer import install
+    from installer.destinations import SchemeDictionaryDestination
+    from installer.sources import WheelFile
+
+    from rpathfix.unpack import SCHEME_DIRS
+
+    class Destination(SchemeDictionaryDestination):  # type: ignore[misc]
+        def write_file(self, scheme, path, stream, is_executable):  # type: ignore[no-untyped-def]
+            return super().write_file(scheme, path, stream, is_executable or scheme == "scripts")
+
+    dest = Destination(scheme_dict={k: str(top / d) for k, d in SCHEME_DIRS.items()},
+                       interpreter=python, script_kind="posix")
+    with zipfile.ZipFile(whl) as zf:
+        install(WheelFile(zf), dest, {"INSTALLER": b"rpathfix\n"})
+    code = ("import compileall, py_compile, sys; compileall.compile_dir(sys.argv[1], ddir='site-packages', quiet=2, "
+            "workers=1, invalidation_mode=py_compile.PycInvalidationMode.CHECKED_HASH)")
+    subprocess.run([python, "-S", "-c", code, str(top / "site-packages")], check=True,
+                   env={**os.environ, "PYTHONHASHSEED": "0"})
+    for p in [top, *top.rglob("*")]:
+        p.chmod(0o755 if p.is_dir() or p.stat().st_mode & 0o111 else 0o644)
+
+
+def _content(top: Path) -> dict[str, tuple[int, bytes | None]]:
+    """_tree without rpathfix's own files (marker, natives index)."""
+    return {k: v for k, v in _tree(top).items() if not k.startswith(".rpathfix")}
+
+
+def test_same_tree_as_installer_and_compileall(tmp_path: Path) -> None:
+    """Every file installer wrote (launchers, "#!python" scripts, .data schemes, RECORD,
+    INSTALLER, exec bits) and every .pyc compileall wrote, byte for byte; the module that
+    does not compile has no .pyc, as before."""
+    whl = rich_wheel(tmp_path)
+    root, _ = unpack_wheel(str(whl), str(tmp_path / "roots"))
+    ref = tmp_path / "ref"
+    _reference_install(whl, ref, sys.executable)
+    assert _content(Path(root)) == _content(ref)
+    site = Path(root) / "site-packages"
+    assert (Path(root) / "bin/tool").read_bytes() == f"#!{sys.executable}\nprint('tool')\n".encode()
+    assert (Path(root) / "bin/short").read_bytes() == b"#!py"
+    assert {p.name for p in (site / "tiny/__pycache__").iterdir()} == {"__init__.cpython-311.pyc",
+                                                                       "mod.cpython-311.pyc"}
+    assert "../bin/tinyrun," in (site / "tiny-1.0.dist-info/RECORD").read_text()
+
+
+def test_pyc_bytes_do_not_depend_on_the_running_process(tmp_path: Path) -> None:
+    """marshal flags a string as interned when the compiling process has interned it, so a
+    .pyc compiled in-process (as before issue 14) depended on what that process had run:
+    the bytes changed with PYTHONHASHSEED, and between --python this interpreter (in-process)
+    and another path to it (a subprocess). The control shows the mechanism; rpathfix's
+    workers start the same way every time, so all these give the same .pyc bytes."""
+    src = tmp_path / "m.py"
+    src.write_bytes(b"X = ['[', ']']\n")
+    seen = set()
+    for pre in ("", "sys.intern('[');"):
+        out = tmp_path / "m.pyc"
+        subprocess.run([sys.executable, "-S", "-c", f"import py_compile, sys; {pre} py_compile.compile(sys.argv[1], "
+                        "sys.argv[2], invalidation_mode=py_compile.PycInvalidationMode.CHECKED_HASH)",
+                        str(src), str(out)], check=True)
+        seen.add(out.read_bytes())
+    assert len(seen) == 2  # the control: the process's state changes the bytes
+    whl = rich_wheel(tmp_path, big=1000)
+    other = tmp_path / "other" / "python3"
+    other.parent.mkdir()
+    other.symlink_to(sys.executable)
+    pycs = []
+    for seed, python in (("1", sys.executable), ("2", sys.executable), ("3", str(other))):
+        into = tmp_path / f"roots{seed}"
+        r = rpathfix("unpack", str(whl), "--into", str(into), "--python", python,
+                     env={**os.environ, "PYTHONHASHSEED": seed})
+        assert r.returncode == 0, r.stderr
+        pycs.append({k: v for k, v in _tree(into / "tiny").items() if k.endswith(".pyc")})
+    assert len(pycs[0]) == 4
+    assert pycs[0] == pycs[1] == pycs[2]
+
+
+def _children() -> set[int]:
+    """Pids of this process's children (Linux: /proc/self/task/*/children)."""
+    out: set[int] = set()
+    for f in Path("/proc/self/task").glob("*/children"):
+        out.update(int(p) for p in f.read_text().split())
+    return out
+
+
+@pytest.mark.parametrize("inflate", ["zlib", "isal"])
+def test_parallel_same_as_serial(inflate: str, stub_wheels: dict[str, Path], tmp_path: Path,
+                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Several wheels at once with every member in the thread pool give the same roots as one
+    wheel at a time with every member in the calling thread; isal and zlib the same bytes."""
+    if inflate == "isal":
+        pytest.importorskip("isal")
+    import threading
+
+    from rpathfix import wheelinstall
+    from rpathfix.unpack import iter_unpack
+
+    wheels = [str(rich_wheel(tmp_path)), *(str(stub_wheels[k]) for k in ("torchstub", "scriptstub",
+                                                                          "nvidia_xcublas"))]
+    threads, children = threading.active_count(), _children()
+    serial = tmp_path / "serial"
+    monkeypatch.setattr(wheelinstall, "BIG", 1 << 40)  # nothing is large: all in the calling thread
+    got = list(iter_unpack(wheels, str(serial), jobs=1, inflate="zlib"))
+    assert [w for w, _r, _c in got] == wheels and all(c for _w, _r, c in got)
+    parallel = tmp_path / "parallel"
+    monkeypatch.setattr(wheelinstall, "BIG", 0)  # everything is large: all in the pool
+    list(iter_unpack(wheels, str(parallel), jobs=4, inflate=inflate))
+    assert sorted(p.name for p in serial.iterdir()) == sorted(p.name for p in parallel.iterdir())
+    for root in serial.iterdir():
+        assert _tree(root) == _tree(parallel / root.name), root.name
+    assert threading.active_count() == threads and _children() == children
+
+
+def _corrupt_member(whl: Path, member: str) -> None:
+    """Overwrite the middle of `member`'s deflated bytes (the central directory stays valid)."""
+    with zipfile.ZipFile(whl) as zf:
+        info = zf.getinfo(member)
+    with open(whl, "r+b") as f:
+        f.seek(info.header_offset + 26)
+        n, m = int.from_bytes(f.read(2), "little"), int.from_bytes(f.read(2), "little")
+        start = info.header_offset + 30 + n + m
+        f.seek(start + info.compress_size // 3)
+        f.write(b"\xff" * 64)
+
+
+@pytest.mark.parametrize("verify", [True, False])
+def test_corrupt_member_one_line_and_nothing_left(verify: bool, tmp_path: Path) -> None:
+    whl = rich_wheel(tmp_path)
+    _corrupt_member(whl, "tiny/big.bin")
+    into = tmp_path / "roots"
+    r = rpathfix("unpack", str(whl), "--into", str(into), *([] if verify else ["--no-verify-record"]))
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.startswith(f"rpathfix unpack: error: {whl}") and "tiny/big.bin" in r.stderr
+    assert list(into.iterdir()) == []
+
+
+def test_truncated_wheel(tmp_path: Path) -> None:
+    whl = rich_wheel(tmp_path)
+    data = whl.read_bytes()
+    whl.write_bytes(data[: len(data) // 2])
+    into = tmp_path / "roots"
+    r = rpathfix("unpack", str(whl), "--into", str(into))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
+    assert list(into.iterdir()) == []
+
+
+def test_failure_in_the_pool_stops_everything(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A corrupt member in a pool thread, among good wheels unpacked at the same time: one
+    error naming it, no temporary directory, every thread and worker process gone."""
+    import threading
+
+    from rpathfix import wheelinstall
+    from rpathfix.unpack import iter_unpack
+
+    (tmp_path / "a").mkdir()
+    bad = rich_wheel(tmp_path / "a")
+    _corrupt_member(bad, "tiny/big.bin")
+    (tmp_path / "b").mkdir()
+    good = make_wheel(tmp_path / "b", dist="other", extra=[(_deflated("other/m.py"), SET_MODULE)])
+    monkeypatch.setattr(wheelinstall, "BIG", 0)
+    threads, children = threading.active_count(), _children()
+    into = tmp_path / "roots"
+    with pytest.raises(FormatError, match=r"tiny/big\.bin"):
+        list(iter_unpack([str(good), str(bad)], str(into), jobs=2))
+    assert not [p for p in into.iterdir() if ".tmp-" in p.name]
+    assert not (into / "tiny").exists()
+    assert threading.active_count() == threads and _children() == children
+
+
+def test_failing_bytecode_worker_leaves_nothing(tmp_path: Path) -> None:
+    """An interpreter whose compiler dies: one line, exit 2, no root, no temporary directory."""
+    fake = tmp_path / "bin" / "python3"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\nexit 3\n")
+    fake.chmod(0o755)
+    into = tmp_path / "roots"
+    r = rpathfix("unpack", str(rich_wheel(tmp_path)), "--into", str(into), "--python", str(fake))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert "bytecode compiler" in r.stderr
+    assert list(into.iterdir()) == []
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_ctrl_c_stops_workers_and_removes_the_temporary_root(n: int, tmp_path: Path) -> None:
+    """SIGINT while the bytecode workers run (an interpreter that hangs), with one wheel or two
+    unpacked at once: exit 130, every worker killed and reaped, nothing left in --into."""
+    import signal
+    import time
+
+    fake = tmp_path / "bin" / "python3"
+    fake.parent.mkdir()
+    pidfile = tmp_path / "worker.pid"
+    fake.write_text(f"#!/bin/sh\necho $$ >> {pidfile}\nexec sleep 600\n")
+    fake.chmod(0o755)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    wheels = [str(rich_wheel(tmp_path / "a")),
+              str(make_wheel(tmp_path / "b", dist="other", extra=[(_deflated("other/m.py"), SET_MODULE)]))][:n]
+    into = tmp_path / "roots"
+    proc = subprocess.Popen([sys.executable, "-m", "rpathfix", "unpack", *wheels, "--into", str(into),
+                             "--python", str(fake), "--jobs", "2"], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not pidfile.exists() or len(pidfile.read_text().split()) < n:
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.05)
+    workers = [int(p) for p in pidfile.read_text().split()]
+    proc.send_signal(signal.SIGINT)
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert err == "rpathfix: interrupted\n"
+    assert list(into.iterdir()) == []
+    for worker in workers:
+        with pytest.raises(ProcessLookupError):
+            os.kill(worker, 0)
+
+
+def test_memory_does_not_grow_with_a_member(tmp_path: Path) -> None:
+    """A 256 MB member (deflated zeros, 250 KB in the wheel) is streamed: the unpacking
+    process's peak RSS stays far below the member's size (the control: holding it would
+    need 256 MB), and the content is right."""
+    size = 256 << 20
+    di = "huge-1.0.dist-info"
+    whl = tmp_path / "huge-1.0-py3-none-any.whl"
+    h = hashlib.sha256()
+    chunk = bytes(1 << 20)
+    with zipfile.ZipFile(whl, "w") as zf:
+        info = _deflated("huge/zeros.bin")
+        with zf.open(info, "w", force_zip64=True) as f:
+            for _ in range(size // len(chunk)):
+                f.write(chunk)
+                h.update(chunk)
+        small = {f"{di}/METADATA": b"Metadata-Version: 2.1\nName: huge\nVersion: 1.0\n",
+                 f"{di}/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+        for name, data in small.items():
+            zf.writestr(_deflated(name), data)
+        lines = [f"huge/zeros.bin,sha256="
+                 f"{base64.urlsafe_b64encode(h.digest()).rstrip(b'=').decode()},{size}"]
+        lines += [f"{name},{_hash(data)},{len(data)}" for name, data in small.items()]
+        lines.append(f"{di}/RECORD,,")
+        zf.writestr(_deflated(f"{di}/RECORD"), "\n".join(lines) + "\n")
+    into = tmp_path / "roots"
+    code = ("import resource, subprocess, sys\n"
+            "p = subprocess.run(sys.argv[1:])\n"
+            "print(p.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n")
+    out = subprocess.run([sys.executable, "-c", code, sys.executable, "-m", "rpathfix", "unpack", str(whl),
+                          "--into", str(into), "--no-compile"], capture_output=True, text=True, timeout=300)
+    rc, peak_kb = (int(x) for x in out.stdout.split())
+    assert rc == 0, out.stderr
+    assert peak_kb < 128 * 1024, peak_kb
+    target = into / "huge" / "site-packages" / "huge" / "zeros.bin"
+    assert target.stat().st_size == size

@@ -1,12 +1,22 @@
 """Install wheels into distribution roots: DIR/<name>/{site-packages,bin,include,data}.
 
-Each wheel is installed with pypa's `installer` into its own root, the layout
-`rpathfix.roots` reads. The install is safe (member paths, file types and RECORD are
-checked before anything is written), atomic (built in DIR/.<name>.tmp-XXXX and renamed
-into place, so a root is never half-written) and reproducible: file modes are
-normalized (0755 for files the wheel marks executable and for scripts, 0644 otherwise,
-0755 for directories), bytecode is hash-based (CHECKED_HASH) with root-relative
-source paths, and with SOURCE_DATE_EPOCH set every mtime in the root is set to it.
+Each wheel is installed into its own root, the layout `rpathfix.roots` reads, with the
+files, launchers and RECORD that pypa's `installer` writes (wheelinstall.py: one pass
+over the zip, large members in threads, bytecode in worker processes; several wheels at
+once, largest first). The install is
+- safe: member paths, file types and RECORD's list of members are checked before anything
+  is written; each member's content against RECORD's hash and size (and its CRC-32 where
+  no RECORD hash checks it) as it is written, into a directory no reader looks at;
+- atomic: built in DIR/.<name>.tmp-XXXX and renamed into place, so a root is never
+  half-written; a failure or Ctrl-C stops every thread and worker process, waits for them,
+  and removes the temporary directory;
+- bounded: members stream in chunks, memory does not grow with a member's size;
+- reproducible: file modes are normalized (0755 for files the wheel marks executable and
+  for scripts, 0644 otherwise, 0755 for directories); bytecode is hash-based (CHECKED_HASH)
+  with root-relative source paths, compiled by workers that start the same way every time
+  (so its bytes depend on the source and the interpreter only, not on this process's hash
+  seed or what it imported: see wheelinstall.Compiler); with SOURCE_DATE_EPOCH set every
+  mtime in the root is set to it.
 
 A marker file, <root>/.rpathfix-wheel, names the wheel, its sha256 and the install
 options; a second unpack of the same wheel with the same options writes nothing. An
@@ -21,30 +31,20 @@ import hashlib
 import os
 import shutil
 import stat
-import subprocess
 import sys
 import tempfile
-import zipfile
-import zlib
+import threading
 from collections.abc import Iterator
 
 from rpathfix.errors import FormatError, UsageError
 from rpathfix.names import parse_wheel_filename
 from rpathfix.static import TYPE_CHECKING
+from rpathfix.wheelinstall import RECORD_HINT, SCHEME_DIRS, Cancelled, cpu_count
 
 if TYPE_CHECKING:
-    from typing import Any, BinaryIO
+    from concurrent.futures import ThreadPoolExecutor
 
 MARKER = ".rpathfix-wheel"
-INSTALLER_NAME = b"rpathfix\n"
-# Root-relative directory each installer scheme is written to.
-SCHEME_DIRS = {
-    "purelib": "site-packages",
-    "platlib": "site-packages",
-    "headers": "include",
-    "scripts": "bin",
-    "data": "data",
-}
 _FILE_MODE = 0o644
 _EXEC_MODE = 0o755
 _DIR_MODE = 0o755
@@ -92,140 +92,35 @@ def _read_text(path: str) -> str | None:
         return None
 
 
-def _check_members(wheel: str, zf: zipfile.ZipFile) -> None:
-    """FormatError for a member that could escape the root, is not a plain file or directory, or repeats."""
-    seen: set[str] = set()
-    for info in zf.infolist():
-        name = info.filename
-        norm = name.replace("\\", "/")
-        parts = norm.rstrip("/").split("/")
-        if (not norm or norm.startswith("/") or "\0" in name or ".." in parts
-                or (len(norm) > 1 and norm[1] == ":")):
-            raise FormatError(wheel, f"unsafe member path {name!r} (escapes the install root)")
-        mode = info.external_attr >> 16
-        kind = stat.S_IFMT(mode)
-        if kind and kind not in (stat.S_IFREG, stat.S_IFDIR):
-            what = "symlink" if kind == stat.S_IFLNK else f"special file (mode {mode:o})"
-            raise FormatError(wheel, f"member {name!r} is a {what}; only regular files and directories are allowed")
-        if not name.endswith("/"):
-            if name in seen:
-                raise FormatError(wheel, f"member {name!r} appears twice")
-            seen.add(name)
-
-
-def _first_issue(exc: BaseException, wheel: str) -> str:
-    issues = getattr(exc, "issues", None)
-    if isinstance(issues, list) and issues:
-        first = str(issues[0]).removeprefix(f"In {wheel}, ")
-        more = f" (and {len(issues) - 1} more)" if len(issues) > 1 else ""
-        return first + more
-    return str(exc) or type(exc).__name__
-
-
-def _destination_class() -> Any:
-    from installer.destinations import SchemeDictionaryDestination
-
-    class _Destination(SchemeDictionaryDestination):
-        """Writes files with fixed modes (umask-independent) and makes every script executable."""
-
-        def write_file(self, scheme: Any, path: Any, stream: BinaryIO, is_executable: bool) -> Any:
-            return super().write_file(scheme, path, stream, is_executable or scheme == "scripts")
-
-        def write_to_fs(self, scheme: Any, path: str, stream: BinaryIO, is_executable: bool) -> Any:
-            entry = super().write_to_fs(scheme, path, stream, is_executable)
-            os.chmod(self._path_with_destdir(scheme, path), _EXEC_MODE if is_executable else _FILE_MODE)
-            return entry
-
-    return _Destination
-
-
-# Said with every RECORD refusal: the check is stricter than pip, and can be turned off.
-RECORD_HINT = "pip installs it anyway; rpathfix unpack is stricter: --no-verify-record installs it too"
-
-
-def _install(wheel: str, zf: zipfile.ZipFile, tmp_root: str, python: str, verify_record: bool = True) -> None:
-    import warnings
-
-    from installer import install
-    from installer.sources import WheelFile
-
-    try:
-        source = WheelFile(zf)
-        dist_info = source.dist_info_dir
-        if "WHEEL" not in source.dist_info_filenames:
-            raise FormatError(wheel, f"{dist_info}/WHEEL is missing")
-        if "RECORD" not in source.dist_info_filenames:
-            raise FormatError(wheel, f"{dist_info}/RECORD is missing")
-    except FormatError:
-        raise
-    except Exception as e:  # installer's parsing errors are ValueError/InstallerError
-        raise FormatError(wheel, _first_issue(e, wheel)) from None
-    if verify_record:
-        # Every member listed in RECORD with its hash and size, each hash right. pip
-        # checks only the hashes of the members RECORD lists, and installs a wheel with
-        # unlisted members; rpathfix refuses it unless asked not to (RECORD_HINT).
-        try:
-            source.validate_record()
-        except Exception as e:  # installer's validation errors are ValueError/InstallerError
-            raise FormatError(wheel, f"{_first_issue(e, wheel)} ({RECORD_HINT})") from None
-
-    scheme = {k: os.path.join(tmp_root, d) for k, d in SCHEME_DIRS.items()}
-    dest = _destination_class()(scheme_dict=scheme, interpreter=python, script_kind="posix")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # __pycache__ members in the wheel: skipped, as pip does
-            install(source, dest, {"INSTALLER": INSTALLER_NAME})
-    except (zipfile.BadZipFile, zlib.error, EOFError) as e:
-        raise FormatError(wheel, f"corrupt zip data: {e}") from None
-    except (ValueError, FileExistsError, KeyError, UnicodeDecodeError) as e:
-        raise FormatError(wheel, _first_issue(e, wheel)) from None
-    except Exception as e:
-        from installer.exceptions import InstallerError
-
-        if isinstance(e, InstallerError):
-            raise FormatError(wheel, _first_issue(e, wheel)) from None
-        raise
-
-
-def _compile(site: str, python: str) -> None:
-    """Hash-based (checked) .pyc for every .py in `site`, for `python`; files that do not compile are skipped."""
-    if not os.path.isdir(site):
-        return
-    # Embed root-relative source paths so the tree is the same wherever it is unpacked;
-    # the import system replaces co_filename with the real path when it loads a pyc.
-    ddir = "site-packages"
-    if os.path.abspath(python) == os.path.abspath(sys.executable):
-        import compileall
-        import py_compile
-
-        with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
-            compileall.compile_dir(site, ddir=ddir, quiet=2, workers=1,
-                                   invalidation_mode=py_compile.PycInvalidationMode.CHECKED_HASH)
-        return
-    cmd = [python, "-m", "compileall", "-qq", "--invalidation-mode", "checked-hash", "-d", ddir, site]
-    try:
-        subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                       check=False, timeout=1800)
-    except OSError as e:
-        raise UsageError(f"--python {python}: cannot run: {e.strerror or e}") from None
-
-
 def _normalize_tree(top: str) -> None:
-    """Fixed modes for everything in `top` (pycs and directories come out umask-dependent); SOURCE_DATE_EPOCH mtimes."""
+    """Fixed modes for everything in `top` (pycs and directories come out umask-dependent); SOURCE_DATE_EPOCH mtimes.
+
+    A mode already right is left alone (most are: files are created with their final mode).
+    """
     epoch_s = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
     epoch = int(epoch_s) if epoch_s.isdigit() else None
-    for dirpath, _dirnames, filenames in os.walk(top):
-        for fn in filenames:
-            p = os.path.join(dirpath, fn)
-            st = os.lstat(p)
-            if stat.S_ISREG(st.st_mode):
-                os.chmod(p, _EXEC_MODE if st.st_mode & 0o111 else _FILE_MODE)
-                if epoch is not None:
-                    os.utime(p, (epoch, epoch))
-        os.chmod(dirpath, _DIR_MODE)
+    stack = [top]
+    dirs = []
+    while stack:
+        d = stack.pop()
+        dirs.append(d)
+        if stat.S_IMODE(os.lstat(d).st_mode) != _DIR_MODE:
+            os.chmod(d, _DIR_MODE)
+        with os.scandir(d) as it:
+            for entry in it:
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(entry.path)
+                    continue
+                st = entry.stat(follow_symlinks=False)
+                if stat.S_ISREG(st.st_mode):
+                    want = _EXEC_MODE if st.st_mode & 0o111 else _FILE_MODE
+                    if stat.S_IMODE(st.st_mode) != want:
+                        os.chmod(entry.path, want)
+                    if epoch is not None:
+                        os.utime(entry.path, (epoch, epoch))
     if epoch is not None:
-        for dirpath, _dirs, _files in os.walk(top, topdown=False):
-            os.utime(dirpath, (epoch, epoch))
+        for d in reversed(dirs):  # children before their parents: a parent's mtime is set last
+            os.utime(d, (epoch, epoch))
 
 
 def _write_index(top: str) -> None:
@@ -285,28 +180,39 @@ def _swap_in(tmp_root: str, root: str, name: str, into: str) -> None:
         _remove(old)
 
 
-def unpack_wheel(wheel: str, into: str, *, python: str | None = None,
-                 compile_bytecode: bool = True, verify_record: bool = True) -> tuple[str, bool]:
+def unpack_wheel(wheel: str, into: str, *, python: str | None = None, compile_bytecode: bool = True,
+                 verify_record: bool = True, inflate: str | None = None,
+                 _pool: ThreadPoolExecutor | None = None, _cancel: threading.Event | None = None) -> tuple[str, bool]:
     """Install `wheel` into the root into/<canonical name>; (root path, whether anything changed).
 
-    FormatError for a wheel that is unreadable, not a zip, unsafe or (unless verify_record
-    is False) fails RECORD checks: a member missing from RECORD, a wrong hash or size;
-    UsageError for a bad --into or --python. Nothing is left behind on error.
+    FormatError for a wheel that is unreadable, not a zip, unsafe, corrupt or (unless
+    verify_record is False) fails RECORD checks: a member missing from RECORD, a wrong hash
+    or size; UsageError for a bad --into or --python. Nothing is left behind on error.
+    `inflate`: "zlib", "isal" or None (isal when installed; see wheelinstall.inflate_module).
     """
+    from rpathfix.wheelinstall import inflate_module, install
+
     name, _version = parse_wheel_filename(wheel)
     interpreter = resolve_python(python)
+    inflater = inflate_module(inflate)
     if not os.path.exists(wheel):
         raise FormatError(wheel, "no such file")
-    digest = _sha256(wheel)
     into = os.path.abspath(into)
     try:
         os.makedirs(into, exist_ok=True)
     except OSError as e:
         raise UsageError(f"--into {into}: {e.strerror or e}") from None
     root = os.path.join(into, name)
-    marker = _marker_text(wheel, digest, interpreter, compile_bytecode, verify_record)
+    digest: _Digest | None = None
+    marker = ""
+    if not os.path.lexists(root) and os.path.isfile(wheel):
+        # Nothing to compare with: the marker's sha256 (0.5 s for torch's wheel) is computed
+        # by a thread while the wheel is unpacked, and waited for before the marker is written.
+        digest = _Digest(wheel)
+    else:
+        marker = _marker_text(wheel, _sha256(wheel), interpreter, compile_bytecode, verify_record)
 
-    if os.path.lexists(root):
+    if digest is None and os.path.lexists(root):
         if not os.path.isdir(root) or os.path.islink(root):
             raise UsageError(f"{root}: exists and is not a directory; remove it or choose another --into")
         current = _read_text(os.path.join(root, MARKER))
@@ -316,24 +222,33 @@ def unpack_wheel(wheel: str, into: str, *, python: str | None = None,
             raise UsageError(f"{root}: exists and was not made by `rpathfix unpack` (no {MARKER}); "
                              "remove it or choose another --into")
 
-    try:
-        zf = zipfile.ZipFile(wheel)
-    except zipfile.BadZipFile:
-        raise FormatError(wheel, "not a zip archive") from None
-    except OSError as e:
-        raise FormatError(wheel, f"cannot read: {e.strerror or e}") from None
+    from rpathfix.wheelfile import WheelArchive
 
+    try:
+        arc = WheelArchive(wheel)
+    except BaseException:
+        if digest is not None:
+            digest.wait()
+        raise
     try:
         tmp_root = tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=into)
     except OSError as e:
-        zf.close()
+        arc.close()
+        if digest is not None:
+            digest.wait()
         raise UsageError(f"--into {into}: {e.strerror or e}") from None
+    own_pool = None
     try:
-        with zf:
-            _check_members(wheel, zf)
-            _install(wheel, zf, tmp_root, interpreter, verify_record)
-        if compile_bytecode:
-            _compile(os.path.join(tmp_root, "site-packages"), interpreter)
+        with arc:
+            if _pool is None and arc.size >= 4 << 20 and cpu_count() > 1:
+                from concurrent.futures import ThreadPoolExecutor
+
+                own_pool = ThreadPoolExecutor(max_workers=cpu_count(), thread_name_prefix="rpathfix-unpack")
+            install(wheel, arc, tmp_root, interpreter, verify_record=verify_record,
+                    compile_bytecode=compile_bytecode, pool=_pool or own_pool,
+                    cancel=_cancel or threading.Event(), inflate=inflater)
+        if digest is not None:
+            marker = _marker_text(wheel, digest.result(), interpreter, compile_bytecode, verify_record)
         with open(os.path.join(tmp_root, MARKER), "w", encoding="utf-8") as f:
             f.write(marker)
         _normalize_tree(tmp_root)
@@ -342,16 +257,119 @@ def unpack_wheel(wheel: str, into: str, *, python: str | None = None,
     except BaseException:
         _remove(tmp_root)
         raise
+    finally:
+        if own_pool is not None:
+            own_pool.shutdown(wait=True)
+        if digest is not None:
+            digest.wait()
     return root, True
 
 
-def iter_unpack(wheels: list[str], into: str, *, python: str | None = None,
-                compile_bytecode: bool = True, verify_record: bool = True) -> Iterator[tuple[str, str, bool]]:
-    """(wheel, root, changed) for each wheel, unpacked in order."""
-    for w in wheels:
-        root, changed = unpack_wheel(w, into, python=python, compile_bytecode=compile_bytecode,
-                                     verify_record=verify_record)
-        yield w, root, changed
+class _Digest:
+    """The sha256 of a file, computed by a thread of its own (hashlib and reads release the
+    GIL). wait() joins it, whatever happened; result() also raises what it raised."""
+
+    __slots__ = ("error", "path", "thread", "value")
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.value = ""
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="rpathfix-wheel-sha256")
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.value = _sha256(self.path)
+        except BaseException as e:
+            self.error = e
+
+    def wait(self) -> None:
+        self.thread.join()
+
+    def result(self) -> str:
+        self.wait()
+        if self.error is not None:
+            raise self.error
+        return self.value
 
 
-__all__ = ["MARKER", "SCHEME_DIRS", "iter_unpack", "resolve_python", "unpack_wheel"]
+# Bytes of .py source cost about this many times a byte of wheel to install: compiling
+# torch's 48 MB of .py takes more CPU than inflating, hashing and writing its 1.1 GB (from
+# its 530 MB wheel). sympy (6 MB wheel, 24 MB of .py) started last by size was the tail.
+_PY_WEIGHT = 16
+
+
+def _cost(wheel: str) -> int:
+    """A wheel's expected work, to start the costly ones first: its size, plus its .py bytes
+    weighted (read from the central directory only; any error: its size, and unpack says why)."""
+    import zipfile
+
+    try:
+        size = os.stat(wheel).st_size
+    except OSError:
+        return 0
+    try:
+        with zipfile.ZipFile(wheel) as zf:
+            return size + _PY_WEIGHT * sum(i.file_size for i in zf.infolist() if i.filename.endswith(".py"))
+    except Exception:  # not a zip, truncated, ...: unpack_wheel reports it
+        return size
+
+
+def iter_unpack(wheels: list[str], into: str, *, python: str | None = None, compile_bytecode: bool = True,
+                verify_record: bool = True, inflate: str | None = None,
+                jobs: int | None = None) -> Iterator[tuple[str, str, bool]]:
+    """(wheel, root, changed) for each wheel, in the order given.
+
+    Up to `jobs` wheels (default: the number of cores) are unpacked at once, costliest first
+    (_cost: size and .py bytes),
+    sharing one pool of threads for their large members. On the first failure (or Ctrl-C)
+    the wheels not started are not started, the running ones are told to stop, and every
+    thread and worker is waited for before the error is raised: each root is then either
+    complete or absent. Roots finished before the failure stay (each is whole).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    ncpu = cpu_count()
+    jobs = max(1, jobs if jobs is not None else ncpu)
+    names = [parse_wheel_filename(w)[0] for w in wheels]
+    if len(set(names)) < len(names):
+        jobs = 1  # two wheels of one distribution: the later replaces the earlier, in order
+    if len(wheels) <= 1 or jobs == 1:
+        for w in wheels:
+            root, changed = unpack_wheel(w, into, python=python, compile_bytecode=compile_bytecode,
+                                         verify_record=verify_record, inflate=inflate)
+            yield w, root, changed
+        return
+    cancel = threading.Event()
+    members = ThreadPoolExecutor(max_workers=ncpu, thread_name_prefix="rpathfix-member")
+    outer = ThreadPoolExecutor(max_workers=min(jobs, len(wheels)), thread_name_prefix="rpathfix-wheel")
+
+    try:
+        costs = [_cost(w) for w in wheels]
+        order = sorted(range(len(wheels)), key=lambda i: -costs[i])
+        futures = {i: outer.submit(unpack_wheel, wheels[i], into, python=python, compile_bytecode=compile_bytecode,
+                                   verify_record=verify_record, inflate=inflate, _pool=members, _cancel=cancel)
+                   for i in order}
+        for i, w in enumerate(wheels):
+            err = futures[i].exception()
+            if err is not None:
+                cancel.set()
+                for f in futures.values():
+                    f.cancel()
+                # The first failure in the order given, not a Cancelled one caused by it.
+                first = next((e for e in (futures[j].exception() for j in range(len(wheels))
+                                         if not futures[j].cancelled())
+                              if e is not None and not isinstance(e, Cancelled)), err)
+                raise first
+            root, changed = futures[i].result()
+            yield w, root, changed
+    except BaseException:
+        cancel.set()
+        raise
+    finally:
+        outer.shutdown(wait=True, cancel_futures=True)
+        members.shutdown(wait=True, cancel_futures=True)
+
+
+__all__ = ["MARKER", "RECORD_HINT", "SCHEME_DIRS", "iter_unpack", "resolve_python", "unpack_wheel"]
