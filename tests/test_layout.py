@@ -8,8 +8,8 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import rpathfix
 
+from conftest import rpathfix
 from rpathfix.layout import SCHEMA
 
 CUDA = ("torchstub", "nvidia_xcublas", "nvidia_xcuda_runtime", "nvidia_xnvjitlink")

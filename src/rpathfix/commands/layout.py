@@ -45,8 +45,8 @@ def run(args: argparse.Namespace) -> int:
     manifest = parse_manifest(text, args.manifest)
     result = check_layout(manifest, assume_loaded=args.assume_loaded)
     if result.errors:
-        for e in result.errors:
-            print(e, file=sys.stderr)
+        for err in result.errors:
+            print(err, file=sys.stderr)
         print(f"rpathfix layout: {manifest.name}: the venv would not work (see above)", file=sys.stderr)
         return 1
     for w in result.warnings:
