@@ -248,3 +248,20 @@ def test_a_missing_wheel_says_what_to_run_first(bazel: Bazel, tmp_path: Path) ->
     lines = [ln for ln in (p.stdout + p.stderr).splitlines() if "make bazel-example" in ln]
     assert lines and "does not exist" in lines[0], _show(p)
     assert "Not a regular file" not in p.stderr, _show(p)
+
+
+def _runpath(f: Path) -> str:
+    p = subprocess.run(["readelf", "-d", str(f)], capture_output=True, text=True, check=True)
+    return " ".join(ln for ln in p.stdout.splitlines() if "RPATH" in ln or "RUNPATH" in ln)
+
+
+@pytest.mark.skipif(shutil.which("readelf") is None, reason="readelf (binutils) is not on PATH")
+def test_repair_gives_the_tree_venv_a_patched_copy_of_the_plugin(bazel: Bazel) -> None:
+    p = bazel("build", "//:venv_repair")
+    assert p.returncode == 0, _show(p)
+    rel = Path("site-packages", "onnxgpustub", "capi", "libxonnxruntime_providers_cuda.so")
+    patched = _bin(bazel) / "venv_repair" / "lib" / "python3.11" / rel
+    o = bazel("info", "output_base")
+    original = Path(o.stdout.strip()) / "external" / "onnxgpustub" / rel
+    assert _runpath(original) == ""  # control: the wheel's provider has no search path
+    assert "$ORIGIN/../../nvidia/cu13/lib" in _runpath(patched), _runpath(patched)
