@@ -409,13 +409,14 @@ def _by_rank(cands):
     return out
 
 def _merge(label, dists, version, prefer):
-    """venv path -> (dist, File): the layout `rpathfix plan` makes of the roots, one link
+    """(venv path -> (dist, File), the Files left out): the layout `rpathfix plan` makes of the roots, one link
     per file (the check action derives it again with rpathfix and compares). One provider:
     its file. Several: `prefer` first, else the first distribution by name (rpathfix keeps
     identical files and namespace markers; anything else it refuses unless `prefer` names
     the winner, and the check says so). Cached bytecode in a __pycache__/ that several
     distributions share follows the distribution whose source won; stale bytecode is left out."""
     reserved = {"bin/python": True, "bin/python3": True, "bin/python" + version: True}
+    shadowed = []  # files of the roots that the venv does not link
     rank = {}
     for i, p in enumerate(prefer):
         rank.setdefault(_canonical(p), i)
@@ -438,6 +439,7 @@ def _merge(label, dists, version, prefer):
                 data.append((vp, d.dist, f))
                 continue
             if vp in reserved:
+                shadowed.append(f)
                 continue  # the venv's own interpreter wins, as in `rpathfix venv`
             providers.setdefault(vp, []).append((rank.get(d.dist, len(rank)), d.dist, f))
             parent = vp.rpartition("/")[0]
@@ -454,11 +456,14 @@ def _merge(label, dists, version, prefer):
             if src != None:
                 picked = [c for c in cands if c[1] == src[0]]
                 if not picked:
+                    shadowed += [c[2] for c in cands]
                     continue  # bytecode of a source that lost
                 cands = picked
             elif len(cands) > 1:
+                shadowed += [c[2] for c in cands]
                 continue
         winners[vp] = (cands[0][1], cands[0][2])
+        shadowed += [c[2] for c in cands[1:]]
     for vp, dist, f in data:
         if vp in winners or vp in reserved:
             fail("rpathfix_venv(%s): %s is written twice (%s's .data/data and the venv)" % (label, vp, dist))
@@ -471,14 +476,14 @@ def _merge(label, dists, version, prefer):
             p = "/".join(parts[:i])
             if p in winners:
                 fail("rpathfix_venv(%s): %s is a file (%s) but a directory of %s" % (label, p, winners[p][0], vp))
-    return winners
+    return winners, shadowed
 
 def _venv_dir(ctx):
     return ctx.label.name if not ctx.label.package else ctx.label.package + "/" + ctx.label.name
 
 def _links_venv(ctx, dists, py, src_init):
     version = py.version
-    winners = _merge(ctx.label, dists, version, ctx.attr.prefer)
+    winners, shadowed = _merge(ctx.label, dists, version, ctx.attr.prefer)
     cfg = ctx.actions.declare_file(ctx.label.name + ".pyvenv.cfg")
 
     # No `home`: CPython takes the base prefix from the resolved bin/python (a link to the
@@ -505,6 +510,13 @@ def _links_venv(ctx, dists, py, src_init):
     manifest.add_all(lines)
     for vp in sorted(extras):
         manifest.add_all(["--extra", vp, extras[vp].path])
+
+    # The roots' other files: with them the check knows every file Bazel gives the action,
+    # and ignores what a root holds beyond them (unsandboxed, names labels cannot hold).
+    shadow = ["--complete"]
+    for f in sorted([f.path for f in shadowed]):
+        shadow += ["--shadowed", f]
+    manifest.add_all(shadow)
 
     report = ctx.actions.declare_file(ctx.label.name + ".layout-check.txt")
     tool = ctx.actions.args()

@@ -41,8 +41,13 @@ def _manifest(top: Path, roots: list[str], version: str = "3.11") -> dict[str, s
     return files
 
 
-def _write(top: Path, roots: list[str], files: dict[str, str], name: str = "//:venv") -> Path:
+def _write(top: Path, roots: list[str], files: dict[str, str], name: str = "//:venv",
+           shadowed: list[str] | None = None) -> Path:
     lines = [SCHEMA, "--name", name, "--python-version", "3.11"]
+    if shadowed is not None:
+        lines.append("--complete")
+    for f in shadowed or []:
+        lines += ["--shadowed", f]
     for r in roots:
         lines += ["--root", r]
     for vp in sorted(files):
@@ -102,6 +107,21 @@ def test_an_executable_that_climbs_into_another_wheel_needs_the_tree_layout(edge
     lines = [ln for ln in p.stderr.splitlines() if "cannot be a link in a runfiles venv" in ln]
     assert lines and all('use layout = "tree"' in ln for ln in lines), p.stderr
     assert any("xtool" in ln for ln in lines), p.stderr
+
+
+def test_files_the_rule_was_not_given_are_left_out_with_a_note(stub_wheels: dict[str, Path], tmp_path: Path) -> None:
+    """Unsandboxed, the action sees files of a root that Bazel did not give the rule (a name
+    with a space): with the rule's full list (--shadowed), they are not the venv's."""
+    roots = _roots(stub_wheels, CUDA, tmp_path)
+    files = _manifest(tmp_path, roots)
+    odd = tmp_path / roots[0] / "site-packages" / "torchstub" / "launcher manifest.xml"
+    odd.write_text("<x/>")
+    p = rpathfix("layout", str(_write(tmp_path, roots, files, shadowed=[])), cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert "1 file(s) of the roots are not inputs of the rule" in p.stderr
+    # Control: without the list, the check cannot tell and names the file.
+    p = rpathfix("layout", str(_write(tmp_path, roots, files)), cwd=tmp_path)
+    assert p.returncode == 1 and "disagree about lib/python3.11/site-packages/torchstub/launcher manifest.xml" in p.stderr
 
 
 @pytest.mark.parametrize("text", ["", "rpathfix.layout/0\n", f"{SCHEMA}\n--file\nonly-one\n",

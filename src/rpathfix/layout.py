@@ -41,7 +41,8 @@ if TYPE_CHECKING:
 
 SCHEMA = "rpathfix.layout/1"
 # Each record of a manifest: its keyword and how many values follow it.
-_ARITY = {"--name": 1, "--python-version": 1, "--prefer": 1, "--root": 1, "--file": 2, "--extra": 2}
+_ARITY = {"--name": 1, "--python-version": 1, "--prefer": 1, "--root": 1, "--file": 2, "--extra": 2,
+          "--shadowed": 1, "--complete": 0}
 RESERVED_BIN = ("python", "python3")
 
 
@@ -54,6 +55,10 @@ class Manifest(NamedTuple):
     prefer: list[str]
     files: dict[str, str]  # venv path -> file of a root
     extras: dict[str, str]  # venv path -> any other file (bin/python, pyvenv.cfg)
+    # The roots' files that the rule knows and does not link (they lost a conflict): with
+    # `files`, every file of the roots the rule was given (record --complete says so, also
+    # when there is none). None: the rule gave no such list.
+    shadowed: list[str] | None = None
 
 
 def parse_manifest(text: str, where: str) -> Manifest:
@@ -69,6 +74,7 @@ def parse_manifest(text: str, where: str) -> Manifest:
     prefer: list[str] = []
     files: dict[str, str] = {}
     extras: dict[str, str] = {}
+    shadowed: list[str] | None = None
     i = 1
     while i < len(lines):
         key = lines[i]
@@ -85,6 +91,10 @@ def parse_manifest(text: str, where: str) -> Manifest:
             prefer.append(vals[0])
         elif key == "--root":
             roots.append(vals[0].rstrip("/") or ".")
+        elif key == "--shadowed":
+            shadowed = (shadowed or []) + [vals[0]]
+        elif key == "--complete":
+            shadowed = shadowed or []
         else:
             rel = posixpath.normpath(vals[0])
             if rel.startswith(("/", "../")) or rel in (".", ".."):
@@ -98,7 +108,7 @@ def parse_manifest(text: str, where: str) -> Manifest:
         raise UsageError(f"{where}: python version {version!r}: expected X.Y")
     if not roots:
         raise UsageError(f"{where}: no distribution root")
-    return Manifest(name, version, roots, prefer, files, extras)
+    return Manifest(name, version, roots, prefer, files, extras, shadowed)
 
 
 def site_prefix(version: str) -> str:
@@ -171,6 +181,15 @@ def check_layout(manifest: Manifest, *, cwd: str | None = None, assume_loaded: S
     roots = [load_root(tree, absolute(r)) for r in manifest.roots]
     plan = make_plan(tree, roots, precedence=[canonicalize_name(p) for p in manifest.prefer])
     derived = _expand(plan, roots, tree, manifest.python_version)
+    unseen = 0
+    if manifest.shadowed is not None:
+        # A root may hold more than the rule was given (a file name Bazel labels cannot hold,
+        # seen when the action runs unsandboxed): what the rule cannot link is not the venv's.
+        known = {absolute(p) for p in manifest.shadowed}
+        known.update(absolute(p) for p in manifest.files.values())
+        for rel in [r for r, (src, _) in derived.items() if src not in known]:
+            del derived[rel]
+            unseen += 1
 
     errors: list[str] = []
     # 1. One source of truth: the rule's merge must be rpathfix's.
@@ -218,6 +237,9 @@ def check_layout(manifest: Manifest, *, cwd: str | None = None, assume_loaded: S
     from rpathfix.verify import format_warnings
 
     warnings = format_warnings(report, named)
+    if unseen:
+        warnings.append(f"note: {unseen} file(s) of the roots are not inputs of the rule (names Bazel labels "
+                        "cannot hold?) and are not in the venv")
     modules = sum(1 for f in report.environment.files if f.is_extension)
     # Only what the layout decides: warnings depend on the host (a GPU driver or none), and
     # go to stderr, so the report is the same bytes on every machine.
