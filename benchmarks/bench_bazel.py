@@ -2,17 +2,18 @@
 
     .venv/bin/python benchmarks/bench_bazel.py [--wheels /work/bench/wh] [--skip-tree]
 
-Makes a workspace under benchmarks/work/bazel/ (git ignores benchmarks/work/) whose
-WORKSPACE names every wheel by absolute path (rpathfix_wheel) and whose BUILD has:
-  //:venv        rpathfix_venv of all wheels, layout "links" (the default)
-  //:venv_tree   the same deps, layout "tree" (the old writer: copies of every file)
+Runs each layout in a workspace and output root of its own under benchmarks/work/bazel/
+(git ignores benchmarks/work/), one after the other in the same run: a WORKSPACE naming every
+wheel by absolute path (rpathfix_wheel), and a BUILD with
+  //:venv        rpathfix_venv of all wheels but one, layout "links" (the default) or "tree"
+                 (the old writer: copies of every file), the peer
   //:check       a py_venv_binary that loads libtorch_cuda.so with ctypes (LD_LIBRARY_PATH
-                 unset) and imports torch, through the links venv
+                 unset) and imports torch through the venv
   //:app0..9     ten binaries sharing //:venv
-and measures: fetch (rpathfix unpack of every wheel, once), the cold build of each venv,
-bytes of each venv target's action outputs and its number of actions, a warm no-op build,
-the rebuild after adding one wheel, ten binaries against one, and runs //:check.
-Everything runs with its own --output_user_root, shut down and deleted at the end.
+and measures: the fetch (rpathfix unpack of every wheel), the cold build of the venv, bytes
+of its action outputs and its number of actions, a warm no-op build, loading + analysis,
+the check alone, one and ten binaries, the rebuild after adding the last wheel. Each output
+root is expunged and deleted at the end of its phase (the tree venv is 5.6 GB).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def repo_name(whl: Path) -> str:
     return "w_" + whl.name.split("-")[0].lower()
 
 
-def write_workspace(ws: Path, wheels: list[Path], with_late: bool) -> None:
+def write_workspace(ws: Path, wheels: list[Path], with_late: bool, layout: str) -> None:
     ws.mkdir(parents=True, exist_ok=True)
     lines = [
         'workspace(name = "bench")',
@@ -58,9 +59,7 @@ def write_workspace(ws: Path, wheels: list[Path], with_late: bool) -> None:
     build = [
         'load("@rpathfix//rules:defs.bzl", "py_venv_binary", "rpathfix_venv")',
         f'DEPS = [{", ".join(deps)}]',
-        'rpathfix_venv(name = "venv", python = "@python_host//:python", deps = DEPS)',
-        'rpathfix_venv(name = "venv_tree", python = "@python_host//:python", deps = DEPS, layout = "tree", '
-        'tags = ["manual"])',
+        f'rpathfix_venv(name = "venv", python = "@python_host//:python", deps = DEPS, layout = "{layout}")',
         'py_venv_binary(name = "check", main = "check.py", venv = ":venv")',
     ]
     build += [f'py_venv_binary(name = "app{i}", main = "check.py", venv = ":venv")' for i in range(10)]
@@ -139,11 +138,83 @@ def mb(n: int) -> str:
     return f"{n / 1e6:,.1f} MB" if n < 1e9 else f"{n / 1e9:,.2f} GB"
 
 
+def phase(layout: str, wheels: list[Path], keep: bool) -> dict[str, str]:
+    """Every figure of one layout, in a workspace and output root of its own (cold = cold)."""
+    ws = WORK / f"ws-{layout}"
+    user_root = WORK / f"root-{layout}"
+    write_workspace(ws, wheels, with_late=False, layout=layout)
+    bz = Bazel(ws, user_root)
+    got: dict[str, str] = {}
+    try:
+        dt, _ = bz("fetch", "//:venv")
+        got["fetch"] = f"{dt:.1f} s"
+        _, p = bz("info", "execution_root")
+        execroot = Path(p.stdout.strip())
+        dt, _ = bz("build", "//:venv")
+        got["cold"] = f"{dt:.1f} s"
+        acts = actions(bz, "//:venv")
+        got["actions"] = f"{len(acts)} ({', '.join(sorted(m for m, _ in acts))})"
+        got["bytes"] = mb(output_bytes(execroot, acts))
+        dt, _ = bz("build", "//:venv")
+        got["noop"] = f"{dt:.2f} s"
+        bz("shutdown")
+        dt, _ = bz("build", "--nobuild", "//:venv")
+        got["analysis"] = f"{dt:.1f} s"
+        if layout == "links":
+            got["check"] = f"{check_time(bz, execroot):.2f} s"
+        dt, p = bz("run", "//:check", check=False)
+        ok = "import torch ok" in p.stdout and "libtorch_cuda.so loaded" in p.stdout
+        got["run"] = f"{'ok' if ok else 'FAILED'}, {dt:.1f} s"
+        if not ok:
+            print(p.stdout, p.stderr[-3000:], file=sys.stderr)
+        _, p = bz("info", "bazel-bin")
+        manifest = Path(p.stdout.strip()) / "check.runfiles_manifest"
+        if manifest.exists():
+            got["runfiles"] = f"{sum(1 for _ in manifest.open()):,} / {mb(manifest.stat().st_size)}"
+        dt, _ = bz("build", "//:app0")
+        got["one more"] = f"{dt:.1f} s"
+        dt, _ = bz("build", *[f"//:app{i}" for i in range(1, 10)])
+        got["nine more"] = f"{dt:.1f} s"
+        app_acts = actions(bz, "deps(//:app1) - deps(//:venv)")
+        got["per binary"] = f"{len(app_acts)} ({', '.join(sorted(m for m, _ in app_acts))})"
+        write_workspace(ws, wheels, with_late=True, layout=layout)
+        dt, _ = bz("build", "//:venv")
+        got["add one"] = f"{dt:.1f} s"
+        dt, _ = bz("build", "//:venv")
+        got["noop all"] = f"{dt:.2f} s"
+    finally:
+        if not keep:
+            bz("clean", "--expunge", check=False)
+            bz("shutdown", check=False)
+            subprocess.run(["chmod", "-R", "u+w", str(user_root)], capture_output=True)
+            shutil.rmtree(user_root, ignore_errors=True)
+            shutil.rmtree(ws, ignore_errors=True)
+    return got
+
+
+ROWS = [
+    ("fetch", "fetch: `rpathfix unpack` of {n} wheels (once per output base, the same for both)"),
+    ("cold", "cold build of the venv ({n} wheels), after the fetch, fresh output base"),
+    ("actions", "actions of the venv target"),
+    ("bytes", "bytes of the venv target's action outputs"),
+    ("noop", "warm no-op build"),
+    ("analysis", "server start + loading + analysis (`--nobuild`)"),
+    ("check", "the check action alone (`rpathfix layout` by hand, best of 3)"),
+    ("run", "`bazel run //:check`: ctypes libtorch_cuda.so + `import torch`, LD_LIBRARY_PATH unset"),
+    ("runfiles", "one binary's runfiles: entries / Bazel's runfiles manifest"),
+    ("one more", "one more binary on the built venv"),
+    ("nine more", "nine more binaries sharing the venv (ten in all)"),
+    ("per binary", "actions per binary beyond the venv"),
+    ("add one", "rebuild after adding one wheel ({late}, its fetch included)"),
+    ("noop all", "warm no-op build (all wheels)"),
+]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--wheels", default="/work/bench/wh")
-    ap.add_argument("--skip-tree", action="store_true", help="do not build the tree venv (5 GB of copies)")
-    ap.add_argument("--keep", action="store_true", help="keep the output root (for a look around)")
+    ap.add_argument("--skip-tree", action="store_true", help="do not measure the tree venv (5 GB of copies)")
+    ap.add_argument("--keep", action="store_true", help="keep the output roots (for a look around)")
     args = ap.parse_args()
     wheels = sorted(Path(args.wheels).glob("*.whl"))
     if not wheels:
@@ -151,79 +222,15 @@ def main() -> int:
     if shutil.which("bazel") is None:
         sys.exit("bench_bazel: bazel is not on PATH (make setup installs bazel-bootstrap)")
     shutil.rmtree(WORK, ignore_errors=True)
-    ws = WORK / "ws"
-    user_root = WORK / "root"
-    write_workspace(ws, wheels, with_late=False)
-    bz = Bazel(ws, user_root)
-    rows: list[tuple[str, str]] = []
-    try:
-        dt, _ = bz("fetch", "//:venv")
-        rows.append((f"fetch: rpathfix unpack of {len(wheels) - 1} wheels (once per output base)", f"{dt:.1f} s"))
-        _, p = bz("info", "execution_root")
-        execroot = Path(p.stdout.strip())
-
-        dt, _ = bz("build", "//:venv")
-        rows.append((f"links venv ({len(wheels) - 1} wheels): cold build (analysis + check)", f"{dt:.1f} s"))
-        acts = actions(bz, "//:venv")
-        rows.append(("links venv: actions / bytes of action outputs",
-                     f"{len(acts)} ({', '.join(sorted(m for m, _ in acts))}) / {mb(output_bytes(execroot, acts))}"))
-        dt, _ = bz("build", "//:venv")
-        rows.append(("links venv: warm no-op build", f"{dt:.2f} s"))
-        bz("shutdown")
-        dt, _ = bz("build", "--nobuild", "//:venv")
-        rows.append(("links venv: server start + loading + analysis (the Starlark merge), --nobuild",
-                     f"{dt:.1f} s"))
-        rows.append(("links venv: the check action alone (rpathfix layout, best of 3)",
-                     f"{check_time(bz, execroot):.2f} s"))
-
-        dt, p = bz("run", "//:check", check=False)
-        ok = "import torch ok" in p.stdout and "libtorch_cuda.so loaded" in p.stdout
-        rows.append(("//:check: ctypes libtorch_cuda.so + import torch, LD_LIBRARY_PATH unset (build + run)",
-                     f"{'ok' if ok else 'FAILED'} in {dt:.1f} s"))
-        if not ok:
-            print(p.stdout, p.stderr[-3000:], file=sys.stderr)
-        _, p = bz("info", "bazel-bin")
-        bin_dir = Path(p.stdout.strip())
-        manifest = bin_dir / "check.runfiles_manifest"
-        links = sum(1 for _ in manifest.open()) if manifest.exists() else 0
-        rows.append(("one binary: runfiles links / its runfiles manifest (Bazel's, per binary)",
-                     f"{links:,} / {mb(manifest.stat().st_size) if manifest.exists() else '?'}"))
-
-        dt, _ = bz("build", "//:app0")
-        rows.append(("1 more binary on the built venv (launcher + runfiles tree)", f"{dt:.1f} s"))
-        dt, _ = bz("build", *[f"//:app{i}" for i in range(1, 10)])
-        rows.append(("9 more binaries sharing the venv", f"{dt:.1f} s"))
-        app_acts = actions(bz, "deps(//:app1) - deps(//:venv)")
-        rows.append(("actions per binary beyond the venv",
-                     f"{len(app_acts)} ({', '.join(sorted(m for m, _ in app_acts))})"))
-
-        write_workspace(ws, wheels, with_late=True)
-        dt, _ = bz("build", "//:venv")
-        rows.append((f"links venv: rebuild after adding one wheel ({LATE}; its fetch included; "
-                     f"{len(wheels)} wheels)", f"{dt:.1f} s"))
-        dt, _ = bz("build", "//:venv")
-        rows.append(("links venv: warm no-op build (all wheels)", f"{dt:.2f} s"))
-
-        if not args.skip_tree:
-            dt, _ = bz("build", "//:venv_tree")
-            rows.append((f"tree venv ({len(wheels)} wheels, peer: the old writer): cold build", f"{dt:.1f} s"))
-            acts = actions(bz, "//:venv_tree")
-            rows.append(("tree venv: actions / bytes of action outputs",
-                         f"{len(acts)} ({', '.join(sorted(m for m, _ in acts))}) / {mb(output_bytes(execroot, acts))}"))
-            dt, _ = bz("build", "//:venv_tree")
-            rows.append(("tree venv: warm no-op build", f"{dt:.2f} s"))
-            bz("shutdown")
-            dt, _ = bz("build", "--nobuild", "//:venv_tree")
-            rows.append(("tree venv: server start + loading + analysis, --nobuild", f"{dt:.1f} s"))
-    finally:
-        print("\n| figure | value |\n|---|---|")
-        for k, v in rows:
-            print(f"| {k} | {v} |")
-        if not args.keep:
-            bz("clean", "--expunge", check=False)
-            bz("shutdown", check=False)
-            subprocess.run(["chmod", "-R", "u+w", str(user_root)], capture_output=True)
-            shutil.rmtree(WORK, ignore_errors=True)
+    results = {"links": phase("links", wheels, args.keep)}
+    if not args.skip_tree:
+        results["tree"] = phase("tree", wheels, args.keep)
+    print("\n| figure | links (default) | tree (the old writer) |\n|---|---:|---:|")
+    for key, label in ROWS:
+        text = label.format(n=len(wheels) - 1, late=LATE)
+        print(f"| {text} | {results['links'].get(key, '-')} | {results.get('tree', {}).get(key, '-')} |")
+    if not args.keep:
+        shutil.rmtree(WORK, ignore_errors=True)
     return 0
 
 
