@@ -425,6 +425,8 @@ def _merge(label, dists, version, prefer):
     data = []
     by_name = {}
     for d in dists:
+        if d.dist in by_name:
+            fail("rpathfix_venv(%s): two deps are the distribution %s: %s and %s; keep one" % (label, d.dist, by_name[d.dist].root, d.root))
         by_name[d.dist] = d
     for name in sorted(by_name):
         d = by_name[name]

@@ -265,3 +265,9 @@ def test_repair_gives_the_tree_venv_a_patched_copy_of_the_plugin(bazel: Bazel) -
     original = Path(o.stdout.strip()) / "external" / "onnxgpustub" / rel
     assert _runpath(original) == ""  # control: the wheel's provider has no search path
     assert "$ORIGIN/../../nvidia/cu13/lib" in _runpath(patched), _runpath(patched)
+
+
+def test_one_root_twice_fails_the_analysis(bazel: Bazel) -> None:
+    p = bazel("build", "//:twice")
+    assert p.returncode != 0, _show(p)
+    assert "rpathfix_venv(//:twice): two deps share the root external/torchstub" in p.stderr, _show(p)
