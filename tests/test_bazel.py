@@ -106,6 +106,18 @@ def test_run_app_loads_the_cuda_stack_through_links(bazel: Bazel) -> None:
     assert "/external/nvidia_xcuda_runtime/" in os.readlink(lib)
     assert (venv / "pyvenv.cfg").read_text() == "include-system-site-packages = false\n"
 
+    # The console script runs with the venv's python, also when found on PATH; control: the
+    # wheel's own script names the fetch-time interpreter, which has no torchstub.
+    env = {k: v for k, v in bazel.env.items() if k != "LD_LIBRARY_PATH"}
+    for cmd, path in (([str(venv / "bin" / "torchstubrun")], env["PATH"]),
+                      (["torchstubrun"], f"{venv / 'bin'}:/usr/bin:/bin")):
+        run = subprocess.run(cmd, capture_output=True, text=True, env={**env, "PATH": path}, cwd="/")
+        assert run.returncode == 0 and "torchstubrun: cuda_answer() =" in run.stdout, (cmd, run.stderr)
+    external = Path(os.readlink(lib).split("/external/")[0]) / "external"
+    run = subprocess.run([str(external / "torchstub" / "bin" / "torchstubrun")], capture_output=True, text=True,
+                         env=env)
+    assert run.returncode != 0 and "torchstub" in run.stderr, (run.stdout, run.stderr)
+
 
 def test_bazel_test_all_passes(bazel: Bazel) -> None:
     p = bazel("test", "//...")
@@ -212,7 +224,8 @@ def test_two_checkouts_give_identical_action_keys_and_outputs(bazel: Bazel, tmp_
         keys.append(_aquery(bazel, "deps(//:app) + //:pathdep", cwd=ex))
         bin_dir = _bin(bazel, cwd=ex)
         outputs.append({n: (bin_dir / n).read_bytes()
-                        for n in ("app", "venv.layout-check.txt", "venv.pyvenv.cfg", "pathdep.txt")})
+                        for n in ("app", "venv.layout-check.txt", "venv.pyvenv.cfg", "venv.venv-bin/torchstubrun",
+                                  "pathdep.txt")})
     assert _bin(bazel, cwd=examples[0]) != _bin(bazel, cwd=examples[1])  # two output bases
     ours = [[k for k in ks if k[1] != "bazel-out/k8-fastbuild/bin/pathdep.txt"] for ks in keys]
     assert len(ours[0]) > 5
@@ -222,9 +235,9 @@ def test_two_checkouts_give_identical_action_keys_and_outputs(bazel: Bazel, tmp_
     dep = [[k for k in ks if k[1] == "bazel-out/k8-fastbuild/bin/pathdep.txt"] for ks in keys]
     assert dep[0] and dep[0] != dep[1]
     assert outputs[0]["pathdep.txt"] != outputs[1]["pathdep.txt"]
-    for n in ("app", "venv.layout-check.txt", "venv.pyvenv.cfg"):
+    for n in ("app", "venv.layout-check.txt", "venv.pyvenv.cfg", "venv.venv-bin/torchstubrun"):
         assert outputs[0][n] == outputs[1][n], n
-    for n in ("app", "venv.layout-check.txt", "venv.pyvenv.cfg"):
+    for n in ("app", "venv.layout-check.txt", "venv.pyvenv.cfg", "venv.venv-bin/torchstubrun"):
         for ex in examples:
             assert str(ex.parent.parent).encode() not in outputs[0][n]
             assert str(bazel.user_root).encode() not in outputs[0][n]

@@ -132,3 +132,21 @@ def test_a_bad_manifest_is_one_line_and_exit_2(tmp_path: Path, text: str) -> Non
     p = rpathfix("layout", str(m), cwd=tmp_path)
     assert p.returncode == 2, p.stderr
     assert len(p.stderr.strip().splitlines()) == 1 and str(m) in p.stderr, p.stderr
+
+
+def test_a_script_gets_a_launcher_that_runs_the_venv_python(stub_wheels: dict[str, Path], tmp_path: Path) -> None:
+    roots = _roots(stub_wheels, CUDA, tmp_path)
+    files = _manifest(tmp_path, roots)
+    src = files["bin/torchstubrun"]
+    m = _write(tmp_path, roots, files, shadowed=[])
+    text = m.read_text().replace(f"--file\nbin/torchstubrun\n{src}\n", f"--script\nbin/torchstubrun\n{src}\nout/torchstubrun\n")
+    assert "--script" in text
+    m.write_text(text)
+    (tmp_path / "out").mkdir()
+    p = rpathfix("layout", str(m), cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    launcher = (tmp_path / "out" / "torchstubrun").read_bytes()
+    assert launcher.splitlines()[:3] == [b"#!/bin/sh", b"'''exec' \"${0%/*}/python\" \"$0\" \"$@\"", b"' '''"]
+    assert b"from torchstub.cli import main" in launcher and str(tmp_path).encode() not in launcher
+    assert not launcher.count(b"#!") - 1  # the script's own #! line is gone
+    assert os.stat(tmp_path / "out" / "torchstubrun").st_mode & 0o777 == 0o755

@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 SCHEMA = "rpathfix.layout/1"
 # Each record of a manifest: its keyword and how many values follow it.
 _ARITY = {"--name": 1, "--python-version": 1, "--prefer": 1, "--root": 1, "--file": 2, "--extra": 2,
-          "--shadowed": 1, "--complete": 0}
+          "--shadowed": 1, "--complete": 0, "--script": 3}
 RESERVED_BIN = ("python", "python3")
 
 
@@ -59,6 +59,8 @@ class Manifest(NamedTuple):
     # `files`, every file of the roots the rule was given (record --complete says so, also
     # when there is none). None: the rule gave no such list.
     shadowed: list[str] | None = None
+    # venv path -> file to write: a launcher for the Python script files[venv path]
+    scripts: dict[str, str] | None = None
 
 
 def parse_manifest(text: str, where: str) -> Manifest:
@@ -75,6 +77,7 @@ def parse_manifest(text: str, where: str) -> Manifest:
     files: dict[str, str] = {}
     extras: dict[str, str] = {}
     shadowed: list[str] | None = None
+    scripts: dict[str, str] = {}
     i = 1
     while i < len(lines):
         key = lines[i]
@@ -99,16 +102,20 @@ def parse_manifest(text: str, where: str) -> Manifest:
             rel = posixpath.normpath(vals[0])
             if rel.startswith(("/", "../")) or rel in (".", ".."):
                 raise UsageError(f"{where}: bad venv path {vals[0]!r}")
-            target = files if key == "--file" else extras
+            target = extras if key == "--extra" else files
             if rel in files or rel in extras:
                 raise UsageError(f"{where}: {rel} is given twice")
             target[rel] = vals[1]
+            if key == "--script":
+                if not rel.startswith("bin/") or rel.count("/") != 1:
+                    raise UsageError(f"{where}: a script's venv path must be bin/NAME, got {vals[0]!r}")
+                scripts[rel] = vals[2]
     parts = version.split(".")
     if len(parts) != 2 or not all(p.isdigit() for p in parts):
         raise UsageError(f"{where}: python version {version!r}: expected X.Y")
     if not roots:
         raise UsageError(f"{where}: no distribution root")
-    return Manifest(name, version, roots, prefer, files, extras, shadowed)
+    return Manifest(name, version, roots, prefer, files, extras, shadowed, scripts)
 
 
 def site_prefix(version: str) -> str:
@@ -249,6 +256,37 @@ def check_layout(manifest: Manifest, *, cwd: str | None = None, assume_loaded: S
     return LayoutResult([], warnings, text)
 
 
+# A launcher that runs the python beside the path it was started by. Not launchers.HEADER,
+# which follows links to the real file first: in a runfiles venv bin/tool is a link to the
+# launcher in bazel-out, beside which no python lies; the venv's bin/python is beside the link.
+LAUNCHER_HEADER = "#!/bin/sh\n'''exec' \"${0%/*}/python\" \"$0\" \"$@\"\n' '''\n"
+
+
+def script_launcher(path: str) -> bytes:
+    """The launcher for the Python script at `path`: its body (without its `#!` line) under
+    LAUNCHER_HEADER. The same bytes on every host."""
+    try:
+        with open(path, "rb") as f:
+            body = f.read()
+    except OSError as e:
+        raise UsageError(f"{path}: cannot read: {e.strerror}") from None
+    if body.startswith(b"#!"):
+        nl = body.find(b"\n")
+        body = b"" if nl < 0 else body[nl + 1:]
+    if body and not body.endswith(b"\n"):
+        body += b"\n"
+    return LAUNCHER_HEADER.encode() + body
+
+
+def write_launchers(manifest: Manifest, base: str) -> None:
+    """Write each script's launcher (mode 0755) where the manifest says."""
+    from rpathfix import fileio
+
+    for rel, out in sorted((manifest.scripts or {}).items()):
+        data = script_launcher(posixpath.join(base, manifest.files[rel]))
+        fileio.write_bytes(posixpath.join(base, out), data, mode=0o755, durable=False)
+
+
 def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "._-" else "_" for c in name).strip("._") or "venv"
 
@@ -263,6 +301,10 @@ def describe_links(final: str, manifest: Manifest, base: str) -> VenvTree:
     venv = VenvTree(final, prefixes, "symlink")
     for rel in sorted(set(manifest.files) | set(manifest.extras)):
         src = manifest.files.get(rel) or manifest.extras[rel]
+        if manifest.scripts and rel in manifest.scripts:
+            data = script_launcher(posixpath.join(base, src))
+            venv.add(rel, VenvNode("data", data=data, mode=0o755), rel)
+            continue
         venv.add(rel, VenvNode("link", link=posixpath.normpath(posixpath.join(base, src))), rel)
     venv.add(prefixes["site-packages"], VenvNode("dir"), "site-packages")
     return venv

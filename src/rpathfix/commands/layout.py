@@ -22,8 +22,9 @@ writing anything:
   directories and per-file links: an extension module that would not load fails (exit 1)
   with the report naming the missing library.
 
-On success --report gets a short deterministic summary (no absolute path); warnings go to
-stderr."""
+On success --report gets a short deterministic summary (no absolute path), and each
+`--script` record's launcher is written (a Python script of bin/ whose `#!` names another
+interpreter, run by the venv's bin/python instead); warnings go to stderr."""
 
 
 def register(p: argparse.ArgumentParser) -> None:
@@ -51,6 +52,12 @@ def run(args: argparse.Namespace) -> int:
         return 1
     for w in result.warnings:
         print(w, file=sys.stderr)
+    if manifest.scripts:
+        import os
+
+        from rpathfix.layout import write_launchers
+
+        write_launchers(manifest, os.getcwd())
     if args.report:
         from rpathfix import fileio
 
