@@ -100,7 +100,13 @@ def actions(bz: Bazel, expr: str) -> list[tuple[str, str]]:
         return "/".join(reversed(parts))
 
     arts = {a["id"]: path(a["pathFragmentId"]) for a in d.get("artifacts", [])}
-    return [(a["mnemonic"], arts[o]) for a in d.get("actions", []) for o in a["outputIds"]]
+    return [(f"{a['mnemonic']}#{i}", arts[o]) for i, a in enumerate(d.get("actions", [])) for o in a["outputIds"]]
+
+
+def describe(acts: list[tuple[str, str]]) -> str:
+    """"N (mnemonics), M outputs" for actions() rows (one per output)."""
+    names = sorted({m for m, _ in acts})
+    return f"{len(names)} ({', '.join(n.split('#')[0] for n in names)}), {len(acts)} outputs"
 
 
 def output_bytes(execroot: Path, acts: list[tuple[str, str]]) -> int:
@@ -154,7 +160,7 @@ def phase(layout: str, wheels: list[Path], keep: bool) -> dict[str, str]:
         dt, _ = bz("build", "//:venv")
         got["cold"] = f"{dt:.1f} s"
         acts = actions(bz, "//:venv")
-        got["actions"] = f"{len(acts)} ({', '.join(sorted(m for m, _ in acts))})"
+        got["actions"] = describe(acts)
         got["bytes"] = mb(output_bytes(execroot, acts))
         dt, _ = bz("build", "//:venv")
         got["noop"] = f"{dt:.2f} s"
@@ -177,7 +183,7 @@ def phase(layout: str, wheels: list[Path], keep: bool) -> dict[str, str]:
         dt, _ = bz("build", *[f"//:app{i}" for i in range(1, 10)])
         got["nine more"] = f"{dt:.1f} s"
         app_acts = actions(bz, "deps(//:app1) - deps(//:venv)")
-        got["per binary"] = f"{len(app_acts)} ({', '.join(sorted(m for m, _ in app_acts))})"
+        got["per binary"] = describe(app_acts)
         # The venv action again with every input's digest known (a new action key: an
         # assume_loaded entry that matches nothing), sandboxed and not.
         write_workspace(ws, wheels, with_late=False, layout=layout, assume="libnothing-1.so")
