@@ -4,7 +4,7 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint typecheck stubs clean system-deps
+.PHONY: setup demo test lint typecheck stubs clean system-deps bazel-example
 
 setup: $(STAMP) system-deps
 
@@ -30,6 +30,11 @@ system-deps:
 
 stubs: setup
 	$(VPY) testdata/cuda_stubs/build.py --out testdata/cuda_stubs/out
+
+# The Bazel example (examples/bazel, docs/bazel.md): the stub wheels, then `bazel run //:app`.
+# RPATHFIX_PYTHON is the interpreter that runs `rpathfix unpack` when Bazel fetches a wheel.
+bazel-example: stubs
+	cd examples/bazel && RPATHFIX_PYTHON=$(CURDIR)/$(VPY) bazel run //:app
 
 demo: setup
 	bash examples/demo.sh

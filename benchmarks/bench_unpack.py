@@ -3,7 +3,7 @@ empty cache, side by side in one run, on the same wheels (issue 14, "Cold fetch"
 that the trees are the ones the code before this work wrote.
 
 Usage (as in benchmarks/README.md):
-    .venv/bin/python benchmarks/bench_unpack.py --wheels /work/bench/wh --work benchmarks/work/unpack \\
+    .venv/bin/python benchmarks/bench_unpack.py --wheels benchmarks/work/wh --work benchmarks/work/unpack \\
         --old e4a3e7b --rounds 2
 
 Rows (each a fresh process, start-up included; rows rotate their order from round to round,

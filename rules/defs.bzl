@@ -3,39 +3,121 @@
 Only Bazel built-ins are used (no rules_python, no rules_cc); works with Bazel 4.2.3 and
 avoids APIs removed in later Bazel versions. See docs/bazel.md.
 
-    load("@rpathfix//rules:defs.bzl", "rpathfix_wheel", "rpathfix_dist", "rpathfix_venv",
-         "py_venv_binary", "py_venv_test", "rpathfix_verify_test", "RpathfixDistInfo")
+    load("@rpathfix//rules:defs.bzl", "rpathfix_python", "rpathfix_wheel", "rpathfix_dist",
+         "rpathfix_venv", "py_venv_binary", "py_venv_test", "rpathfix_verify_test")
 
-Two interpreters are involved:
-  * the rpathfix interpreter runs `python -m rpathfix` (with PYTHONPATH set to this
-    repository's src/); it needs rpathfix's dependencies (packaging, installer). It is the
-    `rpathfix_python` attribute, else the environment variable RPATHFIX_PYTHON, else "python3".
-  * the venv interpreter becomes the venv's bin/python (and compiles the wheels' bytecode). It
-    is the `python` attribute, else the base interpreter of the rpathfix interpreter.
-rpathfix_wheel resolves both when the repository is fetched and records them in
-RpathfixDistInfo, so build and test actions do not depend on the client environment.
+Interpreters:
+  * the venv interpreter is a LABEL (an `rpathfix_interpreter` target, which the repository
+    rule `rpathfix_python` makes from a host interpreter): the venv's bin/python links to it,
+    and the build's check action runs it (the check needs only the standard library and
+    rpathfix's src/, an input of the action). Nothing absolute reaches an action key.
+  * the fetch interpreter runs `rpathfix unpack` when a wheel repository is fetched (it needs
+    `packaging` and `installer`): the `rpathfix_python` attribute of rpathfix_wheel, else
+    $RPATHFIX_PYTHON, else python3. It is used at fetch time only and recorded nowhere.
 """
 
 RpathfixDistInfo = provider(
     doc = "One distribution root made from one wheel: <root>/site-packages, bin, include, data.",
     fields = {
         "root": "exec path of the distribution root directory (the one holding site-packages/)",
-        "files": "depset of the root's files",
-        "python": "absolute path of the venv interpreter the root was unpacked for, or \"\"",
-        "rpathfix_python": "absolute path of the interpreter that runs rpathfix, or \"\"",
+        "files": "depset of the root's files (with the root's .rpathfix-natives.json index, if any)",
+        "dist": "the distribution's normalized name (from its one .dist-info, else the root's name)",
+        "headers": "the name of its headers directory under include/site/pythonX.Y/",
+        "scripts": "root-relative paths of the Python scripts in its bin/ (launchers in a links venv)",
+    },
+)
+
+RpathfixPythonInfo = provider(
+    doc = "A venv interpreter: the file to link as bin/python and run, and its X.Y version.",
+    fields = {
+        "interpreter": "the interpreter File",
+        "version": "\"X.Y\", for lib/pythonX.Y/site-packages",
     },
 )
 
 RpathfixVenvInfo = provider(
-    doc = "A venv written by rpathfix_venv (a tree artifact).",
+    doc = "A venv made by rpathfix_venv.",
     fields = {
-        "venv": "the venv directory (tree artifact File)",
-        "python": "the venv interpreter (absolute path) or \"\"",
-        "rpathfix_python": "the rpathfix interpreter (absolute path) or \"\"",
+        "path": "its directory below the runfiles root (workspace/package/name)",
+        "runfiles": "runfiles holding the venv (per-file links, or the tree artifact) and its check's report",
+        "python": "RpathfixPythonInfo of its interpreter",
+        "layout": "\"links\" or \"tree\"",
     },
 )
 
-_LINK_MODES = ["hardlink", "copy"]
+_LAYOUTS = ["links", "tree"]
+
+# ---------------------------------------------------------------------------------------
+# Repository rule: a host interpreter as a label.
+# ---------------------------------------------------------------------------------------
+
+_PY_PROBE = """
+import os, sys
+base = getattr(sys, "_base_executable", None) or sys.executable
+print(os.path.realpath(base))
+print("%d.%d" % sys.version_info[:2])
+"""
+
+def _rpathfix_python_impl(rctx):
+    name = rctx.attr.interpreter
+    if name.startswith("/"):
+        found = rctx.path(name)
+    elif "/" in name:
+        fail("rpathfix_python(%s): interpreter %r must be an absolute path or a command name on PATH" % (rctx.attr.apparent_name or rctx.name, name))
+    else:
+        found = rctx.which(name)
+        if not found:
+            fail("rpathfix_python(%s): %r is not on PATH" % (rctx.attr.apparent_name or rctx.name, name))
+    probe = rctx.execute([str(found), "-c", _PY_PROBE])
+    if probe.return_code != 0:
+        fail("rpathfix_python(%s): %s does not run: %s" % (rctx.attr.apparent_name or rctx.name, found, probe.stderr))
+    real, version = probe.stdout.strip().split("\n")
+    # The real interpreter (not a venv's python nor a pyenv shim): CPython finds its standard
+    # library from the resolved link, and finds the venv's pyvenv.cfg next to the unresolved one.
+    rctx.symlink(real, "bin/python" + version)
+    rctx.file("WORKSPACE", "workspace(name = %s)\n" % repr(rctx.name))
+    rctx.file("BUILD.bazel", """# Generated by @rpathfix//rules:defs.bzl rpathfix_python (no host path here:
+# bin/python{version} is a symlink the repository rule made to the host interpreter).
+load("@rpathfix//rules:defs.bzl", "rpathfix_interpreter")
+
+package(default_visibility = ["//visibility:public"])
+
+rpathfix_interpreter(
+    name = "python",
+    interpreter = "bin/python{version}",
+    version = "{version}",
+)
+""".format(version = version))
+
+rpathfix_python = repository_rule(
+    implementation = _rpathfix_python_impl,
+    doc = "A host interpreter as a repository: `@<name>//:python` is the label rpathfix_venv takes.",
+    attrs = {
+        "interpreter": attr.string(default = "python3", doc = "absolute path, or a command on PATH (a pyenv shim or a venv's python is resolved to the real interpreter)"),
+        "apparent_name": attr.string(doc = "the name the user gave (set by the module extension; under bzlmod the repository's own name is the canonical one)"),
+    },
+    local = True,
+)
+
+def _rpathfix_interpreter_impl(ctx):
+    parts = ctx.attr.version.split(".")
+    if len(parts) != 2 or not parts[0].isdigit() or not parts[1].isdigit():
+        fail("rpathfix_interpreter(%s): version %r: expected X.Y" % (ctx.label, ctx.attr.version))
+    f = ctx.file.interpreter
+    return [
+        DefaultInfo(files = depset([f]), runfiles = ctx.runfiles(files = [f])),
+        RpathfixPythonInfo(interpreter = f, version = ctx.attr.version),
+    ]
+
+rpathfix_interpreter = rule(
+    implementation = _rpathfix_interpreter_impl,
+    doc = "An interpreter file and its X.Y version (what rpathfix_venv's `python` takes).",
+    attrs = {
+        "interpreter": attr.label(allow_single_file = True, mandatory = True),
+        "version": attr.string(mandatory = True, doc = "X.Y"),
+    },
+    provides = [RpathfixPythonInfo],
+)
 
 # ---------------------------------------------------------------------------------------
 # Repository rule: one wheel -> one distribution root (like rules_python's whl_library).
@@ -51,6 +133,20 @@ except ImportError as e:
     sys.exit(3)
 print(sys.executable)
 print(getattr(sys, "_base_executable", sys.executable))
+"""
+
+# The Python scripts of a root's bin/ (a `#!` line naming python): the links venv gives each
+# a launcher that runs the venv's own bin/python (their `#!` names the fetch-time interpreter).
+_SCRIPTS = """
+import os
+names = sorted(os.listdir("bin")) if os.path.isdir("bin") else []
+for n in names:
+    p = os.path.join("bin", n)
+    if os.path.isfile(p) and " " not in n:
+        with open(p, "rb") as f:
+            head = f.read(512).split(b"\\n", 1)[0]
+        if head.startswith(b"#!") and b"python" in head:
+            print(p)
 """
 
 _MOVE = """
@@ -79,58 +175,68 @@ def _resolve_interpreter(rctx, name, what):
         fail("rpathfix: %s %r must be an absolute path or a command name on PATH" % (what, name))
     found = rctx.which(name)
     if not found:
-        fail("rpathfix: %s %r is not on PATH (set RPATHFIX_PYTHON or the rpathfix_python attribute)" % (what, name))
+        fail("rpathfix: %s %r is not on PATH (set RPATHFIX_PYTHON or the unpack_python attribute)" % (what, name))
     return str(found)
 
-def _rpathfix_wheel_repository_impl(rctx):
-    if rctx.attr.wheel_label and rctx.attr.wheel_path:
-        fail("rpathfix_wheel: give the wheel as a label or as an absolute path, not both")
+def _wheel_file(rctx, label_name):
+    """The wheel's path; a missing wheel is one line saying what to do (attribute `missing`)."""
     if rctx.attr.wheel_label:
-        wheel = rctx.path(rctx.attr.wheel_label)
-    elif rctx.attr.wheel_path.startswith("/"):
-        wheel = rctx.path(rctx.attr.wheel_path)
-    else:
-        fail("rpathfix_wheel: wheel must be a label or an absolute path, got %r" % rctx.attr.wheel_path)
+        label = rctx.attr.wheel_label
+        hint = rctx.attr.missing or "build or download it first"
+        pkg = None
+        for build in ("BUILD.bazel", "BUILD"):
+            candidate = label.relative(":" + build)
+            p = rctx.path(candidate)
+            if p.exists:
+                pkg = p.dirname
+                break
+        if pkg != None:
+            for part in label.name.split("/"):
+                pkg = pkg.get_child(part)  # one name at a time: Bazel 4 crashes on a slash
+        if pkg != None and not pkg.exists:
+            fail("rpathfix_wheel(%s): the wheel %s does not exist: %s" % (label_name, label.name, hint))
+        return rctx.path(label)
+    if not rctx.attr.wheel_path.startswith("/"):
+        fail("rpathfix_wheel(%s): wheel must be a label or an absolute path, got %r" % (label_name, rctx.attr.wheel_path))
+    wheel = rctx.path(rctx.attr.wheel_path)
     if not wheel.exists:
-        fail("rpathfix_wheel: wheel %s does not exist" % wheel)
+        fail("rpathfix_wheel(%s): the wheel %s does not exist: %s" % (label_name, wheel, rctx.attr.missing or "check the path"))
+    return wheel
 
-    rpy_name = rctx.attr.rpathfix_python or rctx.os.environ.get("RPATHFIX_PYTHON", "") or "python3"
-    rpy = _resolve_interpreter(rctx, rpy_name, "rpathfix interpreter")
+def _rpathfix_wheel_repository_impl(rctx):
+    # Under bzlmod rctx.name is the canonical name (e.g. "_main~rpathfix~torch"): the names
+    # users write come from `apparent_name`, which the macro and the module extension set.
+    name = rctx.attr.apparent_name or rctx.name
+    if rctx.attr.wheel_label and rctx.attr.wheel_path:
+        fail("rpathfix_wheel(%s): give the wheel as a label or as an absolute path, not both" % name)
+    wheel = _wheel_file(rctx, name)
+
+    rpy_name = rctx.attr.unpack_python or rctx.os.environ.get("RPATHFIX_PYTHON", "") or "python3"
+    rpy = _resolve_interpreter(rctx, rpy_name, "unpack interpreter")
     env = {"PYTHONPATH": _src_dir(rctx), "PYTHONDONTWRITEBYTECODE": "1"}
 
     probe = rctx.execute([rpy, "-c", _PROBE], environment = env)
     if probe.return_code != 0:
-        fail("rpathfix_wheel(%s): the rpathfix interpreter %s does not work:\n%s%s" % (
-            rctx.name,
-            rpy,
-            probe.stdout,
-            probe.stderr,
-        ))
+        fail("rpathfix_wheel(%s): the unpack interpreter %s does not work:\n%s%s" % (name, rpy, probe.stdout, probe.stderr))
     lines = probe.stdout.strip().split("\n")
+    python = _resolve_interpreter(rctx, rctx.attr.python, "venv interpreter") if rctx.attr.python else lines[1]
 
-    # The interpreter's own path, not a resolved symlink: a venv's bin/python must stay as is.
-    rpathfix_python = rpy if rpy_name.startswith("/") else lines[0]
-    python = rctx.attr.python
-    if python:
-        python = _resolve_interpreter(rctx, python, "venv interpreter")
-    else:
-        python = lines[1]
-
+    # Fetch time only: the interpreters' paths reach no generated file but the scripts'
+    # launchers that `rpathfix unpack` writes in bin/ (docs/bazel.md).
     cmd = [rpy, "-m", "rpathfix", "unpack", str(wheel), "--into", "_rpathfix_unpack", "--python", python]
     if rctx.attr.no_compile:
         cmd.append("--no-compile")
     res = rctx.execute(cmd, environment = env, quiet = rctx.attr.quiet)
     if res.return_code != 0:
-        fail("rpathfix_wheel(%s): rpathfix unpack failed (exit %d):\n%s%s" % (
-            rctx.name,
-            res.return_code,
-            res.stdout,
-            res.stderr,
-        ))
+        fail("rpathfix_wheel(%s): rpathfix unpack failed (exit %d):\n%s%s" % (name, res.return_code, res.stdout, res.stderr))
     moved = rctx.execute([rpy, "-c", _MOVE, "_rpathfix_unpack"], environment = env)
     if moved.return_code != 0:
-        fail("rpathfix_wheel(%s): %s" % (rctx.name, moved.stderr))
+        fail("rpathfix_wheel(%s): %s" % (name, moved.stderr))
     dist = moved.stdout.strip()
+    found = rctx.execute([rpy, "-c", _SCRIPTS], environment = env)
+    if found.return_code != 0:
+        fail("rpathfix_wheel(%s): %s" % (name, found.stderr))
+    scripts = [ln for ln in found.stdout.strip().split("\n") if ln]
 
     rctx.file("WORKSPACE", "workspace(name = %s)\n" % repr(rctx.name))
     rctx.file("BUILD.bazel", """# Generated by @rpathfix//rules:defs.bzl rpathfix_wheel from {wheel}
@@ -148,47 +254,44 @@ filegroup(
 rpathfix_dist(
     name = "dist",
     srcs = [":files"],
+    # rpathfix unpack's index of the native files: the build's check reads headers from it.
+    index = glob([".rpathfix-natives.json"], allow_empty = True),
     root = "",
-    python = {python},
-    rpathfix_python = {rpathfix_python},
+    scripts = {scripts},
 )
 
 alias(
     name = {name},
     actual = ":dist",
 )
-""".format(
-        wheel = wheel.basename,
-        dist = dist,
-        name = repr(rctx.name),
-        python = repr(python),
-        rpathfix_python = repr(rpathfix_python),
-    ))
+""".format(wheel = wheel.basename, dist = dist, name = repr(name), scripts = repr(scripts)))
 
 rpathfix_wheel_repository = repository_rule(
     implementation = _rpathfix_wheel_repository_impl,
     doc = "Unpack one wheel with `rpathfix unpack` into a repository whose root is the distribution root.",
     attrs = {
-        "wheel_label": attr.label(allow_single_file = [".whl"], doc = "the wheel as a label"),
+        "wheel_label": attr.label(doc = "the wheel as a label"),
         "wheel_path": attr.string(doc = "the wheel as an absolute path"),
-        "python": attr.string(doc = "venv interpreter (absolute path or command on PATH); default: the base interpreter of the rpathfix interpreter"),
-        "rpathfix_python": attr.string(doc = "interpreter that runs rpathfix; default: $RPATHFIX_PYTHON, else python3"),
+        "apparent_name": attr.string(doc = "the repository's name as users write it (@torch): the name of its main target"),
+        "missing": attr.string(doc = "what to say when the wheel does not exist (e.g. the command that makes it)"),
+        "python": attr.string(doc = "interpreter the bytecode and bin/ launchers are made for (absolute path or command on PATH); default: the base interpreter of the unpack interpreter"),
+        "unpack_python": attr.string(doc = "interpreter that runs `rpathfix unpack` (needs packaging, installer); default: $RPATHFIX_PYTHON, else python3"),
         "no_compile": attr.bool(default = False, doc = "do not write .pyc files"),
         "quiet": attr.bool(default = True),
     },
     environ = ["RPATHFIX_PYTHON"],
 )
 
-def rpathfix_wheel(name, wheel, python = "", rpathfix_python = "", **kwargs):
+def rpathfix_wheel(name, wheel, **kwargs):
     """Unpack `wheel` (a label, or an absolute path) into the repository @name.
 
     The repository's targets: `@name` (= `@name//:name`, the RpathfixDistInfo for rpathfix_venv
     deps), `@name//:dist` (the same) and `@name//:files` (all files of the root).
     """
     if wheel.startswith("/"):
-        rpathfix_wheel_repository(name = name, wheel_path = wheel, python = python, rpathfix_python = rpathfix_python, **kwargs)
+        rpathfix_wheel_repository(name = name, apparent_name = name, wheel_path = wheel, **kwargs)
     else:
-        rpathfix_wheel_repository(name = name, wheel_label = wheel, python = python, rpathfix_python = rpathfix_python, **kwargs)
+        rpathfix_wheel_repository(name = name, apparent_name = name, wheel_label = wheel, **kwargs)
 
 # ---------------------------------------------------------------------------------------
 # rpathfix_dist: files of a distribution root (from rpathfix_wheel, or rules_python).
@@ -199,6 +302,20 @@ def _rel(f):
     if f.root.path:
         return f.path[len(f.root.path) + 1:]
     return f.path
+
+def _canonical(name):
+    """PEP 503 normalization: runs of -, _ and . become one -, lower case (names.canonicalize_name)."""
+    out = []
+    sep = False
+    for c in name.elems():
+        if c in "-_.":
+            sep = True
+            continue
+        if sep and out:
+            out.append("-")
+        sep = False
+        out.append(c.lower())
+    return "".join(out)
 
 def _rpathfix_dist_impl(ctx):
     if not ctx.attr.srcs:
@@ -215,14 +332,20 @@ def _rpathfix_dist_impl(ctx):
         transitive.append(t[DefaultInfo].default_runfiles.files)
     kept = []
     out_roots = {}
+    dist_infos = {}
     for f in depset(transitive = transitive).to_list():
         if f.is_directory:
             continue
-        if _rel(f).startswith(prefix + "site-packages/") or (
-            _rel(f).startswith(prefix) and _rel(f)[len(prefix):].split("/")[0] in ("bin", "include", "data")
-        ):
-            kept.append(f)
-            out_roots[f.root.path] = True
+        rel = _rel(f)
+        if not rel.startswith(prefix):
+            continue
+        parts = rel[len(prefix):].split("/")
+        if parts[0] not in ("site-packages", "bin", "include", "data") or len(parts) < 2:
+            continue
+        kept.append(f)
+        out_roots[f.root.path] = True
+        if parts[0] == "site-packages" and len(parts) == 3 and parts[1].endswith(".dist-info"):
+            dist_infos[parts[1]] = True
     if not kept:
         fail("rpathfix_dist(%s): no file of srcs lies under %s/site-packages" % (ctx.label, base or "."))
     if len(out_roots) != 1:
@@ -233,15 +356,18 @@ def _rpathfix_dist_impl(ctx):
         ))
     out_root = out_roots.keys()[0]
     exec_root = "/".join([p for p in [out_root, base] if p]) or "."
-    files = depset(kept)
+
+    # The distribution's name as roots.load_root and plan.headers_dir_name find it.
+    if len(dist_infos) == 1:
+        spelled = dist_infos.keys()[0][:-len(".dist-info")].split("-")[0]
+        dist, headers = _canonical(spelled), spelled
+    else:
+        dist = _canonical(exec_root.split("/")[-1])
+        headers = dist
+    index = [f for f in ctx.files.index if f.basename == ".rpathfix-natives.json"]
     return [
-        DefaultInfo(files = files),
-        RpathfixDistInfo(
-            root = exec_root,
-            files = files,
-            python = ctx.attr.python,
-            rpathfix_python = ctx.attr.rpathfix_python,
-        ),
+        DefaultInfo(files = depset(kept)),
+        RpathfixDistInfo(root = exec_root, files = depset(kept + index), dist = dist, headers = headers, scripts = ctx.attr.scripts),
     ]
 
 rpathfix_dist = rule(
@@ -250,30 +376,24 @@ rpathfix_dist = rule(
 
 `root` is the directory holding site-packages/, relative to the root of the repository of the
 first target in `srcs` ("" = that repository's root, where whl_library and rpathfix_wheel put
-site-packages/). Files of `srcs` (and of their runfiles) outside the root are ignored.""",
+site-packages/). Files of `srcs` (and of their runfiles) outside the root's site-packages/,
+bin/, include/ and data/ are ignored.""",
     attrs = {
         "srcs": attr.label_list(allow_files = True, mandatory = True),
         "root": attr.string(default = ""),
-        "python": attr.string(doc = "venv interpreter the files were installed for (absolute path)"),
-        "rpathfix_python": attr.string(doc = "interpreter that runs rpathfix (absolute path)"),
+        "index": attr.label_list(allow_files = True, doc = "the root's .rpathfix-natives.json, if any (speeds up the check)"),
+        "scripts": attr.string_list(doc = "the Python scripts of bin/, root-relative (bin/tool): a links venv gives each a launcher running its bin/python"),
     },
     provides = [RpathfixDistInfo],
 )
 
 # ---------------------------------------------------------------------------------------
-# rpathfix_venv: plan + verify + write, one action, one tree artifact.
+# rpathfix_venv: a venv of runfiles symlinks checked by one action (layout "links"), or a
+# tree artifact written by `rpathfix venv` (layout "tree").
 # ---------------------------------------------------------------------------------------
 
-def _agree(explicit, values, what, label):
-    if explicit:
-        return explicit
-    found = sorted({v: True for v in values if v}.keys())
-    if len(found) > 1:
-        fail("rpathfix_venv(%s): deps disagree on the %s: %s; set the attribute" % (label, what, found))
-    return found[0] if found else ""
-
 def _rpathfix_src(files):
-    """Exec path and runfiles path of the src/ directory holding the rpathfix package."""
+    """The __init__.py of the rpathfix package in @rpathfix//:rpathfix_srcs."""
     for f in files:
         if f.path.endswith("src/rpathfix/__init__.py") and f.basename == "__init__.py" and f.dirname.endswith("src/rpathfix"):
             return f
@@ -282,61 +402,255 @@ def _rpathfix_src(files):
 def _dirname2(path):
     return path.rpartition("/")[0].rpartition("/")[0]
 
-_VENV_CMD = """set -eu
-RPY="$1"; PY="$2"; SRC="$3"; OUT="$4"; MODE="$5"; shift 5
-if [ -z "$RPY" ]; then RPY="${RPATHFIX_PYTHON:-python3}"; fi
-PYTHONPATH="$PWD/$SRC"; export PYTHONPATH
-PYTHONDONTWRITEBYTECODE=1; export PYTHONDONTWRITEBYTECODE
-# Sandboxed actions see each input file as an absolute symlink into the execroot;
-# `rpathfix venv` reads the binaries behind those links and writes hardlinks or copies
-# of the real files (symlinks cannot leave a tree artifact).
-if [ -n "$PY" ]; then
-  "$RPY" -m rpathfix venv --link-mode "$MODE" --python "$PY" "$OUT" "$@"
-else
-  "$RPY" -m rpathfix venv --link-mode "$MODE" "$OUT" "$@"
-fi
+def _tool_env(src_init):
+    # Exec-root-relative: the same in every sandbox, output base and machine.
+    return {
+        "PYTHONPATH": _dirname2(src_init.path),
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "PYTHONHASHSEED": "0",
+        "LC_ALL": "C.UTF-8",
+    }
+
+_KIND_OF = {"site-packages": 0, "bin": 1, "include": 2, "data": 3}
+
+def _venv_path(kind, rest, version, headers):
+    if kind == "site-packages":
+        return "lib/python%s/site-packages/%s" % (version, rest)
+    if kind == "bin":
+        return "bin/" + rest
+    if kind == "include":
+        return "include/site/python%s/%s/%s" % (version, headers, rest)
+    return rest
+
+def _by_rank(cands):
+    """Candidates (rank, dist, File), in name order, by rank: a stable sort on the rank alone."""
+    out = []
+    for r in sorted({c[0]: True for c in cands}.keys()):
+        out += [c for c in cands if c[0] == r]
+    return out
+
+def _merge(label, dists, version, prefer):
+    """(venv path -> (dist, File), the Files left out): the layout `rpathfix plan` makes of the roots, one link
+    per file (the check action derives it again with rpathfix and compares). One provider:
+    its file. Several: `prefer` first, else the first distribution by name (rpathfix keeps
+    identical files and namespace markers; anything else it refuses unless `prefer` names
+    the winner, and the check says so). Cached bytecode in a __pycache__/ that several
+    distributions share follows the distribution whose source won; stale bytecode is left out."""
+    reserved = {"bin/python": True, "bin/python3": True, "bin/python" + version: True}
+    shadowed = []  # files of the roots that the venv does not link
+    rank = {}
+    for i, p in enumerate(prefer):
+        rank.setdefault(_canonical(p), i)
+    providers = {}  # venv path -> [(sort key, dist, File)]
+    dir_dists = {}  # venv directory -> {dist: True}
+    data = []
+    by_name = {}
+    for d in dists:
+        if d.dist in by_name:
+            fail("rpathfix_venv(%s): two deps are the distribution %s: %s and %s; keep one" % (label, d.dist, by_name[d.dist].root, d.root))
+        by_name[d.dist] = d
+    for name in sorted(by_name):
+        d = by_name[name]
+        n = len(d.root) + 1
+        for f in d.files.to_list():
+            rel = f.path[n:]
+            kind, _, rest = rel.partition("/")
+            if kind not in _KIND_OF or not rest:
+                continue
+            vp = _venv_path(kind, rest, version, d.headers)
+            if kind == "data":
+                data.append((vp, d.dist, f))
+                continue
+            if vp in reserved:
+                shadowed.append(f)
+                continue  # the venv's own interpreter wins, as in `rpathfix venv`
+            providers.setdefault(vp, []).append((rank.get(d.dist, len(rank)), d.dist, f))
+            parent = vp.rpartition("/")[0]
+            dir_dists.setdefault(parent, {})[d.dist] = True
+    winners = {}
+    for vp in sorted(providers):
+        cands = _by_rank(providers[vp])
+        parent, _, base = vp.rpartition("/")
+        if parent.endswith("/__pycache__") and len(dir_dists.get(parent, {})) > 1:
+            source = parent[:-len("/__pycache__")] + "/" + base.split(".")[0] + ".py"
+            src = winners.get(source)
+            if src == None and source in providers:
+                src = (_by_rank(providers[source])[0][1], None)
+            if src != None:
+                picked = [c for c in cands if c[1] == src[0]]
+                if not picked:
+                    shadowed += [c[2] for c in cands]
+                    continue  # bytecode of a source that lost
+                cands = picked
+            elif len(cands) > 1:
+                shadowed += [c[2] for c in cands]
+                continue
+        winners[vp] = (cands[0][1], cands[0][2])
+        shadowed += [c[2] for c in cands[1:]]
+    for vp, dist, f in data:
+        if vp in winners or vp in reserved:
+            fail("rpathfix_venv(%s): %s is written twice (%s's .data/data and the venv)" % (label, vp, dist))
+        winners[vp] = (dist, f)
+
+    # A path cannot be a file in one distribution and a directory in another.
+    for vp in winners:
+        parts = vp.split("/")
+        for i in range(1, len(parts)):
+            p = "/".join(parts[:i])
+            if p in winners:
+                fail("rpathfix_venv(%s): %s is a file (%s) but a directory of %s" % (label, p, winners[p][0], vp))
+    return winners, shadowed
+
+def _venv_dir(ctx):
+    return ctx.label.name if not ctx.label.package else ctx.label.package + "/" + ctx.label.name
+
+def _links_venv(ctx, dists, py, src_init):
+    version = py.version
+    winners, shadowed = _merge(ctx.label, dists, version, ctx.attr.prefer)
+    cfg = ctx.actions.declare_file(ctx.label.name + ".pyvenv.cfg")
+
+    # No `home`: CPython takes the base prefix from the resolved bin/python (a link to the
+    # interpreter), and the file holds no host path.
+    ctx.actions.write(cfg, "include-system-site-packages = false\n")
+    extras = {"pyvenv.cfg": cfg}
+    for n in ("python", "python3", "python" + version):
+        extras["bin/" + n] = py.interpreter
+
+    # The manifest (rpathfix.layout/1, docs/schemas.md): a param file of the check action,
+    # one field per line; it is part of the action key, and no output.
+    manifest = ctx.actions.args()
+    manifest.set_param_file_format("multiline")
+    manifest.use_param_file("%s", use_always = True)
+    manifest.add("rpathfix.layout/1")
+    manifest.add_all(["--name", str(ctx.label), "--python-version", version])
+    for p in ctx.attr.prefer:
+        manifest.add_all(["--prefer", p])
+    for d in dists:
+        manifest.add_all(["--root", d.root])
+    # Python scripts of bin/ get launchers written by the check (outputs of a few hundred
+    # bytes each): their `#!` names the fetch-time interpreter, not the venv's bin/python.
+    scripts = {}
+    for d in dists:
+        for sc in getattr(d, "scripts", None) or []:
+            scripts[d.root + "/" + sc] = True
+    launchers = {}
+    lines = []
+    for vp in sorted(winners):
+        f = winners[vp][1]
+        if vp.startswith("bin/") and vp.count("/") == 1 and f.path in scripts:
+            out = ctx.actions.declare_file(ctx.label.name + ".venv-bin/" + vp[len("bin/"):])
+            launchers[vp] = out
+            lines += ["--script", vp, f.path, out.path]
+        else:
+            lines += ["--file", vp, f.path]
+    manifest.add_all(lines)
+    for vp in sorted(extras):
+        manifest.add_all(["--extra", vp, extras[vp].path])
+
+    # The roots' other files: with them the check knows every file Bazel gives the action,
+    # and ignores what a root holds beyond them (unsandboxed, names labels cannot hold).
+    shadow = ["--complete"]
+    for f in sorted([f.path for f in shadowed]):
+        shadow += ["--shadowed", f]
+    manifest.add_all(shadow)
+
+    report = ctx.actions.declare_file(ctx.label.name + ".layout-check.txt")
+    tool = ctx.actions.args()
+    tool.add_all(["-S", "-m", "rpathfix", "layout", "--report", report.path])
+    for a in ctx.attr.assume_loaded:
+        tool.add_all(["--assume-loaded", a])
+    ctx.actions.run(
+        executable = py.interpreter,
+        arguments = [tool, manifest],
+        inputs = depset([cfg] + ctx.files._rpathfix_srcs, transitive = [d.files for d in dists]),
+        outputs = [report] + [launchers[vp] for vp in sorted(launchers)],
+        env = _tool_env(src_init),
+        mnemonic = "RpathfixLayout",
+        progress_message = "Checking venv %s (rpathfix layout)" % ctx.label,
+    )
+
+    top = _venv_dir(ctx)
+    symlinks = {top + "/" + vp: launchers.get(vp, winners[vp][1]) for vp in winners}
+    for vp in extras:
+        symlinks[top + "/" + vp] = extras[vp]
+    runfiles = ctx.runfiles(files = [report], symlinks = symlinks)
+    return [report, cfg] + [launchers[vp] for vp in sorted(launchers)], runfiles
+
+# The tree's bin/python must outlive the sandbox: it links to the resolved interpreter, a
+# host path (so a tree venv's outputs, unlike a links venv's, are not the same on every host).
+_TREE_MAIN = """import os, sys
+from rpathfix.cli import main
+sys.exit(main(["venv", "--python", os.path.realpath(sys.executable)] + sys.argv[1:]))
 """
+
+def _tree_venv(ctx, dists, py, src_init):
+    out = ctx.actions.declare_directory(ctx.label.name)
+    args = ctx.actions.args()
+    # --link-mode copy: a hard link would share an inode with the wheel repository's file,
+    # whose mode Bazel then changes with the output's (issue 10, item 16).
+    args.add_all(["-S", "-c", _TREE_MAIN, "--link-mode", "copy"])
+    if ctx.attr.repair:
+        args.add("--repair")
+    for p in ctx.attr.prefer:
+        args.add_all(["--prefer", p])
+    for a in ctx.attr.assume_loaded:
+        args.add_all(["--assume-loaded", a])
+    args.add(out.path)
+    args.add_all([d.root for d in dists])
+    ctx.actions.run(
+        executable = py.interpreter,
+        arguments = [args],
+        inputs = depset(ctx.files._rpathfix_srcs, transitive = [d.files for d in dists]),
+        outputs = [out],
+        env = _tool_env(src_init),
+        mnemonic = "RpathfixVenv",
+        progress_message = "Writing and verifying venv %s (rpathfix venv)" % ctx.label,
+    )
+    return [out], ctx.runfiles(files = [out])
 
 def _rpathfix_venv_impl(ctx):
     dists = [d[RpathfixDistInfo] for d in ctx.attr.deps]
-    python = _agree(ctx.attr.python, [d.python for d in dists], "venv interpreter (python)", ctx.label)
-    rpy = _agree(ctx.attr.rpathfix_python, [d.rpathfix_python for d in dists], "rpathfix interpreter", ctx.label)
+    py = ctx.attr.python[RpathfixPythonInfo]
     src_init = _rpathfix_src(ctx.files._rpathfix_srcs)
     roots = {}
     for d in dists:
         if d.root in roots:
             fail("rpathfix_venv(%s): two deps share the root %s" % (ctx.label, d.root))
         roots[d.root] = True
-
-    out = ctx.actions.declare_directory(ctx.label.name)
-    args = ctx.actions.args()
-    args.add_all([rpy, python, _dirname2(src_init.path), out.path, ctx.attr.link_mode])
-    args.add_all([d.root for d in dists])
-    ctx.actions.run_shell(
-        command = _VENV_CMD,
-        arguments = [args],
-        inputs = depset(ctx.files._rpathfix_srcs, transitive = [d.files for d in dists]),
-        outputs = [out],
-        mnemonic = "RpathfixVenv",
-        progress_message = "Writing and verifying venv %s" % ctx.label,
-        # --action_env=RPATHFIX_PYTHON reaches the action when no dep recorded an interpreter.
-        use_default_shell_env = True,
-    )
+    if ctx.attr.layout == "links":
+        if ctx.attr.repair:
+            fail("rpathfix_venv(%s): repair = True needs layout = \"tree\" (a patched copy cannot be a link to the wheel's file; docs/bazel.md)" % ctx.label)
+        outputs, runfiles = _links_venv(ctx, dists, py, src_init)
+    else:
+        outputs, runfiles = _tree_venv(ctx, dists, py, src_init)
+    runfiles = runfiles.merge(ctx.attr.python[DefaultInfo].default_runfiles)
     return [
-        DefaultInfo(files = depset([out]), runfiles = ctx.runfiles(files = [out])),
-        RpathfixVenvInfo(venv = out, python = python, rpathfix_python = rpy),
+        DefaultInfo(files = depset(outputs), runfiles = runfiles),
+        RpathfixVenvInfo(
+            path = ctx.workspace_name + "/" + _venv_dir(ctx),
+            runfiles = runfiles,
+            python = py,
+            layout = ctx.attr.layout,
+        ),
     ]
 
 rpathfix_venv = rule(
     implementation = _rpathfix_venv_impl,
-    doc = """A venv (tree artifact) merging the distribution roots of `deps`, written by one
-`rpathfix venv` action that plans, verifies with the loader model and writes. The build fails
-(printing the trace that names the missing library) when an extension module would not load.""",
+    doc = """A per-binary venv merging the distribution roots of `deps`, checked at build time.
+
+layout "links" (default): the venv is runfiles symlinks, one per file, in real directories
+(no byte of a wheel is copied); one action (`rpathfix layout`) checks exactly that layout
+with the loader model and fails the build naming the library that would not load.
+layout "tree": one `rpathfix venv` action writes a tree artifact holding copies of the
+files (for files that must be real: ELF programs or Mach-O files whose origin climbs
+into another wheel; and for `repair = True`).""",
     attrs = {
         "deps": attr.label_list(providers = [RpathfixDistInfo], mandatory = True),
-        "python": attr.string(doc = "venv interpreter (absolute path); default: the one the deps were unpacked for"),
-        "rpathfix_python": attr.string(doc = "interpreter that runs rpathfix; default: the deps', else $RPATHFIX_PYTHON (--action_env), else python3"),
-        "link_mode": attr.string(default = "hardlink", values = _LINK_MODES, doc = "how files reach the tree artifact (symlinks are not allowed there)"),
+        "python": attr.label(providers = [RpathfixPythonInfo], mandatory = True, doc = "the venv interpreter, e.g. @python_host//:python (rpathfix_python)"),
+        "layout": attr.string(default = "links", values = _LAYOUTS),
+        "prefer": attr.string_list(doc = "distributions that win when several ship different files at one path, in order"),
+        "assume_loaded": attr.string_list(doc = "libraries or distributions a package loads itself at run time (rpathfix venv --assume-loaded)"),
+        "repair": attr.bool(default = False, doc = "layout \"tree\" only: patched copies of libraries that cannot reach their providers (rpathfix venv --repair)"),
         "_rpathfix_srcs": attr.label(default = Label("@rpathfix//:rpathfix_srcs"), allow_files = True),
     },
     provides = [RpathfixVenvInfo],
@@ -363,7 +677,7 @@ fi
 """
 
 def _py_venv_executable_impl(ctx):
-    venv = ctx.attr.venv[RpathfixVenvInfo].venv
+    info = ctx.attr.venv[RpathfixVenvInfo]
     launcher = ctx.actions.declare_file(ctx.label.name)
     ctx.actions.write(
         output = launcher,
@@ -371,9 +685,9 @@ def _py_venv_executable_impl(ctx):
         content = _RUNFILES_PRELUDE + """# Generated by rpathfix py_venv_binary: the venv's own interpreter runs the main file;
 # native libraries load through their RPATHs inside the venv (no LD_LIBRARY_PATH).
 exec "$RUNFILES_DIR/{venv}/bin/python" "$RUNFILES_DIR/{main}" "$@"
-""".format(venv = _rlocation(ctx, venv), main = _rlocation(ctx, ctx.file.main)),
+""".format(venv = info.path, main = _rlocation(ctx, ctx.file.main)),
     )
-    runfiles = ctx.runfiles(files = [venv, ctx.file.main] + ctx.files.data)
+    runfiles = ctx.runfiles(files = [ctx.file.main] + ctx.files.data).merge(info.runfiles)
     for d in ctx.attr.data:
         runfiles = runfiles.merge(d[DefaultInfo].default_runfiles)
     return [DefaultInfo(executable = launcher, files = depset([launcher]), runfiles = runfiles)]
@@ -406,20 +720,19 @@ def _rpathfix_verify_test_impl(ctx):
     ctx.actions.write(
         output = launcher,
         is_executable = True,
-        content = _RUNFILES_PRELUDE + """# Generated by rpathfix rpathfix_verify_test: `rpathfix verify` on the venv, at test time.
-RPY="{rpy}"
-if [ -z "$RPY" ]; then RPY="${{RPATHFIX_PYTHON:-python3}}"; fi
+        content = _RUNFILES_PRELUDE + """# Generated by rpathfix rpathfix_verify_test: `rpathfix verify` on the venv, at test time,
+# run by the venv's interpreter without site-packages (verify needs only the standard library).
 PYTHONPATH="$RUNFILES_DIR/{src}"; export PYTHONPATH
 PYTHONDONTWRITEBYTECODE=1; export PYTHONDONTWRITEBYTECODE
-exec "$RPY" -m rpathfix verify {extra} "$RUNFILES_DIR/{venv}"
+exec "$RUNFILES_DIR/{python}" -S -m rpathfix verify {extra} "$RUNFILES_DIR/{venv}"
 """.format(
-            rpy = info.rpathfix_python,
+            python = _rlocation(ctx, info.python.interpreter),
             src = _dirname2(_rlocation(ctx, src_init)),
-            venv = _rlocation(ctx, info.venv),
+            venv = info.path,
             extra = extra,
         ),
     )
-    runfiles = ctx.runfiles(files = [info.venv] + ctx.files._rpathfix_srcs)
+    runfiles = ctx.runfiles(files = ctx.files._rpathfix_srcs + [info.python.interpreter]).merge(info.runfiles)
     return [DefaultInfo(executable = launcher, files = depset([launcher]), runfiles = runfiles)]
 
 rpathfix_verify_test = rule(

@@ -18,7 +18,7 @@ from rpathfix import __version__
 from rpathfix.errors import RpathfixError
 
 # In the order `--help` lists them.
-COMMANDS = ("scan", "ldd", "why", "verify", "doctor", "unpack", "plan", "venv", "patch", "repair", "index")
+COMMANDS = ("scan", "ldd", "why", "verify", "doctor", "unpack", "plan", "venv", "layout", "patch", "repair", "index")
 
 
 def _command_module(name: str) -> ModuleType | None:
