@@ -43,7 +43,6 @@ SCHEMA = "rpathfix.layout/1"
 # Each record of a manifest: its keyword and how many values follow it.
 _ARITY = {"--name": 1, "--python-version": 1, "--prefer": 1, "--root": 1, "--file": 2, "--extra": 2,
           "--shadowed": 1, "--complete": 0, "--script": 3}
-RESERVED_BIN = ("python", "python3")
 
 
 class Manifest(NamedTuple):
@@ -118,17 +117,14 @@ def parse_manifest(text: str, where: str) -> Manifest:
     return Manifest(name, version, roots, prefer, files, extras, shadowed, scripts)
 
 
-def site_prefix(version: str) -> str:
-    return f"lib/python{version}/site-packages"
-
-
 def _expand(plan: Plan, roots: Sequence[Root], tree: CachedTree, version: str) -> dict[str, tuple[str, str]]:
     """rpathfix's own layout: venv path -> (source file, why), one link per file (every
     directory of the venv real), as the plan places the roots' files."""
     from rpathfix.fstree import scan
+    from rpathfix.venv import interpreter_names, kind_prefixes
 
-    prefixes = {"site-packages": site_prefix(version), "bin": "bin", "include": f"include/site/python{version}",
-                "data": ""}
+    prefixes = kind_prefixes(version)
+    reserved = interpreter_names(version)
     out: dict[str, tuple[str, str]] = {}
 
     def put(rel: str, src: str, why: str) -> None:
@@ -153,7 +149,7 @@ def _expand(plan: Plan, roots: Sequence[Root], tree: CachedTree, version: str) -
             walk(f"{rel}/{name}" if rel else name, f"{src}/{name}", why, depth + 1)
 
     for e in plan.entries:
-        if e.kind == "bin" and (e.venv_path in RESERVED_BIN or e.venv_path == f"python{version}"):
+        if e.kind == "bin" and e.venv_path in reserved:
             continue  # the venv's own interpreter wins, as in `rpathfix venv`
         prefix = prefixes[e.kind]
         walk(posixpath.join(prefix, e.venv_path) if prefix else e.venv_path, e.target, f"{e.kind}:{e.venv_path} [{e.dist}]")
@@ -294,10 +290,9 @@ def _safe(name: str) -> str:
 def describe_links(final: str, manifest: Manifest, base: str) -> VenvTree:
     """The manifest as the venv Bazel makes of it: every directory real, every file a link
     (absolute text, as Bazel writes runfiles symlinks) to its source."""
-    from rpathfix.venv import VenvNode, VenvTree
+    from rpathfix.venv import VenvNode, VenvTree, kind_prefixes
 
-    prefixes = {"site-packages": site_prefix(manifest.python_version), "bin": "bin",
-                "include": f"include/site/python{manifest.python_version}", "data": ""}
+    prefixes = kind_prefixes(manifest.python_version)
     venv = VenvTree(final, prefixes, "symlink")
     for rel in sorted(set(manifest.files) | set(manifest.extras)):
         src = manifest.files.get(rel) or manifest.extras[rel]

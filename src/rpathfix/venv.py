@@ -143,9 +143,10 @@ def python_info(python: str) -> PythonInfo:
     return _info_from(python, raw)
 
 
-def _kind_prefixes(info: PythonInfo) -> dict[str, str]:
-    """Each kind's directory relative to OUT ("" is OUT itself)."""
-    v = info.version_short
+def kind_prefixes(v: str) -> dict[str, str]:
+    """Each kind's directory relative to OUT ("" is OUT itself), for Python `v` ("3.11"):
+    the one table of where a root's parts go, for the written venv and the Bazel rules'
+    links venv (layout.py) alike."""
     return {
         "site-packages": f"lib/python{v}/site-packages",
         "bin": "bin",
@@ -155,7 +156,12 @@ def _kind_prefixes(info: PythonInfo) -> dict[str, str]:
 
 
 def kind_dirs(out: str, info: PythonInfo) -> dict[str, str]:
-    return {k: posixpath.join(out, p) if p else out for k, p in _kind_prefixes(info).items()}
+    return {k: posixpath.join(out, p) if p else out for k, p in kind_prefixes(info.version_short).items()}
+
+
+def interpreter_names(v: str) -> tuple[str, ...]:
+    """The names in bin/ that are the venv's own interpreter (a root's file there loses)."""
+    return ("python", "python3", f"python{v}")
 
 
 # ---------------------------------------------------------------- the tree as data
@@ -420,7 +426,7 @@ def describe_venv(out: Path | str, entries: Sequence[PlanEntry], *, python: str,
         raise UsageError(f"link mode {link_mode!r}: expected one of {', '.join(LINK_MODES)}")
     info = python_info(python)
     final = check_destination(out).final
-    prefixes = _kind_prefixes(info)
+    prefixes = kind_prefixes(info.version_short)
     tree = VenvTree(final, prefixes, link_mode)
     short = info.version_short
     cfg = (f"home = {os.path.dirname(info.base_executable)}\n"
@@ -429,7 +435,7 @@ def describe_venv(out: Path | str, entries: Sequence[PlanEntry], *, python: str,
     tree.add("pyvenv.cfg", VenvNode("data", data=cfg.encode(), mode=0o644), "pyvenv.cfg")
     tree.add(MARKER, VenvNode("data", data=MARKER_TEXT, mode=0o644), MARKER)
     tree.add("bin/python", VenvNode("link", link=info.base_executable), "bin/python")
-    reserved = {"python", "python3", f"python{short}"}
+    reserved = set(interpreter_names(short))
     for name in sorted(reserved - {"python"}):
         tree.add(f"bin/{name}", VenvNode("link", link="python"), f"bin/{name}")
     tree.add(prefixes["site-packages"], _DIR, "site-packages")
