@@ -12,7 +12,7 @@ Interpreters:
     and the build's check action runs it (the check needs only the standard library and
     rpathfix's src/, an input of the action). Nothing absolute reaches an action key.
   * the fetch interpreter runs `rpathfix unpack` when a wheel repository is fetched (it needs
-    `packaging` and `installer`): the `rpathfix_python` attribute of rpathfix_wheel, else
+    `packaging` and `installer`): the `unpack_python` attribute of rpathfix_wheel, else
     $RPATHFIX_PYTHON, else python3. It is used at fetch time only and recorded nowhere.
 """
 
@@ -135,18 +135,19 @@ print(sys.executable)
 print(getattr(sys, "_base_executable", sys.executable))
 """
 
-# The Python scripts of a root's bin/ (a `#!` line naming python): the links venv gives each
-# a launcher that runs the venv's own bin/python (their `#!` names the fetch-time interpreter).
+# The Python scripts of a root's bin/ (rpathfix.launchers.is_python_script, as `rpathfix venv`
+# decides): the links venv gives each a launcher that runs the venv's own bin/python (their
+# `#!` names the fetch-time interpreter).
 _SCRIPTS = """
 import os
+from rpathfix.launchers import is_python_script
 names = sorted(os.listdir("bin")) if os.path.isdir("bin") else []
 for n in names:
     p = os.path.join("bin", n)
     if os.path.isfile(p) and " " not in n:
         with open(p, "rb") as f:
-            head = f.read(512).split(b"\\n", 1)[0]
-        if head.startswith(b"#!") and b"python" in head:
-            print(p)
+            if is_python_script(f.read(512).split(b"\\n", 1)[0]):
+                print(p)
 """
 
 _MOVE = """

@@ -32,7 +32,20 @@ _SH = (
 HEADER = f"#!/bin/sh\n{_SH}\n' '''\n"
 
 
-def python_launcher(body: str) -> str:
+# The header of a Bazel runfiles venv's launchers (layout.py): there bin/tool is a link to
+# a launcher in bazel-out, beside which no python lies, so following links (HEADER) would
+# lose the venv; its bin/python is beside the link itself, the path the launcher was run by.
+RUNFILES_HEADER = "#!/bin/sh\n'''exec' \"${0%/*}/python\" \"$0\" \"$@\"\n' '''\n"
+
+
+def is_python_script(first_line: bytes) -> bool:
+    """Whether a file with this first line (read from its first 512 bytes) is a Python
+    script that gets a launcher: a `#!` naming python. (The Bazel rules' repository rule
+    asks this function too.)"""
+    return first_line.startswith(b"#!") and b"python" in first_line
+
+
+def python_launcher(body: str, header: str = HEADER) -> str:
     """A launcher running `body`, a Python script; its own `#!` line, if any, is dropped.
 
     A coding cookie in the original first two lines no longer applies (the header takes
@@ -43,7 +56,7 @@ def python_launcher(body: str) -> str:
         body = "" if nl < 0 else body[nl + 1:]
     if body and not body.endswith("\n"):
         body += "\n"
-    return HEADER + body
+    return header + body
 
 
 def entry_point_launcher(module: str, attr: str) -> str:

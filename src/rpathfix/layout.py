@@ -252,26 +252,18 @@ def check_layout(manifest: Manifest, *, cwd: str | None = None, assume_loaded: S
     return LayoutResult([], warnings, text)
 
 
-# A launcher that runs the python beside the path it was started by. Not launchers.HEADER,
-# which follows links to the real file first: in a runfiles venv bin/tool is a link to the
-# launcher in bazel-out, beside which no python lies; the venv's bin/python is beside the link.
-LAUNCHER_HEADER = "#!/bin/sh\n'''exec' \"${0%/*}/python\" \"$0\" \"$@\"\n' '''\n"
-
-
 def script_launcher(path: str) -> bytes:
     """The launcher for the Python script at `path`: its body (without its `#!` line) under
-    LAUNCHER_HEADER. The same bytes on every host."""
+    launchers.RUNFILES_HEADER. The same bytes on every host."""
+    from rpathfix.launchers import RUNFILES_HEADER, python_launcher
+
     try:
         with open(path, "rb") as f:
             body = f.read()
     except OSError as e:
         raise UsageError(f"{path}: cannot read: {e.strerror}") from None
-    if body.startswith(b"#!"):
-        nl = body.find(b"\n")
-        body = b"" if nl < 0 else body[nl + 1:]
-    if body and not body.endswith(b"\n"):
-        body += b"\n"
-    return LAUNCHER_HEADER.encode() + body
+    text = python_launcher(body.decode("utf-8", "surrogateescape"), RUNFILES_HEADER)
+    return text.encode("utf-8", "surrogateescape")
 
 
 def write_launchers(manifest: Manifest, base: str) -> None:

@@ -40,7 +40,7 @@ from rpathfix import fileio
 from rpathfix.entrypoints import SCRIPT_GROUPS
 from rpathfix.errors import UsageError
 from rpathfix.fstree import Node, OverlayTree, Planned
-from rpathfix.launchers import entry_point_launcher, python_launcher
+from rpathfix.launchers import entry_point_launcher, is_python_script, python_launcher
 from rpathfix.model import PlanEntry
 from rpathfix.patch import PatchedSource
 from rpathfix.source import BytesSource, FileSource
@@ -300,8 +300,7 @@ def _python_script(path: str) -> bytes | None:
     """The bytes of `path` when it is a Python script (a `#!...python...` first line)."""
     try:
         with open(path, "rb") as f:
-            head = f.read(512).split(b"\n", 1)[0]
-            if not (head.startswith(b"#!") and b"python" in head):
+            if not is_python_script(f.read(512).split(b"\n", 1)[0]):
                 return None
             f.seek(0)
             return f.read()
