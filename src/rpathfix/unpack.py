@@ -39,15 +39,20 @@ from collections.abc import Iterator
 from rpathfix.errors import FormatError, UsageError
 from rpathfix.names import parse_wheel_filename
 from rpathfix.static import TYPE_CHECKING
-from rpathfix.wheelinstall import RECORD_HINT, SCHEME_DIRS, Cancelled, cpu_count
+from rpathfix.wheelinstall import (
+    DIR_MODE,
+    EXEC_MODE,
+    FILE_MODE,
+    RECORD_HINT,
+    SCHEME_DIRS,
+    Cancelled,
+    cpu_count,
+)
 
 if TYPE_CHECKING:
     from concurrent.futures import ThreadPoolExecutor
 
 MARKER = ".rpathfix-wheel"
-_FILE_MODE = 0o644
-_EXEC_MODE = 0o755
-_DIR_MODE = 0o755
 _ZIP_EPOCH = 315532800  # 1980-01-01 00:00 UTC, the earliest time a zip entry can carry
 
 
@@ -104,8 +109,8 @@ def _normalize_tree(top: str) -> None:
     while stack:
         d = stack.pop()
         dirs.append(d)
-        if stat.S_IMODE(os.lstat(d).st_mode) != _DIR_MODE:
-            os.chmod(d, _DIR_MODE)
+        if stat.S_IMODE(os.lstat(d).st_mode) != DIR_MODE:
+            os.chmod(d, DIR_MODE)
         with os.scandir(d) as it:
             for entry in it:
                 if entry.is_dir(follow_symlinks=False):
@@ -113,7 +118,7 @@ def _normalize_tree(top: str) -> None:
                     continue
                 st = entry.stat(follow_symlinks=False)
                 if stat.S_ISREG(st.st_mode):
-                    want = _EXEC_MODE if st.st_mode & 0o111 else _FILE_MODE
+                    want = EXEC_MODE if st.st_mode & 0o111 else FILE_MODE
                     if stat.S_IMODE(st.st_mode) != want:
                         os.chmod(entry.path, want)
                     if epoch is not None:
@@ -149,7 +154,7 @@ def _write_index(top: str) -> None:
     path = os.path.join(top, INDEX)
     with open(path, "w", encoding="utf-8") as f:
         f.write(index_json(entries))
-    os.chmod(path, _FILE_MODE)
+    os.chmod(path, FILE_MODE)
     if epoch is not None:
         os.utime(path, (epoch, epoch))
         os.utime(top, (epoch, epoch))

@@ -630,11 +630,16 @@ def set_wheel_build(wheel: bytes, build: str | None) -> bytes:
     return ("".join(kept) + rest).encode("utf-8", "surrogateescape")
 
 
-def record_hash(digest: bytes) -> str:
-    """A RECORD hash field: sha256=<urlsafe base64 without padding>."""
+def record_digest(digest: bytes) -> str:
+    """A digest as RECORD writes it: urlsafe base64 without padding."""
     import base64
 
-    return "sha256=" + base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+
+
+def record_hash(digest: bytes) -> str:
+    """A RECORD hash field: sha256=<record_digest>."""
+    return "sha256=" + record_digest(digest)
 
 
 def rewrite_record(record: bytes, changed: Mapping[str, tuple[str, int]], drop: Sequence[str] = ()) -> bytes:
@@ -1028,6 +1033,7 @@ __all__ = [
     "add_requires_dist",
     "metadata_field",
     "parse_wheel_name",
+    "record_digest",
     "record_hash",
     "repaired_name",
     "rewrite_record",

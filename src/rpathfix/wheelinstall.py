@@ -38,7 +38,7 @@ import zlib
 
 from rpathfix.errors import FormatError, UsageError
 from rpathfix.static import TYPE_CHECKING, NamedTuple
-from rpathfix.wheelfile import DEFLATED, STORED, WheelArchive, ZipEntry
+from rpathfix.wheelfile import DEFLATED, STORED, WheelArchive, ZipEntry, record_digest
 
 if TYPE_CHECKING:
     import subprocess
@@ -135,12 +135,6 @@ class Plan(NamedTuple):
     members: list[Member]
     scripts: list[tuple[str, bytes]]  # entry-point launchers: (name in bin/, content)
     dirs: list[str]  # directories to create, parents first
-
-
-def _b64(digest: bytes) -> str:
-    import base64
-
-    return base64.urlsafe_b64encode(digest).decode("ascii").rstrip("=")
 
 
 def _issue_text(e: BaseException) -> str:
@@ -375,9 +369,9 @@ def extract(wheel: str, arc: WheelArchive, m: Member, interpreter: str, inflate:
             raise FormatError(where, "CRC-32 mismatch: the member is corrupt")
     finally:
         os.close(fd)
-    digest = _b64(out_hash.digest())
+    digest = record_digest(out_hash.digest())
     if m.record_hash is not None:
-        got = digest if check is None else _b64(check.digest())
+        got = digest if check is None else record_digest(check.digest())
         if got != m.record_hash[1] or (m.record_size is not None and produced != m.record_size):
             raise FormatError(wheel, f"hash / size of {e.name} didn't match RECORD ({RECORD_HINT})")
     elif m.record_size is not None and produced != m.record_size:
@@ -598,7 +592,7 @@ class Either:
 def _entry(record_entry: Callable[..., Any], hash_cls: Callable[..., Any], path: str, data: bytes) -> Any:
     import hashlib
 
-    return record_entry(path, hash_cls("sha256", _b64(hashlib.sha256(data).digest())), len(data))
+    return record_entry(path, hash_cls("sha256", record_digest(hashlib.sha256(data).digest())), len(data))
 
 
 def _write_new(wheel: str, dest: str, data: bytes, mode: int) -> None:
