@@ -19,7 +19,6 @@ root is expunged and deleted at the end of its phase (the tree venv is 5.6 GB).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -28,6 +27,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+from bazel_aquery import aquery_actions  # noqa: E402  (shared with tests/test_bazel.py)
+
 WORK = ROOT / "benchmarks" / "work" / "bazel"
 LATE = "jinja2"  # left out of the first build, added for the rebuild figure
 
@@ -88,19 +90,7 @@ class Bazel:
 
 def actions(bz: Bazel, expr: str) -> list[tuple[str, str]]:
     _, p = bz("aquery", "--output=jsonproto", expr)
-    d = json.loads(p.stdout)
-    frags = {f["id"]: f for f in d.get("pathFragments", [])}
-
-    def path(fid: int) -> str:
-        parts = []
-        while fid:
-            f = frags[fid]
-            parts.append(f["label"])
-            fid = f.get("parentId", 0)
-        return "/".join(reversed(parts))
-
-    arts = {a["id"]: path(a["pathFragmentId"]) for a in d.get("artifacts", [])}
-    return [(f"{a['mnemonic']}#{i}", arts[o]) for i, a in enumerate(d.get("actions", [])) for o in a["outputIds"]]
+    return [(f"{mnemonic}#{i}", o) for i, (mnemonic, outputs, _) in enumerate(aquery_actions(p.stdout)) for o in outputs]
 
 
 def describe(acts: list[tuple[str, str]]) -> str:

@@ -10,7 +10,6 @@ tree venv of copies.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -20,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from bazel_aquery import aquery_actions
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "bazel"
@@ -141,19 +142,7 @@ def _aquery(bazel: Bazel, expr: str, cwd: Path = EXAMPLE) -> list[tuple[str, str
     """(mnemonic, first output's path, action key) of every action of `expr`, sorted."""
     p = bazel("aquery", "--output=jsonproto", expr, cwd=cwd)
     assert p.returncode == 0, _show(p)
-    d = json.loads(p.stdout)
-    frags = {f["id"]: f for f in d.get("pathFragments", [])}
-
-    def path(fid: int) -> str:
-        parts = []
-        while fid:
-            f = frags[fid]
-            parts.append(f["label"])
-            fid = f.get("parentId", 0)
-        return "/".join(reversed(parts))
-
-    arts = {a["id"]: path(a["pathFragmentId"]) for a in d.get("artifacts", [])}
-    return sorted((a["mnemonic"], arts[a["outputIds"][0]], a.get("actionKey", "")) for a in d.get("actions", []))
+    return sorted((mnemonic, outputs[0], key) for mnemonic, outputs, key in aquery_actions(p.stdout))
 
 
 def _output_bytes(bazel: Bazel, target: str) -> int:
