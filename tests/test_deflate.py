@@ -6,6 +6,7 @@ the same edits deflated whole (wheelfile.SPLICE off)."""
 from __future__ import annotations
 
 import hashlib
+import os
 import random
 import shutil
 import subprocess
@@ -60,7 +61,8 @@ def run_splice(old: bytes, comp: bytes, patch: BytePatch) -> tuple[bytes, deflat
         src.flush()
         dst.write(b"before")
         dst.flush()
-        r = deflate.splice("m", src.fileno(), 10, len(comp), len(old), zlib.crc32(old), patch, dst.fileno(), 6, 6)
+        with deflate.Spool("m", src.fileno(), 10, len(comp), len(old), zlib.crc32(old)) as spool:
+            r = deflate.splice(spool, patch, dst.fileno(), 6, 6)
         dst.seek(0)
         assert dst.read(6) == b"before"
         return dst.read(), r
@@ -151,3 +153,148 @@ def test_rewrite_wheel_splices_and_matches_a_whole_deflate(tmp_path: Path, monke
     unpack = subprocess.run([sys.executable, "-m", "wheel", "unpack", "-d", str(tmp_path / "u"), str(outs[0])],
                             capture_output=True, text=True)
     assert unpack.returncode == 0, unpack.stderr  # RECORD's sha256 and size are checked
+
+
+# ---------------------------------------------------------------- the spool
+
+
+def _source(tmp: Path, comp: bytes) -> int:
+    (tmp / "member.z").write_bytes(b"zip header" + comp)
+    return os.open(tmp / "member.z", os.O_RDONLY)
+
+
+def test_a_spool_reads_the_content_and_inflates_only_what_is_read(tmp_path: Path) -> None:
+    """Reads at any offset give the content; a read near the start inflates near the start
+    only; tiny blocks are joined into units, so the index stays small."""
+    old = content(5, 6 << 20)
+    comp = compress(old, 6, flush_every=100)  # a block every 100 bytes: 63,000 blocks
+    fd = _source(tmp_path, comp)
+    try:
+        with deflate.Spool("m", fd, 10, len(comp), len(old), zlib.crc32(old), str(tmp_path)) as sp:
+            assert sp.read_at(0, 64) == old[:64]
+            assert sp.inflated < len(old) // 2, "only what was read (and one buffer)"
+            rnd = random.Random(1)
+            for _ in range(50):
+                off = rnd.randrange(len(old) - 5000)
+                assert sp.read_at(off, 5000) == old[off:off + 5000]
+            sp.finish()
+            assert sp.inflated == len(old)
+            assert len(sp.offsets) <= len(old) // deflate._MIN_UNIT + 2, len(sp.offsets)
+            assert list(sp.offsets) == sorted(sp.offsets) and sp.offsets[-1] == len(old)
+        assert os.listdir(tmp_path) == ["member.z"], "the spool file has no name"
+    finally:
+        os.close(fd)
+
+
+def test_a_failed_write_to_the_spool_is_raised_and_leaves_no_thread(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The writer thread's error (a full disk) is raised by the read that needed it; the
+    thread has ended; later reads say the member cannot be read instead of serving a hole."""
+    import errno
+    import threading
+
+    from rpathfix import fileio
+
+    old = content(9, 5 << 20)
+    comp = compress(old, 6)
+    fd = _source(tmp_path, comp)
+    calls = []
+
+    def full(out_fd: int, data: object, offset: int) -> None:
+        calls.append(offset)
+        if len(calls) == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(out_fd, data, offset)  # type: ignore[arg-type]
+
+    real = fileio.pwrite_all
+    monkeypatch.setattr(fileio, "pwrite_all", full)
+    threads = threading.active_count()
+    try:
+        with deflate.Spool("m", fd, 10, len(comp), len(old), zlib.crc32(old), str(tmp_path)) as sp:
+            with pytest.raises(OSError, match="No space"):
+                sp.finish()
+            assert threading.active_count() == threads
+            with pytest.raises(FormatError, match="earlier read"):
+                sp.read_at(0, 10)
+    finally:
+        os.close(fd)
+
+
+_REAL_SPOOL = deflate.Spool
+
+
+def _counting(made: list[str]) -> object:
+    """deflate.Spool, noting the member each spool inflates."""
+
+    def spool(name: str, *a: object) -> deflate.Spool:
+        made.append(name.rsplit("!", 1)[-1])
+        return _REAL_SPOOL(name, *a)  # type: ignore[arg-type]
+
+    return spool
+
+
+def test_a_spooled_member_is_inflated_once_for_its_read_and_its_splice(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """An archive with a spool directory keeps what a header read inflated (the end of a
+    library: all of it), and rewrite_wheel given that archive splices from it: one inflate of
+    the member. Control: rewrite_wheel opening the wheel itself inflates it again. Both give
+    the same bytes, and neither leaves a file in the spool directory."""
+    data = content(13, 3 << 20)
+    wheel = _wheel_with_binary(tmp_path, data)
+    patch = BytePatch(((0, b"HEAD" * 64), (len(data), b"TAIL" * 1000)), len(data) + 4000, "grown", ())
+    made: list[str] = []
+    monkeypatch.setattr(deflate, "Spool", _counting(made))
+    spools = tmp_path / "spools"
+    spools.mkdir()
+    with wheelfile.WheelArchive(str(wheel), spool_dir=str(spools)) as arc:
+        src = arc.source("big/libbig.so")
+        assert src.read_at(len(data) - 100, 100) == data[-100:]  # as the ELF reader reads a dynamic section
+        src.close()
+        once = wheelfile.rewrite_wheel(str(wheel), str(tmp_path / "once"), member_edits={"big/libbig.so": patch},
+                                       archive=arc)
+    assert made == ["big/libbig.so"]
+    twice = wheelfile.rewrite_wheel(str(wheel), str(tmp_path / "twice"), member_edits={"big/libbig.so": patch})
+    assert made == ["big/libbig.so"] * 2, "the control spools the member again for its splice"
+    assert Path(once.path).read_bytes() == Path(twice.path).read_bytes()
+    assert os.listdir(spools) == [] and os.listdir(tmp_path / "once") == [Path(once.path).name]
+    with zipfile.ZipFile(once.path) as zf:
+        assert zf.read("big/libbig.so") == patched(data, patch)
+
+
+def test_past_the_spool_limit_members_are_read_in_place(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SPOOL_LIMIT bounds the spooled bytes of an archive; a member past it is read with
+    inflater checkpoints, and spooled only while its patch is written."""
+    data = content(17, 2 << 20)
+    wheel = _wheel_with_binary(tmp_path, data)
+    monkeypatch.setattr(wheelfile, "SPOOL_LIMIT", 1 << 20)
+    with wheelfile.WheelArchive(str(wheel), spool_dir=str(tmp_path)) as arc:
+        src = arc.source("big/libbig.so")
+        assert isinstance(src, wheelfile.MemberSource) and arc.spool("big/libbig.so") is None
+        assert src.read_at(len(data) - 10, 10) == data[-10:]
+    monkeypatch.setattr(wheelfile, "SPOOL_LIMIT", 4 << 20)
+    with wheelfile.WheelArchive(str(wheel), spool_dir=str(tmp_path)) as arc:
+        assert not isinstance(arc.source("big/libbig.so"), wheelfile.MemberSource)
+        assert arc.spool("big/libbig.so") is not None
+
+
+def test_a_bad_crc_lets_headers_be_read_and_stops_the_splice(tmp_path: Path) -> None:
+    """A member whose CRC-32 does not match still reads (a header read does not check it, as
+    before spooling), so its library is planned; finishing the spool for the splice refuses
+    it. Control: the same spool with the right CRC-32 finishes."""
+    old = content(21, 300_000)
+    comp = compress(old, 6)
+    fd = _source(tmp_path, comp)
+    try:
+        for crc, ok in ((zlib.crc32(old) ^ 1, False), (zlib.crc32(old), True)):
+            with deflate.Spool("m", fd, 10, len(comp), len(old), crc, str(tmp_path)) as sp:
+                assert sp.read_at(len(old) - 100, 100) == old[-100:]
+                if ok:
+                    sp.finish()
+                else:
+                    with pytest.raises(FormatError, match="CRC-32 mismatch"):
+                        sp.finish()
+        with deflate.Spool("m", fd, 10, len(comp), len(old) + 10, zlib.crc32(old), str(tmp_path)) as sp, \
+                pytest.raises(FormatError, match="not as long"):
+            sp.read_at(len(old), 10)
+    finally:
+        os.close(fd)

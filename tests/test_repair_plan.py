@@ -239,6 +239,60 @@ def posixpath_basename(member: str) -> str:
     return member.rsplit("/", 1)[-1]
 
 
+def test_the_repair_inflates_each_library_once_and_reads_headers_in_threads(
+        stub_wheels: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """repair spools the libraries of the wheel it repairs as their headers are read (here
+    every deflated member: SPOOL_MIN is 0) and writes the patched provider from that spool:
+    no member is inflated twice, and the siblings, only read, are not spooled. The header
+    reads in two threads give the same headers as one thread. Control: a repair that lets
+    rewrite_wheel open the wheel again inflates the provider a second time, for the same
+    bytes."""
+    from rpathfix import deflate, wheelfile, wheeltree
+
+    real = deflate.Spool
+    made: list[str] = []
+
+    def spool(name: str, *a: object) -> deflate.Spool:
+        made.append(name)
+        return real(name, *a)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(deflate, "Spool", spool)
+    monkeypatch.setattr(wheelfile, "SPOOL_MIN", 0)
+    wheel, siblings = str(stub_wheels["onnxgpustub"]), [str(stub_wheels[s]) for s in CU13]
+    (o,) = repair_wheels([wheel], siblings, str(tmp_path / "once"))
+    assert o.status == "repaired" and o.output is not None
+    assert f"{os.path.abspath(wheel)}!{PROVIDER}" in made
+    assert len(made) == len(set(made)), made
+    assert all(n.startswith(os.path.abspath(wheel) + "!") for n in made), "siblings are read, not spooled"
+    assert sorted(os.listdir(tmp_path / "once")) == [posixpath_basename(o.output)]
+
+    made.clear()
+    rewrite = wheelfile.rewrite_wheel
+
+    def without_archive(*a: object, archive: object = None, **kw: object) -> object:
+        return rewrite(*a, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(wheelfile, "rewrite_wheel", without_archive)
+    (control,) = repair_wheels([wheel], siblings, str(tmp_path / "twice"))
+    assert made.count(f"{os.path.abspath(wheel)}!{PROVIDER}") == 2, "the control inflates the provider again"
+    assert control.output is not None
+    assert Path(control.output).read_bytes() == Path(o.output).read_bytes()
+
+    from rpathfix.fstree import RealTree
+    from rpathfix.wheelfile import WheelArchive
+
+    memos = []
+    for readers in (1, 2):
+        monkeypatch.setattr(wheeltree, "READERS", readers)
+        archives = [WheelArchive(w) for w in [wheel, *siblings]]
+        try:
+            memos.append(wheeltree.WheelTree(RealTree(), archives).read_headers())
+        finally:
+            for a in archives:
+                a.close()
+    assert memos[0] == memos[1] and len(memos[0]) >= 4
+
+
 @pytest.mark.skipif(not zig_available(), reason="the Mach-O stubs need zig")
 def test_macho_gets_a_loader_path_rpath(stub_wheels: dict[str, Path], tmp_path: Path) -> None:
     """A zig-built arm64 dylib that needs macdep's @rpath/libxmacdep.dylib, with only

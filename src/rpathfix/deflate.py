@@ -8,18 +8,23 @@ the unchanged middle costs what a copy of 230 MB costs in the kernel.
 
 How (RFC 1951): a deflate stream is a sequence of blocks, each starting at a bit position;
 a block decodes to the same bytes wherever it is placed, provided the 32 KiB before it (the
-window its back-references reach) are the same. So one pass inflates the original with zlib's
-Z_BLOCK (which stops at every block boundary and tells its bit position), produces the new
-content (the old bytes with the patch's writes, plus what it appends) to hash and checksum
-it, and for each original block decides:
-- reused, when its bytes and the 32 KiB before them are unchanged (and it is not the final
-  block): its bits are copied as they are (copy_file_range for all but the two edge bytes);
-- re-encoded otherwise: its new content goes to a fresh raw deflate stream (zlib, with the
-  preceding 32 KiB as dictionary), ended with a sync flush, which ends on a byte boundary.
+window its back-references reach) are the same. A Spool inflates the original once with
+zlib's Z_BLOCK (which stops at every block boundary and tells its bit position) into an
+unlinked temporary file, noting the boundaries; the same spool serves the header reads that
+planned the patch. The splice then decides for each unit (one or more whole blocks):
+- reused, when its bytes and the 32 KiB before them are unchanged (and it is not the last
+  unit, which holds the final block): its bits are copied as they are (copy_file_range for
+  all but the two edge bytes);
+- re-encoded otherwise: its new content (the spooled bytes through the patch) goes to a
+  fresh raw deflate stream (zlib, with the preceding 32 KiB as dictionary), ended with a sync
+  flush, which ends on a byte boundary.
+Meanwhile a thread reads the new content back from the spool for its SHA-256 and CRC-32
+(hashlib and zlib release the GIL; the kernel copies do too), so the member is inflated once
+in all, and hashing overlaps copying.
 Bit alignment: a reused run starts at its original bit phase r. A fresh segment ends on a
 byte boundary (phase 0); empty fixed-Huffman blocks (10 bits each) then bring the phase to
-r when r is even; a block at an odd phase is re-encoded instead, so the run starts at the
-next block (half the boundaries qualify). After a run, an empty stored block (3 header bits,
+r when r is even; a unit at an odd phase is re-encoded instead, so the run starts at the
+next one (half the boundaries qualify). After a run, an empty stored block (3 header bits,
 padding, LEN 0) returns to phase 0 for the next fresh segment. The last segment is finished
 with Z_FINISH: the new final block. Every block written is a valid deflate block, so any
 inflater (zlib, miniz, Info-ZIP) reads the stream.
@@ -40,16 +45,20 @@ from rpathfix.static import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
     import ctypes
-    from collections.abc import Iterator
+    import threading
+    from collections.abc import Callable
 
     from rpathfix.model import BytePatch
+    from rpathfix.patch import PatchedSource
 
 WINDOW = 32768
 _IN = 1 << 20
 _OUT = 1 << 20
-# A block whose content grows past this is not kept whole for a decision: it is re-encoded
-# as it streams (zlib's blocks hold at most 16 K symbols; only a hostile stream gets here).
-MAX_BLOCK = 64 << 20
+# Block boundaries closer than this (in content) to the last one kept are not kept: zlib's
+# blocks hold 16 K symbols (tens of kilobytes), so real streams keep nearly all of theirs.
+_MIN_UNIT = 16 << 10
+# A splice that wrote this much fsyncs the output before it waits for the hash (see splice).
+EARLY_SYNC = 64 << 20
 Z_OK, Z_STREAM_END, Z_BUF_ERROR, Z_BLOCK = 0, 1, -5, 5
 
 
@@ -104,83 +113,219 @@ def _stream_type() -> type[ctypes.Structure]:
     return ZStream
 
 
-class _Blocks:
-    """The original stream inflated block by block: (content, start bit, end bit, final)."""
+class Spool:
+    """A deflated member's content, inflated once into an unlinked temporary file, with the
+    bit positions of the original stream's block boundaries: a ByteSource whose reads never
+    inflate anything twice, and what splice() needs to reuse the original's blocks.
 
-    def __init__(self, name: str, fd: int, start: int, csize: int) -> None:
+    Why a file: the repair reads a library's headers (its dynamic section lies at its end,
+    so that read inflates all of it) and then writes the patched member, whose SHA-256 needs
+    all of the new content again. Inflating a 284 MB member costs 0.4 s here; reading it back
+    from the page cache costs 0.03 s. The file is unlinked from the start (O_TMPFILE where
+    the system has it), so an interrupted run leaves nothing behind; its pages are the
+    kernel's to write back or drop, not this process's memory.
+
+    It fills as it is read: a reader of the first kilobytes (a Mach-O header) inflates only
+    those. `finish()` inflates the rest and checks the size and the CRC-32.
+    """
+
+    def __init__(self, name: str, src_fd: int, start: int, csize: int, usize: int, crc: int,
+                 directory: str | None = None) -> None:
         import ctypes
+        import tempfile
+        from array import array
 
         lib = _zlib()
-        assert lib is not None
-        self.lib = lib
-        self.name, self.fd, self.start, self.csize = name, fd, start, csize
-        self.strm = _stream_type()()
-        version = lib.zlibVersion()
-        if lib.inflateInit2_(ctypes.byref(self.strm), -15, version, ctypes.sizeof(self.strm)) != Z_OK:
+        assert lib is not None, "Spool needs zlib through ctypes (deflate.available())"
+        self._lib = lib
+        self._name = name
+        self.src_fd, self.start, self.csize = src_fd, start, csize
+        self._size, self._crc_want = usize, crc
+        self._file = tempfile.TemporaryFile(dir=directory)  # noqa: SIM115 (closed by close())
+        self._fd = self._file.fileno()
+        self._strm = _stream_type()()
+        if lib.inflateInit2_(ctypes.byref(self._strm), -15, lib.zlibVersion(), ctypes.sizeof(self._strm)) != Z_OK:
+            self._file.close()
             raise MemoryError("inflateInit2")
-        self.inbuf = (ctypes.c_char * _IN)()
-        self.outbuf = (ctypes.c_char * _OUT)()
-        self.in_addr = ctypes.addressof(self.inbuf)
-        self.out_addr = ctypes.addressof(self.outbuf)
-        self.fed = 0
+        self._live = True
+        self._broken = False  # a fill failed part-way: the spool cannot be trusted
+        self._inbuf = (ctypes.c_char * _IN)()
+        self._outbufs = ((ctypes.c_char * _OUT)(), (ctypes.c_char * _OUT)())
+        self._views = tuple(memoryview(b).cast("B") for b in self._outbufs)
+        self._cur = 0  # the buffer zlib inflates into
+        self._strm.next_out = ctypes.addressof(self._outbufs[0])
+        self._strm.avail_out = _OUT
+        self._fed = 0  # compressed bytes fed to the inflater
+        self._written = 0  # content bytes in the file
+        self._crc = 0
+        self._final = False  # the boundary after the final block is noted
+        self._bad: str | None = None  # why the whole stream is not the declared content
+        self.done = False
+        # Block boundaries kept: (content offset, bit offset in the original stream), from
+        # (0, 0) to the stream's end. A boundary closer than _MIN_UNIT to the last one kept is
+        # skipped: its neighbours are joined into one unit (still whole blocks), so a stream of
+        # tiny blocks cannot make the index grow with its length.
+        self.offsets = array("Q", [0])
+        self.bits = array("Q", [0])
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    @property
+    def inflated(self) -> int:
+        """How much of the content is in the file so far."""
+        return self._written
+
+    def read_at(self, offset: int, size: int) -> bytes:
+        from rpathfix.source import _check
+
+        _check(self._name, self._size, offset, size)
+        if self._broken:
+            raise self._fail("an earlier read of this member failed")
+        if offset + size > self._written:
+            self._fill(offset + size)
+            if offset + size > self._written:
+                raise self._fail(self._bad or "deflated data ends before the member's declared size")
+        data = os.pread(self._fd, size, offset)
+        if len(data) != size:
+            raise OSError(f"{self._name}: short read from the spool file")
+        return data
+
+    def finish(self) -> None:
+        """Inflate what is left; FormatError unless the stream ends at the declared size with
+        the declared CRC-32. (Reads do not check the CRC-32, as MemberSource's header reads do
+        not: a member whose stream ends inside a header read still reads as what it holds,
+        and the write of its patch, which finishes the spool first, refuses it.)"""
+        self._fill(None)
+        if self._bad is not None:
+            raise self._fail(self._bad)
 
     def close(self) -> None:
+        """Release the inflater and the file (readers' close() is WheelArchive's business:
+        they get a view whose close does nothing)."""
         import ctypes
 
-        self.lib.inflateEnd(ctypes.byref(self.strm))
+        if self._live:
+            self._live = False
+            self._lib.inflateEnd(ctypes.byref(self._strm))
+        self._file.close()
 
-    def _fill(self) -> None:
+    def __enter__(self) -> Spool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _fail(self, reason: str) -> FormatError:
+        return FormatError(self._name, reason)
+
+    def _store(self, chunk: memoryview, offset: int) -> None:
+        """One buffer of content to the file, and into the CRC-32 (on the writer thread,
+        one buffer at a time, in order)."""
+        from rpathfix.fileio import pwrite_all
+
+        self._crc = _crc32()(chunk, self._crc)
+        pwrite_all(self._fd, chunk, offset)
+
+    def _fill(self, until: int | None) -> None:
+        """Inflate block by block (zlib's Z_BLOCK) until the file holds `until` bytes (None:
+        all of them), noting block boundaries.
+
+        Two output buffers: while zlib inflates into one (ctypes releases the GIL), a writer
+        thread checksums and writes the other (zlib.crc32 and pwrite release it too), so
+        storing costs no time beside inflating on a machine with two cores. The thread ends
+        with this call; an error in it (a full disk) is raised here."""
         import ctypes
+        from concurrent.futures import ThreadPoolExecutor
 
-        n = min(_IN, self.csize - self.fed)
-        if n <= 0:
-            raise FormatError(self.name, "deflated data ends before its last block")
-        data = os.pread(self.fd, n, self.start + self.fed)
-        if len(data) != n:
-            raise FormatError(self.name, f"short read at offset {self.start + self.fed}")
-        ctypes.memmove(self.in_addr, data, n)
-        self.fed += n
-        self.strm.next_in = self.in_addr
-        self.strm.avail_in = n
+        if self.done:
+            return
+        if self._broken:
+            raise self._fail("an earlier read of this member failed")
+        s, lib, ref = self._strm, self._lib, ctypes.byref(self._strm)
+        in_addr = ctypes.addressof(self._inbuf)
+        queued = self._written  # content handed to the writer
+        with ThreadPoolExecutor(1) as writer:
+            pending = None
 
-    def __iter__(self) -> Iterator[tuple[list[bytes], int, int, bool, bool]]:
-        """Each block as (pieces of its content, start bit, end bit, final, whole): `whole`
-        False for pieces of a block longer than MAX_BLOCK (then never reused)."""
-        import ctypes
+            def hand_over() -> None:
+                """The current buffer to the writer; inflate into the other one, once the
+                writer is done with it."""
+                nonlocal pending, queued
+                n = _OUT - s.avail_out
+                if pending is not None:
+                    pending.result()
+                    pending = None
+                if n:
+                    pending = writer.submit(self._store, self._views[self._cur][:n], queued)
+                    queued += n
+                self._cur ^= 1
+                s.next_out, s.avail_out = ctypes.addressof(self._outbufs[self._cur]), _OUT
 
-        s = self.strm
-        bit = 0
-        pieces: list[bytes] = []
-        held = 0
-        big = False
-        while True:
-            if s.avail_in == 0 and self.fed < self.csize:
-                self._fill()
-            s.next_out = self.out_addr
-            s.avail_out = _OUT
-            ret = self.lib.inflate(ctypes.byref(s), Z_BLOCK)
-            if ret not in (Z_OK, Z_STREAM_END, Z_BUF_ERROR):
-                raise FormatError(self.name, f"corrupt deflated data ({(s.msg or b'').decode(errors='replace')})")
-            n = _OUT - s.avail_out
-            if n:
-                pieces.append(ctypes.string_at(self.out_addr, n))
-                held += n
-            at_end = ret == Z_STREAM_END
-            if at_end or s.data_type & 128:
-                # Bits consumed: whole bytes taken, less the bits of the last one not used.
-                end_bit = (self.fed - s.avail_in) * 8 - (s.data_type & 7)
-                final = at_end or bool(s.data_type & 64)
-                if pieces or end_bit != bit:
-                    yield pieces, bit, end_bit, final, not big
-                pieces, held, big = [], 0, False
-                bit = end_bit
-                if at_end:
-                    return
-            elif held > MAX_BLOCK:
-                yield pieces, bit, -1, False, False
-                pieces, held, big = [], 0, True
-            elif n == 0 and s.avail_in == 0 and self.fed >= self.csize:
-                raise FormatError(self.name, "deflated data ends before its last block")
+            try:
+                while not self.done and (until is None or queued < until):
+                    if s.avail_in == 0 and self._fed < self.csize:
+                        n = min(_IN, self.csize - self._fed)
+                        data = os.pread(self.src_fd, n, self.start + self._fed)
+                        if len(data) != n:
+                            raise self._fail(f"short read at offset {self.start + self._fed}")
+                        ctypes.memmove(in_addr, data, n)
+                        self._fed += n
+                        s.next_in, s.avail_in = in_addr, n
+                    ret = lib.inflate(ref, Z_BLOCK)
+                    if ret not in (Z_OK, Z_STREAM_END, Z_BUF_ERROR):
+                        raise self._fail(f"corrupt deflated data ({(s.msg or b'').decode(errors='replace')})")
+                    made = queued + _OUT - s.avail_out
+                    if made > self._size:
+                        raise self._fail("deflated data is longer than the member's declared size")
+                    at_end = ret == Z_STREAM_END
+                    if (at_end or s.data_type & 128) and not self._final:
+                        # Bits consumed: whole bytes taken, less the bits of the last one unused.
+                        bit = (self._fed - s.avail_in) * 8 - (s.data_type & 7)
+                        # After the final block's end-of-block code, zlib stops once more (flag
+                        # 64: that block was the last) before it reports the stream's end: that
+                        # boundary ends the last unit, so the final block is never reused.
+                        self._final = at_end or bool(s.data_type & 64)
+                        if self._final or made - self.offsets[-1] >= _MIN_UNIT:
+                            self.offsets.append(made)
+                            self.bits.append(bit)
+                    if at_end or s.avail_out < _OUT // 16:
+                        hand_over()
+                        self.done = at_end
+                    elif ret == Z_BUF_ERROR and s.avail_in == 0 and self._fed >= self.csize:
+                        raise self._fail("deflated data ends before its last block")
+                if pending is not None:
+                    pending.result()
+            except BaseException:
+                self._broken = True
+                raise
+        self._written = queued
+        if self.done and self._bad is None:
+            if self._written != self._size:
+                self._bad = "deflated data is not as long as the member's declared size"
+            elif self._crc != self._crc_want:
+                self._bad = "CRC-32 mismatch: the member is corrupt"
+
+
+_CRC32: list[Callable[[bytes | memoryview, int], int]] = []
+
+
+def _crc32() -> Callable[[bytes | memoryview, int], int]:
+    """python-isal's CRC-32 when installed (rpathfix[fast]: seven times zlib's here), else
+    zlib's; the same values."""
+    if not _CRC32:
+        try:
+            from isal import isal_zlib
+        except ImportError:
+            _CRC32.append(zlib.crc32)
+        else:
+            _CRC32.append(isal_zlib.crc32)
+    return _CRC32[0]
 
 
 class _Bits:
@@ -287,58 +432,40 @@ def _dirty(old_size: int, patch: BytePatch) -> list[tuple[int, int]]:
     return out
 
 
-class _Content:
-    """The new content, produced in order from the old bytes and the patch's pieces."""
-
-    def __init__(self, old_size: int, patch: BytePatch) -> None:
-        from rpathfix.patch import pieces
-
-        self.pieces = pieces(old_size, patch)
-        self.i = 0
-        self.size = patch.size
-
-    def take(self, pos: int, old: bytes) -> bytes:
-        """The new bytes at [pos, pos + len(old)), clipped to the new size, given the old ones."""
-        end = min(pos + len(old), self.size)
-        if end <= pos:
-            return b""
-        out: list[bytes] = []
-        cur = pos
-        while cur < end:
-            while self.pieces[self.i][0] + self.pieces[self.i][1] <= cur:
-                self.i += 1
-            p_off, p_len, data = self.pieces[self.i]
-            stop = min(end, p_off + p_len)
-            out.append(old[cur - pos:stop - pos] if data is None else bytes(data[cur - p_off:stop - p_off]))
-            cur = stop
-        return b"".join(out)
-
-    def tail(self, old_size: int) -> bytes:
-        """What the new content holds past the old end (written pieces or zeros)."""
-        if self.size <= old_size:
-            return b""
-        return self.take(old_size, bytes(self.size - old_size))
-
-
-def splice(name: str, src_fd: int, start: int, csize: int, old_size: int, old_crc: int, patch: BytePatch,
-           out_fd: int, out_offset: int, level: int) -> Spliced:
-    """Write the raw deflate stream of the patched member at `out_offset` of `out_fd`, from
-    the member's original stream (`csize` bytes at `start` of `src_fd`, inflating to
-    `old_size` bytes with CRC-32 `old_crc`). FormatError when the original is corrupt."""
+def _digest(new: PatchedSource, stop: threading.Event) -> tuple[int, bytes]:
+    """CRC-32 and SHA-256 of the new content, read back from the spool through the patch
+    (both release the GIL: this runs beside the writer's kernel copies)."""
     import hashlib
 
+    sha = hashlib.sha256()
+    crc = 0
+    crc32 = _crc32()
+    for pos in range(0, new.size, _OUT):
+        if stop.is_set():
+            break
+        chunk = new.read_at(pos, min(_OUT, new.size - pos))
+        sha.update(chunk)
+        crc = crc32(chunk, crc)
+    return crc & 0xFFFFFFFF, sha.digest()
+
+
+def splice(spool: Spool, patch: BytePatch, out_fd: int, out_offset: int, level: int) -> Spliced:
+    """Write the raw deflate stream of the patched member at `out_offset` of `out_fd`, from
+    the member's original stream and its spooled content (inflated here if it is not yet).
+    FormatError when the original is corrupt."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from rpathfix.patch import PatchedSource
+
+    spool.finish()
+    old_size = spool.size
+    new = PatchedSource(spool, patch)
     dirty = _dirty(old_size, patch)
     limit = min(old_size, patch.size)
-    content = _Content(old_size, patch)
     out = _Bits(out_fd, out_offset)
-    sha = hashlib.sha256()
-    crc_new = crc_old = 0
-    pos = 0  # uncompressed position in the old stream
-    window = b""  # the last 32 KiB of new content written
-    fresh: list[object] = []  # the compressor of the current fresh segment, if any
-    fresh_total = 0
-    run: list[int] = []  # [start bit] of the current reused run
     reused = 0
+    fresh_total = 0
     d = 0  # first dirty range that may still matter
 
     def clean(a: int, b: int) -> bool:
@@ -347,66 +474,56 @@ def splice(name: str, src_fd: int, start: int, csize: int, old_size: int, old_cr
             d += 1
         return b <= limit and (d == len(dirty) or dirty[d][0] >= b)
 
-    def feed(data: bytes) -> None:
+    def fresh(a: int, b: int, *, last: bool) -> None:
+        """New content [a, b) as a fresh deflate segment: primed with the 32 KiB before it,
+        ended on a byte boundary (sync flush), or the stream's final block when `last`."""
         nonlocal fresh_total
-        if not data:
-            return
-        if not fresh:
-            if out.nbits:
-                out.empty_stored()
-            lvl = level if fresh_total < (8 << 20) else 1
-            fresh.append(zlib.compressobj(lvl, zlib.DEFLATED, -15, 8, zlib.Z_DEFAULT_STRATEGY, window)
-                         if window else zlib.compressobj(lvl, zlib.DEFLATED, -15))
-        fresh_total += len(data)
-        out.raw(fresh[0].compress(data))  # type: ignore[attr-defined]
+        a, b = min(a, patch.size), min(b, patch.size)
+        if out.nbits:
+            out.empty_stored()
+        lvl = level if fresh_total < (8 << 20) else 1
+        w0 = max(0, a - WINDOW)
+        window = new.read_at(w0, a - w0)
+        z = zlib.compressobj(lvl, zlib.DEFLATED, -15, 8, zlib.Z_DEFAULT_STRATEGY, window) if window else \
+            zlib.compressobj(lvl, zlib.DEFLATED, -15)
+        for pos in range(a, b, _OUT):
+            out.raw(z.compress(new.read_at(pos, min(_OUT, b - pos))))
+        fresh_total += b - a
+        out.raw(z.flush(zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH))
 
-    def end_fresh() -> None:
-        if fresh:
-            out.raw(fresh.pop().flush(zlib.Z_SYNC_FLUSH))  # type: ignore[attr-defined]
-
-    blocks = _Blocks(name, src_fd, start, csize)
-    try:
-        for parts, b0, b1, final, whole in blocks:
-            old = b"".join(parts)
-            crc_old = zlib.crc32(old, crc_old)
-            new = content.take(pos, old)
-            u0, pos = pos, pos + len(old)
-            sha.update(new)
-            crc_new = zlib.crc32(new, crc_new)
-            reusable = whole and not final and b1 > b0 and clean(max(0, u0 - WINDOW), pos)
-            if run:
-                if reusable:
-                    pass  # the run goes on
-                else:
-                    reused += out.copy_run(src_fd, start, run.pop(), b0)
-                    feed(new)
-            elif reusable and (b0 % 8) % 2 == 0:
-                end_fresh()
-                for _ in range((b0 % 8) // 2):
-                    out.empty_fixed()
-                run.append(b0)
-            else:
-                feed(new)
-            window = (window + new)[-WINDOW:] if len(new) < WINDOW else new[-WINDOW:]
-        if run:  # never: the final block is not reused
-            raise AssertionError("a reused run at the end of the stream")
-        if pos != old_size:
-            raise FormatError(name, "deflated data is not as long as the member's declared size")
-        if crc_old != old_crc:
-            raise FormatError(name, "CRC-32 mismatch: the member is corrupt")
-        rest = content.tail(old_size)
-        sha.update(rest)
-        crc_new = zlib.crc32(rest, crc_new)
-        feed(rest)
-        if not fresh:  # the new content ends where a reused run ended
-            if out.nbits:
-                out.empty_stored()
-            fresh.append(zlib.compressobj(level, zlib.DEFLATED, -15))
-        out.raw(fresh.pop().flush(zlib.Z_FINISH))  # type: ignore[attr-defined]
-        out.flush()
-    finally:
-        blocks.close()
-    return Spliced(crc_new & 0xFFFFFFFF, patch.size, sha.digest(), out.offset - out.start, reused)
-
-
-__all__ = ["Spliced", "available", "splice"]
+    stop = threading.Event()
+    with ThreadPoolExecutor(1) as pool:
+        digest = pool.submit(_digest, new, stop)
+        try:
+            offsets, bits = spool.offsets, spool.bits
+            units = len(offsets) - 1  # unit i: content [offsets[i], offsets[i+1]), bits [bits[i], bits[i+1])
+            seg = 0  # where the pending fresh segment starts (content), or -1 inside a run
+            run = -1  # the bit where the current reused run starts
+            for i in range(units):
+                u0, u1, b0, b1 = offsets[i], offsets[i + 1], bits[i], bits[i + 1]
+                reusable = i < units - 1 and b1 > b0 and clean(max(0, u0 - WINDOW), u1)
+                if run >= 0:
+                    if not reusable:
+                        reused += out.copy_run(spool.src_fd, spool.start, run, b0)
+                        run, seg = -1, u0
+                elif reusable and (b0 % 8) % 2 == 0:
+                    if min(u0, patch.size) > min(seg, patch.size):
+                        fresh(seg, u0, last=False)
+                    elif out.nbits:  # right after a run: back to a byte boundary first
+                        out.empty_stored()
+                    for _ in range((b0 % 8) // 2):
+                        out.empty_fixed()
+                    run = b0
+            if run >= 0:  # never: the last unit is not reused
+                raise AssertionError("a reused run at the end of the stream")
+            fresh(seg, max(patch.size, old_size), last=True)
+            out.flush()
+            if out.offset - out.start >= EARLY_SYNC:
+                # The output is fsynced before it is renamed into place (fileio); its bulk
+                # can reach the disk now, while the hash thread finishes.
+                os.fsync(out_fd)
+            crc, sha = digest.result()
+        except BaseException:
+            stop.set()
+            raise
+    return Spliced(crc, patch.size, sha, out.offset - out.start, reused)

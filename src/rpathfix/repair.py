@@ -90,6 +90,10 @@ def repair_wheels(wheels: Sequence[str], siblings: Sequence[str], out_dir: str |
         parse_wheel_filename(w)
     archives: dict[str, WheelArchive] = {}
     sibling_roots: list[str] = []
+    # The wheels to repair spool what their header reads inflate (wheelfile.WheelArchive), so
+    # writing a patched member does not inflate it again; siblings are only read.
+    spool_dir = None if dry_run else _existing_dir(out_dir)
+    repairing = {os.path.abspath(w) for w in wheels}
     try:
         for p in [*wheels, *siblings]:
             ap = os.path.abspath(p)
@@ -98,7 +102,7 @@ def repair_wheels(wheels: Sequence[str], siblings: Sequence[str], out_dir: str |
             if p.endswith(".whl"):
                 if not os.path.isfile(p):
                     raise UsageError(f"{p}: no such wheel")
-                archives[ap] = WheelArchive(ap)
+                archives[ap] = WheelArchive(ap, spool_dir=spool_dir if ap in repairing else None)
             elif os.path.isdir(p):
                 if p in siblings:
                     sibling_roots.append(ap)
@@ -143,12 +147,26 @@ def repair_wheels(wheels: Sequence[str], siblings: Sequence[str], out_dir: str |
             from rpathfix.wheelfile import rewrite_wheel
 
             result = rewrite_wheel(o.wheel, out_dir, member_edits=member_edits, requires=o.requires_added,
-                                   extra=extra, new_name=o.new_name)
+                                   extra=extra, new_name=o.new_name, archive=archives[os.path.abspath(o.wheel)])
             done.append(o._replace(output=result.path, status="repaired" if result.written else "up-to-date"))
         return done
     finally:
         for a in archives.values():
             a.close()
+
+
+def _existing_dir(path: str | None) -> str | None:
+    """`path` or its nearest existing ancestor: where spools go before OUT is made (OUT is
+    made only when something is written)."""
+    if path is None:
+        return None
+    d = os.path.abspath(path)
+    while not os.path.isdir(d):
+        parent = os.path.dirname(d)
+        if parent == d:
+            return None
+        d = parent
+    return d
 
 
 # ---------------------------------------------------------------- output

@@ -36,6 +36,7 @@ from rpathfix.static import TYPE_CHECKING, NamedTuple
 if TYPE_CHECKING:
     from typing import Union
 
+    from rpathfix.deflate import Spool
     from rpathfix.model import BytePatch
     from rpathfix.source import ByteSource, SupportsWrite
 
@@ -79,6 +80,11 @@ _KEEP_BEHIND = 1 << 16  # decompressed bytes kept before the last read, for read
 # start (the ELF planner reads the end of a file, then its start, then its end again).
 _POINT_EVERY = 8 << 20
 _MAX_POINTS = 64
+# Spooling (WheelArchive's spool_dir): members smaller than SPOOL_MIN are cheap to inflate
+# again; at most SPOOL_LIMIT bytes of content are spooled per archive (a torch-sized wheel's
+# libraries hold 5 GB; past the limit a patched member is spooled when it is written).
+SPOOL_MIN = 1 << 20
+SPOOL_LIMIT = 4 << 30
 # 1980-01-01 00:00, the earliest a zip entry can carry: the date of a member that has no
 # original to take its date from.
 ZIP_EPOCH_DOS = (0, (0 << 9) | (1 << 5) | 1)
@@ -160,8 +166,20 @@ class WheelArchive:
     Usable as a context manager. Raises FormatError for anything malformed or unsafe.
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, spool_dir: str | None = None) -> None:
         self.path = path
+        # Spooling (rpathfix.deflate.Spool): with a directory, a deflated member of at least
+        # SPOOL_MIN bytes is inflated once into an unlinked file there, up to SPOOL_LIMIT bytes
+        # in all; later reads and the splice of its patch read that file. A repair reads a
+        # library's headers from its end and then hashes all of its new content: one inflate
+        # instead of two. The directory is the output's (a disk that holds a wheel), not
+        # TMPDIR (often a tmpfs: memory).
+        self.spool_dir = spool_dir
+        self._spools: dict[str, Spool] = {}
+        self._spooled = 0
+        import threading
+
+        self._lock = threading.Lock()
         try:
             self._fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         except OSError as e:
@@ -179,6 +197,9 @@ class WheelArchive:
         self.points: dict[str, list[tuple[int, int, int, zlib._Decompress]]] = {}
 
     def close(self) -> None:
+        for sp in self._spools.values():
+            sp.close()
+        self._spools.clear()
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
@@ -340,11 +361,29 @@ class WheelArchive:
         except KeyError:
             raise self._fail(f"no member {name!r}") from None
 
-    def source(self, name: str) -> MemberSource:
-        """A ByteSource of one member's content (random access, bounded reads; inflated
-        members keep checkpoints in the archive, so later sources of the member, and reads
-        that step back, restart near where they read)."""
-        return MemberSource(self, self.entry(name), checked=False)
+    def source(self, name: str) -> ByteSource:
+        """A ByteSource of one member's content (random access, bounded reads). A spooled
+        member is read from its spool; other inflated members keep checkpoints in the
+        archive, so later sources of the member, and reads that step back, restart near
+        where they read."""
+        e = self.entry(name)
+        with self._lock:  # header reads run in threads (wheeltree.read_headers)
+            sp = self._spools.get(name)
+            if sp is None and self.spool_dir is not None and e.method == DEFLATED and e.file_size >= SPOOL_MIN \
+                    and self._spooled + e.file_size <= SPOOL_LIMIT:
+                from rpathfix import deflate
+
+                if deflate.available():
+                    sp = self._spools[name] = deflate.Spool(f"{self.path}!{name}", self._fd, e.data_offset,
+                                                             e.compress_size, e.file_size, e.crc, self.spool_dir)
+                    self._spooled += e.file_size
+        if sp is not None:
+            return _SpoolView(sp)
+        return MemberSource(self, e, checked=False)
+
+    def spool(self, name: str) -> Spool | None:
+        """The member's spool, when a read made one."""
+        return self._spools.get(name)
 
     def read(self, name: str, limit: int = MAX_METADATA) -> bytes:
         """A small member's whole content (METADATA, WHEEL, RECORD)."""
@@ -374,6 +413,27 @@ class WheelArchive:
         if parsed is None or parsed[0] != name:
             raise self._fail(f"{top} does not belong to the distribution the file name says ({name})")
         return top
+
+
+class _SpoolView:
+    """A reader's handle on a spool: its close() leaves the spool to the archive."""
+
+    def __init__(self, spool: Spool) -> None:
+        self._spool = spool
+
+    @property
+    def name(self) -> str:
+        return self._spool.name
+
+    @property
+    def size(self) -> int:
+        return self._spool.size
+
+    def read_at(self, offset: int, size: int) -> bytes:
+        return self._spool.read_at(offset, size)
+
+    def close(self) -> None:
+        pass
 
 
 class MemberSource:
@@ -759,10 +819,11 @@ class _ZipWriter:
     """Writes a zip to a file descriptor, front to back, with pwrite (the file object's
     buffer is never used)."""
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, spool_dir: str | None = None) -> None:
         self.fd = fd
         self.offset = 0
         self.central: list[_Central] = []
+        self.spool_dir = spool_dir  # where a patched member not yet spooled is spooled
 
     def copy(self, arc: WheelArchive, e: ZipEntry) -> None:
         """The member's whole local record, byte for byte."""
@@ -786,12 +847,19 @@ class _ZipWriter:
 
     def add_spliced(self, template: ZipEntry, arc: WheelArchive, patch: BytePatch, *, level: int) -> tuple[str, int]:
         """A deflated member patched by `patch`, its original deflate blocks reused where the
-        patch leaves them and their window alone (rpathfix.deflate)."""
-        from rpathfix.deflate import splice
+        patch leaves them and their window alone (rpathfix.deflate), from the archive's
+        spool of it (the header reads made it) or from one made here for the member alone."""
+        from rpathfix.deflate import Spool, splice
 
         def body(offset: int) -> tuple[int, int, bytes, int]:
-            r = splice(f"{arc.path}!{template.name}", arc.fd, template.data_offset, template.compress_size,
-                       template.file_size, template.crc, patch, self.fd, offset, level)
+            kept = arc.spool(template.name)
+            sp = kept or Spool(f"{arc.path}!{template.name}", arc.fd, template.data_offset,
+                               template.compress_size, template.file_size, template.crc, self.spool_dir)
+            try:
+                r = splice(sp, patch, self.fd, offset, level)
+            finally:
+                if kept is None:
+                    sp.close()
             return r.crc, r.size, r.sha256, r.compress_size
 
         return self._member(template, DEFLATED, max(patch.size, template.file_size), body)
@@ -885,7 +953,7 @@ LARGE_MEMBER = 8 * 1024 * 1024
 
 def rewrite_wheel(src_wheel: str, out_dir: str, *, member_edits: Mapping[str, MemberEdit] | None = None,
                   requires: Sequence[str] = (), extra: str | None = None,
-                  new_name: str | None = None) -> RewriteResult:
+                  new_name: str | None = None, archive: WheelArchive | None = None) -> RewriteResult:
     """Write a copy of `src_wheel` into `out_dir` with some members' content changed.
 
     member_edits: archive member name -> new content (bytes), a function
@@ -896,6 +964,8 @@ def rewrite_wheel(src_wheel: str, out_dir: str, *, member_edits: Mapping[str, Me
     requires, extra: Requires-Dist lines to add to METADATA (under `extra` when given).
     new_name: the output's file name (default: `repaired_name`). It may differ from the source's
         only in its build tag; WHEEL's `Build:` field follows it.
+    archive: `src_wheel` already open (the repair's, whose spools hold the members its
+        header reads inflated); it stays open.
 
     RECORD gets the new hashes and sizes. Returns where the wheel was written; writes through
     fileio (beside the destination, then renamed). FormatError for a malformed source wheel.
@@ -909,7 +979,11 @@ def rewrite_wheel(src_wheel: str, out_dir: str, *, member_edits: Mapping[str, Me
     dest = os.path.join(out_dir, dest_name.filename)
     if os.path.abspath(dest) == os.path.abspath(src_wheel):
         raise UsageError(f"{dest}: the output would replace the input wheel; choose another --out")
-    with WheelArchive(src_wheel) as arc:
+    import contextlib
+
+    with contextlib.nullcontext(archive) if archive is not None else WheelArchive(src_wheel) as arc:
+        if os.path.abspath(arc.path) != os.path.abspath(src_wheel):
+            raise UsageError(f"{src_wheel}: the open archive given is {arc.path}")
         dist_info = arc.dist_info()
         record_name = f"{dist_info}/RECORD"
         for needed in ("METADATA", "WHEEL", "RECORD"):
@@ -937,7 +1011,7 @@ def rewrite_wheel(src_wheel: str, out_dir: str, *, member_edits: Mapping[str, Me
 
         def write(f: object) -> None:
             fd = f.fileno()  # type: ignore[attr-defined]
-            w = _ZipWriter(fd)
+            w = _ZipWriter(fd, arc.spool_dir or out_dir)
             for e in order:
                 if e.name == record_name:
                     record = rewrite_record(arc.read(record_name), changed, dropped)

@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 DATA_SCHEMES = {"purelib": "site-packages", "platlib": "site-packages", "scripts": "bin",
                 "headers": "include", "data": "data"}
 _DIR = Node("dir", None, stat.S_IFDIR | 0o755)
+# Threads reading members' headers at once (read_headers).
+READERS = 2
 
 
 def install_path(member: str, data_dir: str) -> str | None:
@@ -103,15 +105,24 @@ class WheelTree:
         bit), as a header memo for a CachedTree (sniff's keys): read once for the plans of
         all the wheels of one run. A deflated library's headers lie near its end (ELF's
         dynamic section after code and data: 284 MB in for onnxruntime-gpu's CUDA provider),
-        so each read inflates most of the member; the member keeps inflater checkpoints
-        (wheelfile.MemberSource), so later reads of it restart near where they read.
-        (Two threads inflating two members did not run faster on this shared 2-core machine,
-        benchmarks/README.md: the reads are sequential.)"""
+        so each read inflates most of the member (into the archive's spool, when it keeps
+        one; else keeping inflater checkpoints, wheelfile.MemberSource).
+
+        The members are read by READERS threads, the costliest first: zlib releases the GIL
+        while it inflates, so two cores inflate two members at once (onnxruntime-gpu's four
+        libraries: 0.43-0.61 s instead of 0.63-0.80 s here, benchmarks/README.md). Each
+        member is read by one thread; what they share is the archive's file descriptor
+        (pread), its spool table (locked) and the memo (one dict store per member). On an
+        error or Ctrl-C the members not yet started are dropped, and the running reads end
+        before it is raised."""
+        from concurrent.futures import ThreadPoolExecutor
+
         from rpathfix.fstree import CachedTree
         from rpathfix.sniff import looks_like_library, read_binary_in
 
         memo: dict[tuple[str, str], object] = {}
         view = CachedTree(self, memo=memo)
+        todo: list[tuple[int, str]] = []
         for root, m in self._mounts.items():
             for rel, member in m.files.items():
                 if not member:
@@ -119,7 +130,14 @@ class WheelTree:
                 e = m.archive.by_name[member]
                 name = rel.rsplit("/", 1)[-1]
                 if looks_like_library(name) or ("." not in name and e.mode & 0o111):
-                    read_binary_in(view, f"{root}/{rel}")
+                    todo.append((-e.compress_size, f"{root}/{rel}"))
+        todo.sort()
+        pool = ThreadPoolExecutor(READERS)
+        try:
+            for f in [pool.submit(read_binary_in, view, path) for _, path in todo]:
+                f.result()
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
         return memo
 
     def member(self, root: str, rel: str) -> str | None:
