@@ -163,8 +163,9 @@ class Spool:
         self.done = False
         # Block boundaries kept: (content offset, bit offset in the original stream), from
         # (0, 0) to the stream's end. A boundary closer than _MIN_UNIT to the last one kept is
-        # skipped: its neighbours are joined into one unit (still whole blocks), so a stream of
-        # tiny blocks cannot make the index grow with its length.
+        # skipped: its neighbours are joined into one unit (still whole blocks), so the index
+        # holds at most 16 bytes per 16 KiB of content (215 KB for the 284 MB provider),
+        # however tiny the stream's blocks.
         self.offsets = array("Q", [0])
         self.bits = array("Q", [0])
 
