@@ -498,7 +498,7 @@ def splice(spool: Spool, patch: BytePatch, out_fd: int, out_offset: int, level: 
         try:
             offsets, bits = spool.offsets, spool.bits
             units = len(offsets) - 1  # unit i: content [offsets[i], offsets[i+1]), bits [bits[i], bits[i+1])
-            seg = 0  # where the pending fresh segment starts (content), or -1 inside a run
+            seg = 0  # where the pending fresh segment starts (content; not used inside a run)
             run = -1  # the bit where the current reused run starts
             for i in range(units):
                 u0, u1, b0, b1 = offsets[i], offsets[i + 1], bits[i], bits[i + 1]

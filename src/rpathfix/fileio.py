@@ -196,6 +196,18 @@ def write_if_changed(dest: str, data: bytes, *, mode: int = 0o644, durable: bool
     return True
 
 
+def sha256_file(path: str) -> str:
+    """The hex SHA-256 of a file's bytes, read in 1 MiB chunks (OSError as open(2) and read(2)
+    give it: callers say what the file was for)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def has_other_links(path: str) -> bool:
     """True when the file at `path` has more than one name (edit a copy, never the inode)."""
     try:

@@ -67,16 +67,6 @@ class IndexResult(NamedTuple):
     read: int  # wheels whose bytes were read (new or changed)
 
 
-def _sha256_file(path: str) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _read_wheel(path: str, st: os.stat_result) -> tuple[IndexedWheel, bytes]:
     """The index's facts about a wheel, and its METADATA bytes."""
     import hashlib
@@ -95,8 +85,10 @@ def _read_wheel(path: str, st: os.stat_result) -> tuple[IndexedWheel, bytes]:
     if canonicalize_name(names[0]) != project:
         raise FormatError(path, f"METADATA names {names[0]!r}, the file name {project!r}")
     rp = metadata_field(metadata, "Requires-Python")
+    from rpathfix.fileio import sha256_file
+
     return IndexedWheel(os.path.basename(path), project, version, st.st_size, st.st_mtime_ns,
-                        _sha256_file(path), hashlib.sha256(metadata).hexdigest(), rp[0] if rp else None), metadata
+                        sha256_file(path), hashlib.sha256(metadata).hexdigest(), rp[0] if rp else None), metadata
 
 
 def _load_state(out: str) -> dict[str, IndexedWheel]:
@@ -210,13 +202,13 @@ def _list_wheels(src: str) -> list[str]:
 def _place_wheel(src: str, dest: str) -> bool:
     """Make `dest` hold the wheel at `src` (a hard link when the file system allows, else a
     copy), replacing a different file atomically; True when something was written."""
-    from rpathfix.fileio import replace_file, temp_path
+    from rpathfix.fileio import replace_file, sha256_file, temp_path
 
     try:
         s, d = os.stat(src), os.stat(dest)
         if (s.st_dev, s.st_ino) == (d.st_dev, d.st_ino):
             return False
-        if s.st_size == d.st_size and _sha256_file(src) == _sha256_file(dest):
+        if s.st_size == d.st_size and sha256_file(src) == sha256_file(dest):
             return False
     except FileNotFoundError:
         pass

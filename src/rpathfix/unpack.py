@@ -27,7 +27,6 @@ so that planning a venv need not find and read them again (natives.py).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import shutil
 import stat
@@ -69,16 +68,15 @@ def resolve_python(python: str | None) -> str:
 
 
 def _sha256(path: str) -> str:
-    h = hashlib.sha256()
+    """The wheel's SHA-256; a wheel that cannot be read is a FormatError naming it."""
+    from rpathfix.fileio import sha256_file
+
     try:
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
+        return sha256_file(path)
     except IsADirectoryError:
         raise FormatError(path, "is a directory, not a wheel file") from None
     except OSError as e:
         raise FormatError(path, f"cannot read: {e.strerror or e}") from None
-    return h.hexdigest()
 
 
 def _marker_text(wheel: str, digest: str, python: str, compile_bytecode: bool, verify_record: bool = True) -> str:
