@@ -273,3 +273,12 @@ def test_one_root_twice_fails_the_analysis(bazel: Bazel) -> None:
     p = bazel("build", "//:twice")
     assert p.returncode != 0, _show(p)
     assert "rpathfix_venv(//:twice): two deps share the root external/torchstub" in p.stderr, _show(p)
+
+
+def test_two_roots_of_one_distribution_fail_the_analysis(bazel: Bazel) -> None:
+    """Two deps that are the same distribution from different roots: the analysis names
+    both and says to keep one (one root twice is the test above)."""
+    p = bazel("build", "//:two_copies")
+    assert p.returncode != 0, _show(p)
+    assert "rpathfix_venv(//:two_copies): two deps are the distribution torchstub:" in p.stderr, _show(p)
+    assert "dup" in p.stderr and "external/torchstub" in p.stderr and "keep one" in p.stderr, _show(p)
