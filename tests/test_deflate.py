@@ -298,3 +298,31 @@ def test_a_bad_crc_lets_headers_be_read_and_stops_the_splice(tmp_path: Path) -> 
             sp.read_at(len(old), 10)
     finally:
         os.close(fd)
+
+
+def test_a_long_copy_starts_the_writeback_and_its_error_is_raised(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reused run longer than PIECE is copied in pieces, and the output's writeback starts
+    in a thread (fdatasync) as it goes; the output is the same. A writeback that fails (EIO)
+    fails the splice. Control: with PIECE as large as the run, no writeback is started."""
+    import errno
+
+    old = content(23, 6 << 20)
+    comp = compress(old, 9)
+    patch = BytePatch(((0, b"HEAD" * 64),), len(old), "in-place", ())
+    synced: list[int] = []
+    real_sync = os.fdatasync
+    monkeypatch.setattr(os, "fdatasync", lambda fd: (synced.append(fd), real_sync(fd))[1])
+    monkeypatch.setattr(deflate, "PIECE", 1 << 30)
+    control, _ = run_splice(old, comp, patch)
+    assert synced == []
+    monkeypatch.setattr(deflate, "PIECE", 256 << 10)
+    out, r = run_splice(old, comp, patch)
+    assert out == control and zlib.decompress(out, -15) == patched(old, patch)
+    assert synced and r.reused > 0.95 * len(comp)
+
+    def broken(fd: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "fdatasync", broken)
+    with pytest.raises(OSError, match="Input/output"):
+        run_splice(old, comp, patch)

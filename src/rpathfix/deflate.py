@@ -20,7 +20,8 @@ planned the patch. The splice then decides for each unit (one or more whole bloc
   flush, which ends on a byte boundary.
 Meanwhile a thread reads the new content back from the spool for its SHA-256 and CRC-32
 (hashlib and zlib release the GIL; the kernel copies do too), so the member is inflated once
-in all, and hashing overlaps copying.
+in all, and hashing overlaps copying; during a long copy, another starts the output's
+writeback to the disk (fdatasync after each piece), so the fsync before the rename is short.
 Bit alignment: a reused run starts at its original bit phase r. A fresh segment ends on a
 byte boundary (phase 0); empty fixed-Huffman blocks (10 bits each) then bring the phase to
 r when r is even; a unit at an odd phase is re-encoded instead, so the run starts at the
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
     import ctypes
     import threading
     from collections.abc import Callable
+    from concurrent.futures import Future
 
     from rpathfix.model import BytePatch
     from rpathfix.patch import PatchedSource
@@ -59,6 +61,9 @@ _OUT = 1 << 20
 _MIN_UNIT = 16 << 10
 # A splice that wrote this much fsyncs the output before it waits for the hash (see splice).
 EARLY_SYNC = 64 << 20
+# The kernel copies a reused run in pieces of this size; after each, the output's writeback is
+# started in a thread (see splice).
+PIECE = 64 << 20
 Z_OK, Z_STREAM_END, Z_BUF_ERROR, Z_BLOCK = 0, 1, -5, 5
 
 
@@ -374,9 +379,11 @@ class _Bits:
             self.offset += len(self.buf)
             self.buf.clear()
 
-    def copy_run(self, src_fd: int, src_start: int, b0: int, b1: int) -> int:
+    def copy_run(self, src_fd: int, src_start: int, b0: int, b1: int,
+                 after_piece: Callable[[], object] | None = None) -> int:
         """The original stream's bits [b0, b1) (relative to src_start), which must start at
-        the current phase. Returns the bytes copied by the kernel."""
+        the current phase. Returns the bytes copied by the kernel (in pieces of at most
+        PIECE bytes, calling `after_piece` between two)."""
         assert b0 % 8 == self.nbits and b1 > b0
         first, last = b0 // 8, b1 // 8
         if self.nbits:
@@ -388,7 +395,7 @@ class _Bits:
         self.flush()
         copied = 0
         if last > first:
-            _copy(src_fd, self.fd, src_start + first, self.offset, last - first)
+            _copy(src_fd, self.fd, src_start + first, self.offset, last - first, after_piece)
             self.offset += last - first
             copied = last - first
         tail = b1 % 8
@@ -398,18 +405,21 @@ class _Bits:
         return copied
 
 
-def _copy(src_fd: int, dst_fd: int, src_off: int, dst_off: int, n: int) -> None:
+def _copy(src_fd: int, dst_fd: int, src_off: int, dst_off: int, n: int,
+          after_piece: Callable[[], object] | None = None) -> None:
     from rpathfix.fileio import pwrite_all
 
     fast = getattr(os, "copy_file_range", None)
     while n > 0 and fast is not None:
         try:
-            done = fast(src_fd, dst_fd, min(n, 1 << 30), src_off, dst_off)
+            done = fast(src_fd, dst_fd, min(n, PIECE), src_off, dst_off)
         except OSError:
             break
         if done <= 0:
             break
         src_off, dst_off, n = src_off + done, dst_off + done, n - done
+        if after_piece is not None and n > 0:
+            after_piece()
     while n > 0:
         data = os.pread(src_fd, min(n, _OUT), src_off)
         if not data:
@@ -493,8 +503,18 @@ def splice(spool: Spool, patch: BytePatch, out_fd: int, out_offset: int, level: 
         out.raw(z.flush(zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH))
 
     stop = threading.Event()
-    with ThreadPoolExecutor(1) as pool:
+    with ThreadPoolExecutor(2) as pool:
         digest = pool.submit(_digest, new, stop)
+        flushing: list[Future[None]] = []
+
+        def writeback() -> None:
+            """After each piece of a long copy: the output's pages so far start for the disk
+            (fdatasync in the second thread, unless the last one is still at it), so the disk
+            writes while the kernel copies, and the fsync before the rename (fileio) finds
+            most of them written."""
+            if not flushing or flushing[-1].done():
+                flushing.append(pool.submit(os.fdatasync, out_fd))
+
         try:
             offsets, bits = spool.offsets, spool.bits
             units = len(offsets) - 1  # unit i: content [offsets[i], offsets[i+1]), bits [bits[i], bits[i+1])
@@ -505,7 +525,7 @@ def splice(spool: Spool, patch: BytePatch, out_fd: int, out_offset: int, level: 
                 reusable = i < units - 1 and b1 > b0 and clean(max(0, u0 - WINDOW), u1)
                 if run >= 0:
                     if not reusable:
-                        reused += out.copy_run(spool.src_fd, spool.start, run, b0)
+                        reused += out.copy_run(spool.src_fd, spool.start, run, b0, writeback)
                         run, seg = -1, u0
                 elif reusable and (b0 % 8) % 2 == 0:
                     if min(u0, patch.size) > min(seg, patch.size):
@@ -520,10 +540,13 @@ def splice(spool: Spool, patch: BytePatch, out_fd: int, out_offset: int, level: 
             fresh(seg, max(patch.size, old_size), last=True)
             out.flush()
             if out.offset - out.start >= EARLY_SYNC:
-                # The output is fsynced before it is renamed into place (fileio); its bulk
-                # can reach the disk now, while the hash thread finishes.
+                # The output is fsynced before it is renamed into place (fileio); what the
+                # writeback has not written yet can reach the disk now, while the hash
+                # thread finishes.
                 os.fsync(out_fd)
             crc, sha = digest.result()
+            for f in flushing:
+                f.result()
         except BaseException:
             stop.set()
             raise

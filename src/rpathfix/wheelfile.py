@@ -83,7 +83,7 @@ _MAX_POINTS = 64
 # Spooling (WheelArchive's spool_dir): members smaller than SPOOL_MIN are cheap to inflate
 # again; at most SPOOL_LIMIT bytes of content are spooled per archive (a torch-sized wheel's
 # libraries hold 5 GB; past the limit a patched member is spooled when it is written).
-SPOOL_MIN = 1 << 20
+SPOOL_MIN = 256 << 10
 SPOOL_LIMIT = 4 << 30
 # 1980-01-01 00:00, the earliest a zip entry can carry: the date of a member that has no
 # original to take its date from.
