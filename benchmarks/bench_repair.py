@@ -43,7 +43,10 @@ SIBLINGS = ("nvidia_cublas-13", "nvidia_cuda_runtime-13", "nvidia_curand-10")
 EXCLUDE = ("libcublasLt.so.13", "libcublas.so.13", "libcurand.so.10", "libcudart.so.13", "libcufft.so.12",
            "libcuda.so.1", "libcudnn.so.9", "libnvinfer.so.10", "libnvonnxparser.so.10",
            "libnvinfer_plugin.so.10", "libnvrtc.so.13")
-CLEAN = {k: v for k, v in os.environ.items() if k not in ("LD_LIBRARY_PATH", "LD_PRELOAD", "PYTHONPATH")}
+# PYTHONDONTWRITEBYTECODE is dropped (as the other benchmarks here do): the warm-up run writes
+# rpathfix's .pyc files, as an installed package has them (auditwheel's came with pip).
+CLEAN = {k: v for k, v in os.environ.items()
+         if k not in ("LD_LIBRARY_PATH", "LD_PRELOAD", "PYTHONPATH", "PYTHONDONTWRITEBYTECODE")}
 
 
 def timed(cmd: list[str], repeat: int, env: dict[str, str] | None = None, before=None) -> tuple[float, int]:  # type: ignore[no-untyped-def]
