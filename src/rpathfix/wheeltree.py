@@ -109,7 +109,7 @@ class WheelTree:
         one; else keeping inflater checkpoints, wheelfile.MemberSource).
 
         The members are read by READERS threads, the costliest first: zlib releases the GIL
-        while it inflates, so two cores inflate two members at once (onnxruntime-gpu's four
+        while it inflates, so two cores inflate two members at once (onnxruntime-gpu's five
         libraries: 0.43-0.61 s instead of 0.63-0.80 s here, benchmarks/README.md). Each
         member is read by one thread; what they share is the archive's file descriptor
         (pread), its spool table (locked) and the memo (one dict store per member). On an
