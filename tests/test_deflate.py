@@ -326,3 +326,27 @@ def test_a_long_copy_starts_the_writeback_and_its_error_is_raised(monkeypatch: p
     monkeypatch.setattr(os, "fdatasync", broken)
     with pytest.raises(OSError, match="Input/output"):
         run_splice(old, comp, patch)
+
+
+def test_without_room_for_a_spool_the_patch_is_deflated_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """When the output's file system cannot keep SPOOL_RESERVE free beside a spool, nothing is
+    spooled: the header read reads in place and the patched member is deflated whole, with
+    the same content. Control: with room, the member is spooled once and spliced."""
+    data = content(29, 2 << 20)
+    wheel = _wheel_with_binary(tmp_path, data)
+    patch = BytePatch(((0, b"HEAD" * 64), (len(data), b"TAIL" * 1000)), len(data) + 4000, "grown", ())
+    made: list[str] = []
+    monkeypatch.setattr(deflate, "Spool", _counting(made))
+    outs = {}
+    for case, reserve in (("tight", 1 << 62), ("room", 0)):
+        monkeypatch.setattr(wheelfile, "SPOOL_RESERVE", reserve)
+        with wheelfile.WheelArchive(str(wheel), spool_dir=str(tmp_path)) as arc:
+            src = arc.source("big/libbig.so")
+            assert src.read_at(len(data) - 10, 10) == data[-10:]
+            res = wheelfile.rewrite_wheel(str(wheel), str(tmp_path / case), member_edits={"big/libbig.so": patch},
+                                          archive=arc)
+        with zipfile.ZipFile(res.path) as zf:
+            assert zf.read("big/libbig.so") == patched(data, patch)
+            outs[case] = zf.getinfo("big/libbig.so").compress_size
+        assert made == ([] if case == "tight" else ["big/libbig.so"]), case
+    assert outs["tight"] != outs["room"], "deflated whole, not spliced"

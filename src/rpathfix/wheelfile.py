@@ -85,6 +85,10 @@ _MAX_POINTS = 64
 # libraries hold 5 GB; past the limit a patched member is spooled when it is written).
 SPOOL_MIN = 256 << 10
 SPOOL_LIMIT = 4 << 30
+# A spool is made only when its file system keeps this much free beside it (the output wheel
+# goes there too); else the member is read in place, and a patch of it is deflated whole
+# instead of spliced: slower, but a repair that fitted on the disk before spooling still fits.
+SPOOL_RESERVE = 1 << 30
 # 1980-01-01 00:00, the earliest a zip entry can carry: the date of a member that has no
 # original to take its date from.
 ZIP_EPOCH_DOS = (0, (0 << 9) | (1 << 5) | 1)
@@ -370,7 +374,7 @@ class WheelArchive:
         with self._lock:  # header reads run in threads (wheeltree.read_headers)
             sp = self._spools.get(name)
             if sp is None and self.spool_dir is not None and e.method == DEFLATED and e.file_size >= SPOOL_MIN \
-                    and self._spooled + e.file_size <= SPOOL_LIMIT:
+                    and self._spooled + e.file_size <= SPOOL_LIMIT and room_for_spool(self.spool_dir, e.file_size):
                 from rpathfix import deflate
 
                 if deflate.available():
@@ -781,6 +785,18 @@ class _Sink:
         return self.offset - self.start
 
 
+def room_for_spool(directory: str | None, size: int) -> bool:
+    """Whether `directory` can take a spool of `size` bytes and keep SPOOL_RESERVE free."""
+    if directory is None:
+        return False
+    import shutil
+
+    try:
+        return shutil.disk_usage(directory).free - size >= SPOOL_RESERVE
+    except OSError:
+        return False
+
+
 def _copy_range(src_fd: int, dst_fd: int, src_off: int, dst_off: int, count: int) -> None:
     """Copy bytes between files in the kernel where it can (copy_file_range), else in chunks."""
     fast = getattr(os, "copy_file_range", None)
@@ -1079,7 +1095,8 @@ def _write_edited(w: _ZipWriter, arc: WheelArchive, e: ZipEntry, edit: MemberEdi
     if isinstance(edit, BytePatch):
         from rpathfix import deflate
 
-        if e.method == DEFLATED and deflate.available() and SPLICE:
+        if e.method == DEFLATED and deflate.available() and SPLICE and (
+                arc.spool(e.name) is not None or room_for_spool(w.spool_dir, e.file_size)):
             return w.add_spliced(e, arc, edit, level=SMALL_LEVEL)
         patch = edit
 
