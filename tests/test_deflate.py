@@ -211,8 +211,9 @@ def test_a_failed_write_to_the_spool_is_raised_and_leaves_no_thread(tmp_path: Pa
     threads = threading.active_count()
     try:
         with deflate.Spool("m", fd, 10, len(comp), len(old), zlib.crc32(old), str(tmp_path)) as sp:
-            with pytest.raises(OSError, match="No space"):
+            with pytest.raises(OSError, match="No space") as err:
                 sp.finish()
+            assert err.value.filename == str(tmp_path), "the message names where the spool was"
             assert threading.active_count() == threads
             with pytest.raises(FormatError, match="earlier read"):
                 sp.read_at(0, 10)

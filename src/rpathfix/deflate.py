@@ -146,6 +146,7 @@ class Spool:
         self._name = name
         self.src_fd, self.start, self.csize = src_fd, start, csize
         self._size, self._crc_want = usize, crc
+        self._dir = directory or tempfile.gettempdir()
         self._file = tempfile.TemporaryFile(dir=directory)  # noqa: SIM115 (closed by close())
         self._fd = self._file.fileno()
         self._strm = _stream_type()()
@@ -236,7 +237,10 @@ class Spool:
         from rpathfix.fileio import pwrite_all
 
         self._crc = _crc32()(chunk, self._crc)
-        pwrite_all(self._fd, chunk, offset)
+        try:
+            pwrite_all(self._fd, chunk, offset)
+        except OSError as e:  # a full disk: say which (the CLI prints it as one line)
+            raise OSError(e.errno, e.strerror, self._dir) from None
 
     def _fill(self, until: int | None) -> None:
         """Inflate block by block (zlib's Z_BLOCK) until the file holds `until` bytes (None:
