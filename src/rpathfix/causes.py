@@ -34,8 +34,8 @@ from rpathfix.environment import NativeFile
 from rpathfix.findings import FixContext, Problem, group
 from rpathfix.fstree import as_cached, read_small, regular_file, resolve
 from rpathfix.model import ElfInfo, MachoInfo
-from rpathfix.names import canonicalize_name, parse_dist_info_dirname
-from rpathfix.record import MAX_RECORD_BYTES, record_paths
+from rpathfix.names import canonicalize_name
+from rpathfix.record import MAX_RECORD_BYTES, dist_infos, record_files
 from rpathfix.static import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -78,12 +78,7 @@ class DistOwners:
         return None
 
     def _infos(self, site: str) -> list[tuple[str, str, str]]:
-        out = []
-        for n in self.tree.listdir(resolve(self.tree, site) or site):
-            parsed = parse_dist_info_dirname(n) if n.endswith(".dist-info") else None
-            if parsed is not None:
-                out.append((n, *parsed))
-        return out
+        return dist_infos(self.tree, resolve(self.tree, site) or site)
 
     def sole(self, site: str) -> tuple[str, str] | None:
         """The one distribution of a site directory that holds exactly one."""
@@ -93,11 +88,8 @@ class DistOwners:
             if len(infos) != 1:
                 owners: dict[str, tuple[str, str]] = {}
                 for n, name, version in infos:
-                    data = read_small(self.tree, f"{site}/{n}/RECORD", MAX_RECORD_BYTES)
-                    if data is None:
-                        continue
-                    for rel in record_paths(data.decode("utf-8", "replace")):
-                        owners.setdefault(posixpath.normpath(posixpath.join(site, rel)), (name, version))
+                    for path in record_files(self.tree, site, n) or ():
+                        owners.setdefault(path, (name, version))
                 self._records[site] = owners
         return self._single[site]
 
@@ -365,10 +357,7 @@ def _listed_version(tree: FileTree, real: str) -> str | None:
         for holder in (f"{d}/dist-info", d):
             if resolve(tree, holder) is None:
                 continue
-            for n in tree.listdir(holder):
-                parsed = parse_dist_info_dirname(n) if n.endswith(".dist-info") else None
-                if parsed is None:
-                    continue
+            for n, name, version in dist_infos(tree, holder):
                 data = read_small(tree, f"{holder}/{n}/RECORD", MAX_RECORD_BYTES)
                 if data is None:
                     continue
@@ -378,7 +367,7 @@ def _listed_version(tree: FileTree, real: str) -> str | None:
                 for line in text.splitlines():
                     path, _, rest = line.partition(",")
                     if posixpath.basename(path) == base and rest.rsplit(",", 1)[-1] == str(size):
-                        return f"{parsed[0]} {parsed[1]}"
+                        return f"{name} {version}"
         d = posixpath.dirname(d)
     return None
 

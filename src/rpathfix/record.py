@@ -9,6 +9,12 @@ csv's first field of each row, computed with string methods unless the file need
 from __future__ import annotations
 
 import os
+import posixpath
+
+from rpathfix.static import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rpathfix.fstree import FileTree
 
 # RECORD files larger than this are not read (a corrupt or hostile file).
 MAX_RECORD_BYTES = 64 * 1024 * 1024
@@ -57,3 +63,31 @@ def read_record_text(record: str) -> str:
             return fh.read(MAX_RECORD_BYTES)
     except OSError:
         return ""
+
+
+def dist_infos(tree: FileTree, site: str) -> list[tuple[str, str, str]]:
+    """(directory name, distribution name, version) of each `<name>-<version>.dist-info` of
+    the site directory `site`, in the tree's listing order."""
+    from rpathfix.names import parse_dist_info_dirname
+
+    out = []
+    for n in tree.listdir(site):
+        parsed = parse_dist_info_dirname(n) if n.endswith(".dist-info") else None
+        if parsed is not None:
+            out.append((n, *parsed))
+    return out
+
+
+def record_files(tree: FileTree, site: str, info: str) -> list[str] | None:
+    """The files `site/info/RECORD` lists, as normalized absolute paths (a plain relative
+    path is joined without normalizing, as all_plain allows); None when the RECORD is missing
+    or larger than MAX_RECORD_BYTES. Paths outside `site` (scripts: `../../../bin/tool`) are
+    normalized like the rest."""
+    from rpathfix.fstree import read_small
+
+    data = read_small(tree, f"{site}/{info}/RECORD", MAX_RECORD_BYTES)
+    if data is None:
+        return None
+    base = posixpath.normpath(site)
+    return [f"{base}/{rel}" if all_plain([rel]) else posixpath.normpath(posixpath.join(base, rel))
+            for rel in record_paths(data.decode("utf-8", "replace"))]

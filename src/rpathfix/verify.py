@@ -40,10 +40,10 @@ from collections.abc import Sequence
 
 from rpathfix.environment import Environment, NativeFile, collect, same_content
 from rpathfix.errors import FormatError
-from rpathfix.fstree import as_cached, read_small
+from rpathfix.fstree import as_cached
 from rpathfix.model import ElfInfo
-from rpathfix.names import canonicalize_name, parse_dist_info_dirname
-from rpathfix.record import MAX_RECORD_BYTES, all_plain, record_paths
+from rpathfix.names import canonicalize_name
+from rpathfix.record import dist_infos, record_files
 from rpathfix.resolution import Attempt, LoadResult, Resolution
 from rpathfix.static import TYPE_CHECKING, NamedTuple
 
@@ -309,22 +309,13 @@ class _Assumptions:
         (scripts: `../../../bin/tool` under pip, `../bin/tool` in a root)."""
         owners: dict[str, str] = {}
         for site in self.env.site_dirs:
-            for info in self.tree.listdir(site):
-                parsed = parse_dist_info_dirname(info) if info.endswith(".dist-info") else None
-                if parsed is None:
-                    continue
-                data = read_small(self.tree, f"{site}/{info}/RECORD", MAX_RECORD_BYTES)
-                if data is None:
-                    continue
-                for rel in record_paths(data.decode("utf-8", "replace")):
-                    if all_plain([rel]):
-                        owners.setdefault(f"{site}/{rel}", parsed[0])
-                        continue
-                    norm = posixpath.normpath(posixpath.join(site, rel))
-                    owners.setdefault(norm, parsed[0])
-                    head, name = posixpath.split(norm)
-                    if posixpath.basename(head) == "bin" and not norm.startswith(site + "/"):
-                        owners.setdefault(f"bin/{name}", parsed[0])
+            inside = posixpath.normpath(site) + "/"
+            for info, dist, _version in dist_infos(self.tree, site):
+                for path in record_files(self.tree, site, info) or ():
+                    owners.setdefault(path, dist)
+                    head, name = posixpath.split(path)
+                    if posixpath.basename(head) == "bin" and not path.startswith(inside):
+                        owners.setdefault(f"bin/{name}", dist)
         return owners
 
 
