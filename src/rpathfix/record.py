@@ -2,8 +2,10 @@
 
 `scan` reads it to say which distribution a file belongs to; the planner reads it to
 find a root's native files without listing the root's directories (torch's RECORD is
-one 1.3 MB read; its 1,330 directories are 1,330 listings). Parsing is fast and exact:
-csv's first field of each row, computed with string methods unless the file needs csv.
+one 1.3 MB read; its 1,330 directories are 1,330 listings); `verify` (for --assume) and
+the cause finder read it through a FileTree (dist_infos, record_files). Parsing is fast
+and exact: csv's first field of each row, computed with string methods unless the file
+needs csv.
 """
 
 from __future__ import annotations
@@ -79,10 +81,10 @@ def dist_infos(tree: FileTree, site: str) -> list[tuple[str, str, str]]:
 
 
 def record_files(tree: FileTree, site: str, info: str) -> list[str] | None:
-    """The files `site/info/RECORD` lists, as normalized absolute paths (a plain relative
-    path is joined without normalizing, as all_plain allows); None when the RECORD is missing
-    or larger than MAX_RECORD_BYTES. Paths outside `site` (scripts: `../../../bin/tool`) are
-    normalized like the rest."""
+    """The files `site/info/RECORD` lists, each as normpath(join(site, path)) (a plain path
+    is joined without the call, which gives the same string: all_plain); None when the
+    RECORD is missing or larger than MAX_RECORD_BYTES. Paths that leave `site` (scripts:
+    `../../../bin/tool`) end up where they point."""
     from rpathfix.fstree import read_small
 
     data = read_small(tree, f"{site}/{info}/RECORD", MAX_RECORD_BYTES)
