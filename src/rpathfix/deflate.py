@@ -399,7 +399,10 @@ class _Bits:
         self.flush()
         copied = 0
         if last > first:
-            _copy(src_fd, self.fd, src_start + first, self.offset, last - first, after_piece)
+            from rpathfix.fileio import copy_range
+
+            copy_range(src_fd, self.fd, src_start + first, self.offset, last - first, piece=PIECE,
+                       after_piece=after_piece)
             self.offset += last - first
             copied = last - first
         tail = b1 % 8
@@ -407,29 +410,6 @@ class _Bits:
             byte = os.pread(src_fd, 1, src_start + last)[0]
             self.acc, self.nbits = byte & ((1 << tail) - 1), tail
         return copied
-
-
-def _copy(src_fd: int, dst_fd: int, src_off: int, dst_off: int, n: int,
-          after_piece: Callable[[], object] | None = None) -> None:
-    from rpathfix.fileio import pwrite_all
-
-    fast = getattr(os, "copy_file_range", None)
-    while n > 0 and fast is not None:
-        try:
-            done = fast(src_fd, dst_fd, min(n, PIECE), src_off, dst_off)
-        except OSError:
-            break
-        if done <= 0:
-            break
-        src_off, dst_off, n = src_off + done, dst_off + done, n - done
-        if after_piece is not None and n > 0:
-            after_piece()
-    while n > 0:
-        data = os.pread(src_fd, min(n, _OUT), src_off)
-        if not data:
-            raise OSError(f"unexpected end of input at offset {src_off}")
-        pwrite_all(dst_fd, data, dst_off)
-        src_off, dst_off, n = src_off + len(data), dst_off + len(data), n - len(data)
 
 
 def _dirty(old_size: int, patch: BytePatch) -> list[tuple[int, int]]:

@@ -196,6 +196,31 @@ def write_if_changed(dest: str, data: bytes, *, mode: int = 0o644, durable: bool
     return True
 
 
+def copy_range(src_fd: int, dst_fd: int, src_off: int, dst_off: int, count: int, *, piece: int = 1 << 30,
+               after_piece: Callable[[], object] | None = None) -> None:
+    """Copy `count` bytes between two files at the given offsets: in the kernel where it can
+    (copy_file_range, `piece` bytes a call, `after_piece()` between two calls), else by hand
+    in 1 MiB chunks (EXDEV on older kernels, ENOSYS, EINVAL on some file systems).
+    OSError when the source ends first."""
+    fast = getattr(os, "copy_file_range", None)
+    while count > 0 and fast is not None:
+        try:
+            done = fast(src_fd, dst_fd, min(count, piece), src_off, dst_off)
+        except OSError:
+            break
+        if done <= 0:
+            break
+        src_off, dst_off, count = src_off + done, dst_off + done, count - done
+        if after_piece is not None and count > 0:
+            after_piece()
+    while count > 0:
+        data = os.pread(src_fd, min(count, 1 << 20), src_off)
+        if not data:
+            raise OSError(f"unexpected end of input at offset {src_off}")
+        pwrite_all(dst_fd, data, dst_off)
+        src_off, dst_off, count = src_off + len(data), dst_off + len(data), count - len(data)
+
+
 def sha256_file(path: str) -> str:
     """The hex SHA-256 of a file's bytes, read in 1 MiB chunks (OSError as open(2) and read(2)
     give it: callers say what the file was for)."""

@@ -797,31 +797,6 @@ def room_for_spool(directory: str | None, size: int) -> bool:
         return False
 
 
-def _copy_range(src_fd: int, dst_fd: int, src_off: int, dst_off: int, count: int) -> None:
-    """Copy bytes between files in the kernel where it can (copy_file_range), else in chunks."""
-    fast = getattr(os, "copy_file_range", None)
-    while count > 0 and fast is not None:
-        try:
-            n = fast(src_fd, dst_fd, min(count, 1 << 30), src_off, dst_off)
-        except OSError:
-            break  # EXDEV on older kernels, ENOSYS, EINVAL on some file systems: copy by hand
-        if n <= 0:
-            break
-        src_off += n
-        dst_off += n
-        count -= n
-    from rpathfix.fileio import pwrite_all
-
-    while count > 0:
-        data = os.pread(src_fd, min(count, _COPY_CHUNK), src_off)
-        if not data:
-            raise OSError(f"unexpected end of input at offset {src_off}")
-        pwrite_all(dst_fd, data, dst_off)
-        src_off += len(data)
-        dst_off += len(data)
-        count -= len(data)
-
-
 def _zip64_field(values: Sequence[int]) -> bytes:
     return struct.pack("<2H", _ZIP64_ID, 8 * len(values)) + b"".join(struct.pack("<Q", v) for v in values)
 
@@ -843,7 +818,9 @@ class _ZipWriter:
 
     def copy(self, arc: WheelArchive, e: ZipEntry) -> None:
         """The member's whole local record, byte for byte."""
-        _copy_range(arc.fd, self.fd, e.header_offset, self.offset, e.record_end - e.header_offset)
+        from rpathfix.fileio import copy_range
+
+        copy_range(arc.fd, self.fd, e.header_offset, self.offset, e.record_end - e.header_offset)
         self.central.append(_Central(e, self.offset))
         self.offset += e.record_end - e.header_offset
 
