@@ -164,6 +164,7 @@ class Spool:
         self._fed = 0  # compressed bytes fed to the inflater
         self._written = 0  # content bytes in the file
         self._crc = 0
+        self._crc32 = _crc32()
         self._final = False  # the boundary after the final block is noted
         self._bad: str | None = None  # why the whole stream is not the declared content
         self.done = False
@@ -236,7 +237,7 @@ class Spool:
         one buffer at a time, in order)."""
         from rpathfix.fileio import pwrite_all
 
-        self._crc = _crc32()(chunk, self._crc)
+        self._crc = self._crc32(chunk, self._crc)
         try:
             pwrite_all(self._fd, chunk, offset)
         except OSError as e:  # a full disk: say which (the CLI prints it as one line)
@@ -322,20 +323,14 @@ class Spool:
                 self._bad = "CRC-32 mismatch: the member is corrupt"
 
 
-_CRC32: list[Callable[[bytes | memoryview, int], int]] = []
-
-
 def _crc32() -> Callable[[bytes | memoryview, int], int]:
-    """python-isal's CRC-32 when installed (rpathfix[fast]: seven times zlib's here), else
-    zlib's; the same values."""
-    if not _CRC32:
-        try:
-            from isal import isal_zlib
-        except ImportError:
-            _CRC32.append(zlib.crc32)
-        else:
-            _CRC32.append(isal_zlib.crc32)
-    return _CRC32[0]
+    """The CRC-32 of the module that inflates (wheelinstall.inflate_module: python-isal's,
+    seven times zlib's here, when installed, unless RPATHFIX_INFLATE says zlib); the same
+    values either way."""
+    from rpathfix.wheelinstall import inflate_module
+
+    crc32: Callable[[bytes | memoryview, int], int] = inflate_module().crc32
+    return crc32
 
 
 class _Bits:
