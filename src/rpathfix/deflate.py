@@ -59,8 +59,6 @@ _OUT = 1 << 20
 # Block boundaries closer than this (in content) to the last one kept are not kept: zlib's
 # blocks hold 16 K symbols (tens of kilobytes), so real streams keep nearly all of theirs.
 _MIN_UNIT = 16 << 10
-# A splice that wrote this much fsyncs the output before it waits for the hash (see splice).
-EARLY_SYNC = 64 << 20
 # The kernel copies a reused run in pieces of this size; after each, the output's writeback is
 # started in a thread (see splice).
 PIECE = 64 << 20
@@ -518,11 +516,6 @@ def splice(spool: Spool, patch: BytePatch, out_fd: int, out_offset: int, level: 
                 raise AssertionError("a reused run at the end of the stream")
             fresh(seg, max(patch.size, old_size), last=True)
             out.flush()
-            if out.offset - out.start >= EARLY_SYNC:
-                # The output is fsynced before it is renamed into place (fileio); what the
-                # writeback has not written yet can reach the disk now, while the hash
-                # thread finishes.
-                os.fsync(out_fd)
             crc, sha = digest.result()
             for f in flushing:
                 f.result()
